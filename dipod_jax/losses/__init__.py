@@ -1,0 +1,33 @@
+"""Pure-functional losses for diffusion / flow policy optimisation with the DiPOD regulariser.
+
+Every function takes arrays (and, where a model is needed, a closure over its parameters) and returns arrays;
+shapes are in each docstring. Modules:
+  flow            conditional flow matching, stored (tau, eps) draws, FPO / FPO++ log-ratios
+  trust_region    PPO / SPO / ASPO surrogates
+  advantages      GAE, advantage normalisation, GRPO group advantages
+  value           critic loss
+  dipod           the DiPOD on-policy ELBO term and its composition with any policy-gradient loss
+  policy_gradient Gaussian PPO, FPO, FPO++, self-distillation (continuous control)
+  masked          masked-diffusion forward masking, per-token log-probs, ELBO / EUBO estimators
+  lm              GRPO, diffu-GRPO, FPO for dLLMs, SPG (language)
+"""
+from dipod_jax.losses.advantages import gae, grpo_advantages, normalize_advantages
+from dipod_jax.losses.dipod import dipod_regularizer, with_dipod
+from dipod_jax.losses.flow import (
+    cfm_loss,
+    cfm_loss_from_velocity,
+    draw_tau_eps,
+    flow_path,
+    fpo_log_ratio,
+    fpo_pp_log_ratio,
+    straight_through_clip,
+)
+from dipod_jax.losses.policy_gradient import fpo_loss, fpo_pp_loss, ppo_loss, self_distillation_loss
+from dipod_jax.losses.trust_region import (
+    aspo_objective,
+    clip_fraction,
+    ppo_objective,
+    spo_objective,
+    trust_region_objective,
+)
+from dipod_jax.losses.value import value_loss

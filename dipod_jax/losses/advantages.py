@@ -1,0 +1,79 @@
+"""Advantage estimators: GAE with truncation bootstrapping, batch normalisation, GRPO group advantages."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+
+def gae(
+    rewards: chex.Array,
+    values: chex.Array,
+    next_values: chex.Array,
+    terminations: chex.Array,
+    truncations: chex.Array,
+    gamma: float,
+    gae_lambda: float,
+) -> Tuple[chex.Array, chex.Array]:
+    """Generalised advantage estimation over a rollout with auto-reset environments.
+
+    An episode ends at step t when it terminates or is truncated. A termination bootstraps nothing; a
+    truncation bootstraps from the value of the observation actually reached, `next_values[t]`, which the
+    rollout records before the auto-reset. Either way the recursion does not carry across the boundary.
+
+    Args:
+      rewards: [T, B] reward of step t.
+      values: [T, B] V(s_t).
+      next_values: [T, B] V(s_{t+1}) of the observation reached by step t (pre-reset).
+      terminations: [T, B] 1 where step t ended the episode in a terminal state.
+      truncations: [T, B] 1 where step t ended the episode by a time limit (and did not terminate).
+      gamma: discount in [0, 1].
+      gae_lambda: lambda in [0, 1].
+
+    Returns:
+      advantages [T, B] and value targets returns = advantages + values, [T, B].
+    """
+    for name, value in (("gamma", gamma), ("gae_lambda", gae_lambda)):
+        if isinstance(value, (int, float)) and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    chex.assert_rank(rewards, 2)
+    chex.assert_equal_shape([rewards, values, next_values, terminations, truncations])
+    terminations = terminations.astype(rewards.dtype)
+    episode_end = jnp.maximum(terminations, truncations.astype(rewards.dtype))
+    deltas = rewards + gamma * (1.0 - terminations) * next_values - values
+    carry_discount = gamma * gae_lambda * (1.0 - episode_end)
+
+    def backward(next_advantage, step):
+        delta, discount = step
+        advantage = delta + discount * next_advantage
+        return advantage, advantage
+
+    _, advantages = jax.lax.scan(backward, jnp.zeros_like(rewards[0]), (deltas, carry_discount), reverse=True)
+    return advantages, advantages + values
+
+
+def normalize_advantages(advantages: chex.Array, eps: float = 1e-8) -> chex.Array:
+    """(A - mean) / (std + eps) over every element of `advantages` [...]."""
+    return (advantages - jnp.mean(advantages)) / (jnp.std(advantages) + eps)
+
+
+def grpo_advantages(rewards: chex.Array, scale_by_std: bool = False, eps: float = 1e-4) -> chex.Array:
+    """GRPO group-relative advantages.
+
+    Args:
+      rewards: [P, G] rewards of G completions for each of P prompts (G >= 2).
+      scale_by_std: divide by the group's standard deviation + eps (GRPO); d1 leaves it off.
+      eps: added to the std.
+
+    Returns:
+      [P, G] A = r - mean_group(r) (optionally / (std_group + eps)).
+    """
+    chex.assert_rank(rewards, 2)
+    if rewards.shape[1] < 2:
+        raise ValueError(f"group size G must be >= 2, got rewards of shape {rewards.shape}")
+    centred = rewards - jnp.mean(rewards, axis=1, keepdims=True)
+    if scale_by_std:
+        return centred / (jnp.std(rewards, axis=1, keepdims=True) + eps)
+    return centred

@@ -1,0 +1,73 @@
+"""The DiPOD on-policy ELBO regulariser: the single place where the DiPOD term is defined.
+
+DiPOD (arXiv 2606.13795) adds to every policy-gradient loss
+
+    loss_DiPOD(theta) = loss_PG(theta) - beta * mean_{rollout batch} ELBO_theta(a | s)
+
+Self-distillation (maximising the ELBO of the policy's own samples) leaves the sampling distribution unchanged
+but tightens the bound; the regulariser is that step merged into the policy update.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import chex
+import jax.numpy as jnp
+
+
+def check_dipod_beta(beta) -> None:
+    """Raise ValueError when a concrete `dipod_beta` is negative or not finite (traced values pass)."""
+    if isinstance(beta, numbers.Real):
+        if not (beta >= 0.0) or beta == float("inf"):
+            raise ValueError(f"dipod_beta must be a finite number >= 0, got {beta!r}")
+
+
+def weighted_mean(values: chex.Array, weights: Optional[chex.Array] = None) -> chex.Array:
+    """Mean of `values` [...], or sum(w * v) / sum(w) with `weights` of the same shape.
+
+    The denominator is floored at the smallest positive float so an all-zero weight vector gives 0, not NaN.
+    """
+    if weights is None:
+        return jnp.mean(values)
+    chex.assert_equal_shape([values, weights])
+    weights = weights.astype(values.dtype)
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), jnp.finfo(values.dtype).tiny)
+
+
+def dipod_regularizer(elbo: chex.Array, beta, weights: Optional[chex.Array] = None) -> chex.Array:
+    """The DiPOD term -beta * mean(ELBO) over the on-policy batch.
+
+    Args:
+      elbo: [...] ELBO estimates of the current rollout's samples under the current parameters
+        (for flows: -l_theta, the negated per-sample CFM loss; for dLLMs: a sequence ELBO).
+      beta: scalar >= 0 (Python number or traced array).
+      weights: optional [...] non-negative weights (e.g. completion lengths for SPG's length-weighted mean).
+
+    Returns:
+      scalar, to be added to the policy-gradient loss.
+    """
+    check_dipod_beta(beta)
+    return -beta * weighted_mean(elbo, weights)
+
+
+def with_dipod(pg_loss: chex.Array, elbo: chex.Array, beta, weights: Optional[chex.Array] = None) -> chex.Array:
+    """Compose a policy-gradient loss with the DiPOD term: pg_loss - beta * mean(elbo).
+
+    A concrete beta == 0 returns `pg_loss` itself, so the loss and its gradient are bit-for-bit the baseline's
+    (no extra operation enters the graph). A traced beta always adds the term.
+
+    Args:
+      pg_loss: scalar policy-gradient loss.
+      elbo: [...] on-policy ELBO estimates (see `dipod_regularizer`).
+      beta: scalar >= 0.
+      weights: optional [...] weights for the mean.
+
+    Returns:
+      scalar total loss.
+    """
+    check_dipod_beta(beta)
+    chex.assert_rank(pg_loss, 0)
+    if isinstance(beta, numbers.Real) and beta == 0:
+        return pg_loss
+    return pg_loss + dipod_regularizer(elbo, beta, weights)

@@ -1,0 +1,208 @@
+"""Conditional flow matching for flow policies: the path, the per-sample CFM loss, stored (tau, eps) draws,
+and the FPO / FPO++ log-ratios built from CFM losses.
+
+Sign convention (shared by the whole project): t = 1 is noise, t = 0 is the action. The linear path is
+x_tau = tau * eps + (1 - tau) * a with target velocity u = eps - a, so the sampler integrates from t = 1 to 0.
+The flow ELBO of an action is -E_{tau, eps}[l_theta] up to a positive weight and an additive constant.
+"""
+from __future__ import annotations
+
+from typing import Callable, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+CFM_VARIANTS = ("velocity", "eps")
+TAU_SCHEDULES = ("grid", "uniform", "beta")
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in CFM_VARIANTS:
+        raise ValueError(f"variant must be one of {CFM_VARIANTS}, got {variant!r}")
+
+
+def flow_path(actions: chex.Array, eps: chex.Array, tau: chex.Array) -> chex.Array:
+    """Point on the linear path between an action and noise.
+
+    Args:
+      actions: [..., D] clean actions a.
+      eps: [..., D] Gaussian noise.
+      tau: [...] path times in [0, 1] (0 = action, 1 = noise).
+
+    Returns:
+      [..., D] x_tau = tau * eps + (1 - tau) * a.
+    """
+    chex.assert_equal_shape([actions, eps])
+    chex.assert_equal_shape_prefix([actions, tau], tau.ndim)
+    chex.assert_rank(actions, tau.ndim + 1)
+    t = tau[..., None]
+    return t * eps + (1.0 - t) * actions
+
+
+def cfm_loss_from_velocity(
+    velocity: chex.Array,
+    actions: chex.Array,
+    eps: chex.Array,
+    tau: chex.Array,
+    variant: str = "velocity",
+) -> chex.Array:
+    """Per-sample conditional flow-matching loss from a predicted velocity.
+
+    Args:
+      velocity: [..., D] v_theta(x_tau, tau, s).
+      actions: [..., D] clean actions a.
+      eps: [..., D] the noise that produced x_tau.
+      tau: [...] path times.
+      variant: "velocity": mean_D (v - (eps - a))^2.
+        "eps" (FPO's default, "u supervised as eps"): eps_hat = x_tau + (1 - tau) * v, mean_D (eps_hat - eps)^2,
+        which equals (1 - tau)^2 times the velocity loss.
+
+    Returns:
+      [...] per-sample loss (mean over the action dimension).
+    """
+    _check_variant(variant)
+    chex.assert_equal_shape([velocity, actions, eps])
+    if variant == "velocity":
+        residual = velocity - (eps - actions)
+    else:
+        x_tau = flow_path(actions, eps, tau)
+        residual = x_tau + (1.0 - tau[..., None]) * velocity - eps
+    return jnp.mean(jnp.square(residual), axis=-1)
+
+
+def cfm_loss(
+    velocity_fn: Callable[[chex.Array, chex.Array, chex.Array], chex.Array],
+    obs: chex.Array,
+    actions: chex.Array,
+    tau: chex.Array,
+    eps: chex.Array,
+    variant: str = "velocity",
+) -> chex.Array:
+    """Per-sample CFM losses l_theta(a; s, tau_n, eps_n) for N stored (tau, eps) pairs per action.
+
+    Args:
+      velocity_fn: `velocity_fn(obs [..., S], x [..., D], t [...]) -> [..., D]`, parameters closed over.
+      obs: [B, S] observations.
+      actions: [B, D] actions.
+      tau: [B, N] stored path times.
+      eps: [B, N, D] stored noise.
+      variant: see `cfm_loss_from_velocity`.
+
+    Returns:
+      [B, N] per-sample losses. Their negated mean over N is the (unnormalised) flow ELBO.
+    """
+    _check_variant(variant)
+    chex.assert_rank([obs, actions, tau, eps], [2, 2, 2, 3])
+    batch, num_samples = tau.shape
+    chex.assert_shape(eps, (batch, num_samples, actions.shape[-1]))
+    chex.assert_shape(obs, (batch, None))
+    chex.assert_shape(actions, (batch, None))
+    actions_n = jnp.broadcast_to(actions[:, None, :], eps.shape)
+    obs_n = jnp.broadcast_to(obs[:, None, :], (batch, num_samples, obs.shape[-1]))
+    x_tau = flow_path(actions_n, eps, tau)
+    velocity = velocity_fn(obs_n, x_tau, tau)
+    chex.assert_equal_shape([velocity, eps])
+    return cfm_loss_from_velocity(velocity, actions_n, eps, tau, variant)
+
+
+def draw_tau_eps(
+    key: chex.PRNGKey,
+    batch_size: int,
+    num_samples: int,
+    action_dim: int,
+    schedule: str = "grid",
+    num_flow_steps: int = 10,
+    beta_b: float = 2.0,
+) -> Tuple[chex.Array, chex.Array]:
+    """Draw the (tau, eps) pairs that are stored at rollout time and reused by every later evaluation.
+
+    Args:
+      key: PRNG key.
+      batch_size: B, number of actions.
+      num_samples: N pairs per action (FPO: 8; FPO++: 16 to 32).
+      action_dim: D.
+      schedule: "grid": tau uniform over the K points where the Euler sampler evaluates the velocity,
+        {1, 1 - 1/K, ..., 1/K} (FPO default); "uniform": tau ~ U(0, 1);
+        "beta": FPO++'s tau = 0.005 + 0.99 * (1 - (1 - U)^(1 / b)), the inverse CDF of Beta(1, b).
+      num_flow_steps: K, used by "grid".
+      beta_b: b, used by "beta" (b > 1 puts more mass near the action end).
+
+    Returns:
+      tau [B, N] and eps [B, N, D] (float32).
+    """
+    if schedule not in TAU_SCHEDULES:
+        raise ValueError(f"schedule must be one of {TAU_SCHEDULES}, got {schedule!r}")
+    for name, value in (("batch_size", batch_size), ("num_samples", num_samples), ("action_dim", action_dim),
+                        ("num_flow_steps", num_flow_steps)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
+    if schedule == "beta" and not beta_b > 0:
+        raise ValueError(f"beta_b must be > 0, got {beta_b!r}")
+    key_tau, key_eps = jax.random.split(key)
+    shape = (batch_size, num_samples)
+    if schedule == "grid":
+        k = jax.random.randint(key_tau, shape, 0, num_flow_steps)
+        tau = 1.0 - k.astype(jnp.float32) / num_flow_steps
+    elif schedule == "uniform":
+        tau = jax.random.uniform(key_tau, shape)
+    else:
+        u = jax.random.uniform(key_tau, shape)
+        tau = 0.005 + 0.99 * (1.0 - jnp.power(1.0 - u, 1.0 / beta_b))
+    eps = jax.random.normal(key_eps, shape + (action_dim,))
+    return tau, eps
+
+
+def fpo_log_ratio(l_old: chex.Array, l_new: chex.Array) -> chex.Array:
+    """FPO's log-ratio, averaging the CFM losses before the exponential.
+
+    Args:
+      l_old: [B, N] stored per-sample CFM losses under the rollout parameters.
+      l_new: [B, N] the same samples' losses under the current parameters.
+
+    Returns:
+      [B] log r = mean_n l_old - mean_n l_new.
+    """
+    chex.assert_rank(l_old, 2)
+    chex.assert_equal_shape([l_old, l_new])
+    return jnp.mean(l_old, axis=-1) - jnp.mean(l_new, axis=-1)
+
+
+def straight_through_clip(x: chex.Array, low: float, high: float) -> chex.Array:
+    """Clip in the forward pass, identity in the backward pass."""
+    return x + jax.lax.stop_gradient(jnp.clip(x, low, high) - x)
+
+
+def fpo_pp_log_ratio(
+    l_old: chex.Array,
+    l_new: chex.Array,
+    advantages: chex.Array,
+    loss_clamp: float = 20.0,
+    log_ratio_clamp: float = 10.0,
+) -> chex.Array:
+    """FPO++'s per-sample log-ratios with its two clamps.
+
+    For negative-advantage actions the current loss is clamped at `loss_clamp` (pushing an action away can
+    otherwise blow its CFM loss up without bound); every log-ratio is clamped to [-c, c] with a straight-through
+    estimator, so the forward value is bounded while the gradient is that of the identity.
+
+    Args:
+      l_old: [B, N] stored per-sample losses.
+      l_new: [B, N] current per-sample losses.
+      advantages: [B].
+      loss_clamp: upper clamp on l_new where A < 0 (> 0).
+      log_ratio_clamp: c > 0.
+
+    Returns:
+      [B, N] log r_n = l_old,n - l_new,n (clamped as above).
+    """
+    if not loss_clamp > 0:
+        raise ValueError(f"loss_clamp must be > 0, got {loss_clamp!r}")
+    if not log_ratio_clamp > 0:
+        raise ValueError(f"log_ratio_clamp must be > 0, got {log_ratio_clamp!r}")
+    chex.assert_rank([l_old, advantages], [2, 1])
+    chex.assert_equal_shape([l_old, l_new])
+    chex.assert_equal_shape_prefix([l_old, advantages], 1)
+    negative = (advantages < 0)[:, None]
+    l_new = jnp.where(negative, jnp.minimum(l_new, loss_clamp), l_new)
+    return straight_through_clip(l_old - l_new, -log_ratio_clamp, log_ratio_clamp)

@@ -1,0 +1,151 @@
+"""Policy-gradient losses for continuous control: Gaussian PPO, FPO and FPO++, each with the DiPOD term.
+
+Each returns `(loss, aux)`: a scalar to minimise and a dict of scalar diagnostics
+("pg_loss", "dipod_term", "ratio_mean", "ratio_std", "clip_fraction", and "cfm_loss" for flows).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import chex
+import jax.numpy as jnp
+
+from dipod_jax.losses.dipod import check_dipod_beta, with_dipod
+from dipod_jax.losses.flow import fpo_log_ratio, fpo_pp_log_ratio
+from dipod_jax.losses.trust_region import check_clip_eps, clip_fraction, ppo_objective, trust_region_objective
+
+LossAndAux = Tuple[chex.Array, Dict[str, chex.Array]]
+
+
+def _ratio_stats(ratio: chex.Array, clip_eps: float) -> Dict[str, chex.Array]:
+    return {"ratio_mean": jnp.mean(ratio), "ratio_std": jnp.std(ratio),
+            "clip_fraction": clip_fraction(ratio, clip_eps)}
+
+
+def ppo_loss(
+    logp_new: chex.Array,
+    logp_old: chex.Array,
+    advantages: chex.Array,
+    clip_eps: float = 0.2,
+    entropy: Optional[chex.Array] = None,
+    entropy_coef: float = 0.0,
+    dipod_beta: float = 0.0,
+) -> LossAndAux:
+    """Clipped PPO for a policy with an exact log-likelihood (the Gaussian baseline).
+
+    Args:
+      logp_new: [B] log pi_theta(a | s).
+      logp_old: [B] log pi_old(a | s) stored at rollout time.
+      advantages: [B].
+      clip_eps: eps > 0.
+      entropy: optional [B] policy entropies; the loss subtracts entropy_coef * mean(entropy).
+      entropy_coef: >= 0.
+      dipod_beta: >= 0; for an exact-likelihood policy the on-policy "ELBO" is log pi itself.
+
+    Returns:
+      (loss, aux).
+    """
+    check_clip_eps(clip_eps)
+    check_dipod_beta(dipod_beta)
+    chex.assert_rank(logp_new, 1)
+    chex.assert_equal_shape([logp_new, logp_old, advantages])
+    ratio = jnp.exp(logp_new - logp_old)
+    pg = -jnp.mean(ppo_objective(ratio, advantages, clip_eps))
+    if entropy is not None:
+        chex.assert_equal_shape([entropy, logp_new])
+        pg = pg - entropy_coef * jnp.mean(entropy)
+    loss = with_dipod(pg, logp_new, dipod_beta)
+    return loss, {"pg_loss": pg, "dipod_term": loss - pg, **_ratio_stats(ratio, clip_eps)}
+
+
+def fpo_loss(
+    l_old: chex.Array,
+    l_new: chex.Array,
+    advantages: chex.Array,
+    clip_eps: float = 0.05,
+    trust_region: str = "ppo",
+    dipod_beta: float = 0.0,
+) -> LossAndAux:
+    """FPO: one ratio per action, exp(mean_n l_old - mean_n l_new), under a trust region.
+
+    The DiPOD term is beta * mean(l_new): the negated flow ELBO of the rollout's own actions, computed from the
+    same per-sample losses the ratio uses, so it costs no extra forward pass.
+
+    Args:
+      l_old: [B, N] stored per-sample CFM losses.
+      l_new: [B, N] per-sample CFM losses under the current parameters.
+      advantages: [B].
+      clip_eps: eps > 0 (FPO: 0.05).
+      trust_region: "ppo" | "spo" | "aspo".
+      dipod_beta: >= 0.
+
+    Returns:
+      (loss, aux).
+    """
+    check_clip_eps(clip_eps)
+    check_dipod_beta(dipod_beta)
+    chex.assert_rank(advantages, 1)
+    chex.assert_equal_shape_prefix([l_new, advantages], 1)
+    ratio = jnp.exp(fpo_log_ratio(l_old, l_new))
+    pg = -jnp.mean(trust_region_objective(ratio, advantages, clip_eps, trust_region))
+    loss = with_dipod(pg, -l_new, dipod_beta)
+    return loss, {"pg_loss": pg, "dipod_term": loss - pg, "cfm_loss": jnp.mean(l_new),
+                  **_ratio_stats(ratio, clip_eps)}
+
+
+def fpo_pp_loss(
+    l_old: chex.Array,
+    l_new: chex.Array,
+    advantages: chex.Array,
+    clip_eps: float = 0.05,
+    trust_region: str = "aspo",
+    advantage_clamp: Optional[float] = None,
+    loss_clamp: float = 20.0,
+    log_ratio_clamp: float = 10.0,
+    dipod_beta: float = 0.0,
+) -> LossAndAux:
+    """FPO++: a ratio per (tau, eps) sample, each under the trust region, averaged over samples and actions.
+
+    Args:
+      l_old: [B, N] stored per-sample CFM losses.
+      l_new: [B, N] current per-sample CFM losses.
+      advantages: [B].
+      clip_eps: eps > 0.
+      trust_region: "aspo" (FPO++ default) | "ppo" | "spo".
+      advantage_clamp: if given, advantages are clipped to [-c, c] first.
+      loss_clamp: l_new is clamped at this value where A < 0.
+      log_ratio_clamp: straight-through clamp of each log-ratio.
+      dipod_beta: >= 0; the term uses the unclamped l_new.
+
+    Returns:
+      (loss, aux).
+    """
+    check_clip_eps(clip_eps)
+    check_dipod_beta(dipod_beta)
+    if advantage_clamp is not None:
+        if not advantage_clamp > 0:
+            raise ValueError(f"advantage_clamp must be > 0, got {advantage_clamp!r}")
+        advantages = jnp.clip(advantages, -advantage_clamp, advantage_clamp)
+    log_ratio = fpo_pp_log_ratio(l_old, l_new, advantages, loss_clamp, log_ratio_clamp)
+    ratio = jnp.exp(log_ratio)
+    per_sample_adv = jnp.broadcast_to(advantages[:, None], ratio.shape)
+    pg = -jnp.mean(trust_region_objective(ratio, per_sample_adv, clip_eps, trust_region))
+    loss = with_dipod(pg, -l_new, dipod_beta)
+    return loss, {"pg_loss": pg, "dipod_term": loss - pg, "cfm_loss": jnp.mean(l_new),
+                  **_ratio_stats(ratio, clip_eps)}
+
+
+def self_distillation_loss(l_student: chex.Array) -> chex.Array:
+    """Self-distillation objective: the student's mean CFM loss on the teacher's own samples.
+
+    Minimising it maximises the student's ELBO of actions drawn from the frozen teacher theta_T, with fresh
+    (tau, eps) per step; started at theta_T it leaves the sampling distribution in place and tightens the bound.
+
+    Args:
+      l_student: [B, N] per-sample CFM losses of teacher actions under the student.
+
+    Returns:
+      scalar.
+    """
+    chex.assert_rank(l_student, 2)
+    return jnp.mean(l_student)

@@ -1,0 +1,34 @@
+"""Critic loss."""
+from __future__ import annotations
+
+from typing import Optional
+
+import chex
+import jax.numpy as jnp
+
+
+def value_loss(values: chex.Array, returns: chex.Array, old_values: Optional[chex.Array] = None,
+               clip_eps: Optional[float] = None) -> chex.Array:
+    """0.5 * mean squared error of the critic, optionally PPO-style clipped around the rollout values.
+
+    Args:
+      values: [...] current predictions V_theta(s).
+      returns: [...] targets (GAE returns).
+      old_values: [...] predictions at rollout time; required when `clip_eps` is given.
+      clip_eps: if given, the prediction may move at most eps from `old_values` before the loss stops
+        rewarding it: 0.5 * mean(max((V - R)^2, (V_clipped - R)^2)).
+
+    Returns:
+      scalar loss.
+    """
+    chex.assert_equal_shape([values, returns])
+    squared = jnp.square(values - returns)
+    if clip_eps is None:
+        return 0.5 * jnp.mean(squared)
+    if old_values is None:
+        raise ValueError("value_loss: old_values is required when clip_eps is given")
+    if isinstance(clip_eps, (int, float)) and not clip_eps > 0:
+        raise ValueError(f"clip_eps must be > 0, got {clip_eps!r}")
+    chex.assert_equal_shape([values, old_values])
+    clipped = old_values + jnp.clip(values - old_values, -clip_eps, clip_eps)
+    return 0.5 * jnp.mean(jnp.maximum(squared, jnp.square(clipped - returns)))
