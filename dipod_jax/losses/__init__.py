@@ -22,6 +22,19 @@ from dipod_jax.losses.flow import (
     fpo_pp_log_ratio,
     straight_through_clip,
 )
+from dipod_jax.losses.lm import diffu_grpo_loss, fpo_dllm_loss, grpo_loss, spg_loss
+from dipod_jax.losses.masked import (
+    apply_mask,
+    elbo_from_token_logprobs,
+    elbo_masked,
+    mask_block_random,
+    mask_completion_and_prompt,
+    mask_uniform_count,
+    spg_elbo_from_token_logprobs,
+    spg_eubo_from_token_logprobs,
+    spg_mix,
+    token_log_probs,
+)
 from dipod_jax.losses.policy_gradient import fpo_loss, fpo_pp_loss, ppo_loss, self_distillation_loss
 from dipod_jax.losses.trust_region import (
     aspo_objective,
@@ -31,3 +44,42 @@ from dipod_jax.losses.trust_region import (
     trust_region_objective,
 )
 from dipod_jax.losses.value import value_loss
+
+__all__ = [
+    "apply_mask",
+    "aspo_objective",
+    "cfm_loss",
+    "cfm_loss_from_velocity",
+    "clip_fraction",
+    "diffu_grpo_loss",
+    "dipod_regularizer",
+    "draw_tau_eps",
+    "elbo_from_token_logprobs",
+    "elbo_masked",
+    "flow_path",
+    "fpo_dllm_loss",
+    "fpo_log_ratio",
+    "fpo_loss",
+    "fpo_pp_log_ratio",
+    "fpo_pp_loss",
+    "gae",
+    "grpo_advantages",
+    "grpo_loss",
+    "mask_block_random",
+    "mask_completion_and_prompt",
+    "mask_uniform_count",
+    "normalize_advantages",
+    "ppo_loss",
+    "ppo_objective",
+    "self_distillation_loss",
+    "spg_elbo_from_token_logprobs",
+    "spg_eubo_from_token_logprobs",
+    "spg_loss",
+    "spg_mix",
+    "spo_objective",
+    "straight_through_clip",
+    "token_log_probs",
+    "trust_region_objective",
+    "value_loss",
+    "with_dipod",
+]

@@ -49,14 +49,28 @@ def spo_objective(ratio: chex.Array, advantages: chex.Array, clip_eps: float) ->
 
 
 def aspo_objective(ratio: chex.Array, advantages: chex.Array, clip_eps: float) -> chex.Array:
-    """ASPO: PPO's clip where A > 0, SPO's penalty where A <= 0. Shapes as `ppo_objective`."""
+    """ASPO: PPO's clip where A > 0, SPO's penalty where A <= 0.
+
+    Args:
+      ratio: [...]; advantages: [...] same shape; clip_eps: eps > 0.
+
+    Returns:
+      [...] objective to maximise.
+    """
     return jnp.where(advantages > 0, ppo_objective(ratio, advantages, clip_eps),
                      spo_objective(ratio, advantages, clip_eps))
 
 
 def trust_region_objective(ratio: chex.Array, advantages: chex.Array, clip_eps: float,
                            kind: str = "ppo") -> chex.Array:
-    """Dispatch to `ppo_objective`, `spo_objective` or `aspo_objective` by name. Shapes as those."""
+    """Dispatch to `ppo_objective`, `spo_objective` or `aspo_objective` by name.
+
+    Args:
+      ratio: [...]; advantages: [...] same shape; clip_eps: eps > 0; kind: "ppo" | "spo" | "aspo".
+
+    Returns:
+      [...] objective to maximise.
+    """
     if kind == "ppo":
         return ppo_objective(ratio, advantages, clip_eps)
     if kind == "spo":
