@@ -1,0 +1,104 @@
+"""Drift measurements: how far a surrogate (ELBO) log-likelihood and its gradient are from the exact ones.
+
+The three quantities of the double-drift diagnosis (ALGORITHMS.md, Section 4):
+
+- bound gap: exact log pi(a | s) minus the surrogate ELBO(a | s) on the policy's own samples;
+- log-ratio error: the surrogate's log-ratio between two parameter vectors minus the exact one, on the same
+  samples; per sample it equals gap_new - gap_old, so any additive constant in the surrogate cancels;
+- gradient cosine: between the gradient of the surrogate policy-gradient objective and the exact policy
+  gradient E[A grad log pi], at the same parameters and batch.
+
+About the flow surrogate's constant. FPO's ratio exp(mean_n l_old - mean_n l_new) treats
+ELBO_FPO(a) = -mean_n l(a; tau_n, eps_n) (unit weight on the dimension-averaged CFM loss, zero constant) as
+the log-likelihood. The true variational bound of a linear-path flow weights the loss by a tau-dependent
+factor and adds a constant that depends on D and the noise schedule, and the deterministic Euler sampler is
+not the stochastic process that bound describes, so ELBO_FPO is not a bound of the sampler's log pi. The flow
+"bound gap" reported here is therefore log pi + mean_n l, defined up to an additive constant fixed at zero:
+its level is not meaningful, its change over training, its spread across samples and its difference
+between two runs at the same step are. The log-ratio error, which is what FPO's update actually gets wrong,
+is constant-free. For masked diffusion the LLaDA estimator is a genuine lower bound (in expectation) of the
+random-order sampler's log-likelihood, with no free constant, and the gap is the Jensen gap.
+"""
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+
+def flow_fpo_elbo(cfm_losses: chex.Array) -> chex.Array:
+    """The log-likelihood surrogate implied by FPO's ratio.
+
+    Args:
+      cfm_losses: [B, N] per-sample CFM losses l(a_b; s_b, tau_n, eps_n).
+
+    Returns:
+      [B] -mean_n l: a flow ELBO with unit weight and its additive constant set to zero (see module docstring).
+    """
+    chex.assert_rank(cfm_losses, 2)
+    return -jnp.mean(cfm_losses, axis=-1)
+
+
+def bound_gap(exact_log_prob: chex.Array, elbo: chex.Array) -> chex.Array:
+    """Per-sample bound gap, exact log pi minus the surrogate.
+
+    Args:
+      exact_log_prob: [B] exact log pi(a_b | s_b).
+      elbo: [B] surrogate estimates of the same log-likelihoods.
+
+    Returns:
+      [B] log pi - ELBO (>= 0 in expectation for a true lower bound).
+    """
+    chex.assert_rank(exact_log_prob, 1)
+    chex.assert_equal_shape([exact_log_prob, elbo])
+    return exact_log_prob - elbo
+
+
+def log_ratio_error(proxy_log_ratio: chex.Array, exact_log_ratio: chex.Array) -> chex.Array:
+    """Per-sample error of a surrogate log-ratio log(pi_new / pi_old).
+
+    Args:
+      proxy_log_ratio: [B] surrogate log-ratio (e.g. ELBO_new - ELBO_old, or FPO's mean l_old - mean l_new).
+      exact_log_ratio: [B] log pi_new - log pi_old of the same samples.
+
+    Returns:
+      [B] proxy - exact.
+    """
+    chex.assert_rank(proxy_log_ratio, 1)
+    chex.assert_equal_shape([proxy_log_ratio, exact_log_ratio])
+    return proxy_log_ratio - exact_log_ratio
+
+
+def score_function_objective(exact_log_prob: chex.Array, advantages: chex.Array) -> chex.Array:
+    """The objective whose gradient is the exact policy-gradient estimate mean_b A_b grad log pi(a_b | s_b).
+
+    Args:
+      exact_log_prob: [B] exact log pi_theta(a_b | s_b), differentiable in theta.
+      advantages: [B] advantages (treated as constants).
+
+    Returns:
+      scalar mean_b stop_gradient(A_b) * log pi(a_b | s_b), to be maximised.
+    """
+    chex.assert_rank(exact_log_prob, 1)
+    chex.assert_equal_shape([exact_log_prob, advantages])
+    return jnp.mean(jax.lax.stop_gradient(advantages) * exact_log_prob)
+
+
+def gradient_cosine(grads_a: chex.ArrayTree, grads_b: chex.ArrayTree, eps: float = 1e-12) -> chex.Array:
+    """Cosine similarity between two gradients given as pytrees of the same structure.
+
+    Args:
+      grads_a: pytree of arrays.
+      grads_b: pytree of arrays with the same structure and shapes.
+      eps: floor on the product of norms, so two zero gradients give 0 rather than NaN.
+
+    Returns:
+      scalar in [-1, 1]: <a, b> / (|a| |b|) over all leaves flattened together.
+    """
+    chex.assert_trees_all_equal_shapes(grads_a, grads_b)
+    leaves_a = jax.tree_util.tree_leaves(grads_a)
+    leaves_b = jax.tree_util.tree_leaves(grads_b)
+    dot = sum(jnp.vdot(a, b) for a, b in zip(leaves_a, leaves_b))
+    norm_a = jnp.sqrt(sum(jnp.vdot(a, a) for a in leaves_a))
+    norm_b = jnp.sqrt(sum(jnp.vdot(b, b) for b in leaves_b))
+    return dot / jnp.maximum(norm_a * norm_b, eps)
