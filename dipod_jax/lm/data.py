@@ -1,0 +1,138 @@
+"""Task text -> fixed-shape token arrays with prompt / completion masks, and generated tokens -> text.
+
+Layout of one row (T = prompt_length + gen_length):
+
+    [pad ... pad | prompt tokens][completion tokens, eos, eos ... eos]
+     <---------- prompt_length -><------------- gen_length ---------->
+
+Prompts are left-padded so every completion starts at column prompt_length, which is where the sampler
+writes. The completion is followed by eos up to gen_length: LLaDA's SFT recipe trains on that eos padding
+too, which teaches the model to end its answer (and to fill the unused tail with eos at sampling time).
+
+Masks, all bool [B, T]:
+  attention_mask   every column except the left padding of the prompt
+  prompt_mask      the real prompt tokens
+  completion_mask  the real completion tokens up to and including the first eos (the RL convention)
+  response_mask    every column of the generation region (the LLaDA SFT loss region)
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from dipod_jax.lm.tokenizer import Tokenizer
+
+
+class TokenBatch(NamedTuple):
+    """Token ids int32 [B, T] and the bool [B, T] masks described in the module docstring."""
+
+    tokens: np.ndarray
+    attention_mask: np.ndarray
+    prompt_mask: np.ndarray
+    completion_mask: np.ndarray
+    response_mask: np.ndarray
+
+
+def encode_batch(
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    completions: Sequence[str] | None,
+    prompt_length: int,
+    gen_length: int,
+) -> TokenBatch:
+    """Encodes prompts (and completions, for supervised data) into one TokenBatch.
+
+    Args:
+      tokenizer: any `Tokenizer`.
+      prompts: B prompt strings.
+      completions: B completion strings (eos is appended here), or None for prompts to be completed by the
+        sampler: the generation region is then filled with the mask id and completion_mask is all False.
+      prompt_length: P, columns reserved for the prompt.
+      gen_length: G, columns of the generation region.
+    Returns:
+      TokenBatch with arrays of shape [B, P + G].
+    Raises:
+      ValueError naming the item index when a prompt is longer than P or a completion plus its eos is
+      longer than G, or when the argument lengths disagree.
+    """
+    if prompt_length <= 0 or gen_length <= 0:
+        raise ValueError(f"encode_batch: prompt_length={prompt_length} and gen_length={gen_length} must be > 0")
+    if completions is not None and len(completions) != len(prompts):
+        raise ValueError(f"encode_batch: {len(prompts)} prompts but {len(completions)} completions")
+    batch_size, total_length = len(prompts), prompt_length + gen_length
+    tokens = np.full((batch_size, total_length), tokenizer.pad_id, dtype=np.int32)
+    attention_mask = np.zeros((batch_size, total_length), dtype=bool)
+    prompt_mask = np.zeros((batch_size, total_length), dtype=bool)
+    completion_mask = np.zeros((batch_size, total_length), dtype=bool)
+    response_mask = np.zeros((batch_size, total_length), dtype=bool)
+    response_mask[:, prompt_length:] = True
+    attention_mask[:, prompt_length:] = True
+    for row, prompt in enumerate(prompts):
+        prompt_ids = tokenizer.encode(prompt)
+        if len(prompt_ids) > prompt_length:
+            raise ValueError(f"encode_batch: prompt {row} has {len(prompt_ids)} tokens > prompt_length={prompt_length}")
+        start = prompt_length - len(prompt_ids)
+        tokens[row, start:prompt_length] = prompt_ids
+        prompt_mask[row, start:prompt_length] = True
+        attention_mask[row, start:prompt_length] = True
+        if completions is None:
+            tokens[row, prompt_length:] = tokenizer.mask_id
+            continue
+        completion_ids = tokenizer.encode(completions[row]) + [tokenizer.eos_id]
+        if len(completion_ids) > gen_length:
+            raise ValueError(
+                f"encode_batch: completion {row} has {len(completion_ids)} tokens with eos > gen_length={gen_length}"
+            )
+        tokens[row, prompt_length:] = tokenizer.eos_id
+        tokens[row, prompt_length:prompt_length + len(completion_ids)] = completion_ids
+        completion_mask[row, prompt_length:prompt_length + len(completion_ids)] = True
+    return TokenBatch(tokens, attention_mask, prompt_mask, completion_mask, response_mask)
+
+
+def completion_mask_from_tokens(tokens: np.ndarray, prompt_length: int, eos_id: int) -> np.ndarray:
+    """The RL completion mask of generated rows: bool [B, T], True from column prompt_length up to and
+    including the first eos (to the end of the row when there is no eos).
+
+    tokens: int [B, T] (prompt followed by the generated region).
+    """
+    tokens = np.asarray(tokens)
+    generated = tokens[:, prompt_length:]
+    is_eos = generated == eos_id
+    # A position is real when no eos occurred strictly before it.
+    eos_before = np.cumsum(is_eos, axis=1) - is_eos
+    mask = np.zeros(tokens.shape, dtype=bool)
+    mask[:, prompt_length:] = eos_before == 0
+    return mask
+
+
+def decode_completions(tokenizer: Tokenizer, tokens: np.ndarray, prompt_length: int) -> list[str]:
+    """Text of each row's generation region up to its first eos (special tokens dropped).
+
+    tokens: int [B, T] with the generation region starting at column prompt_length.
+    """
+    texts = []
+    for row in np.asarray(tokens)[:, prompt_length:]:
+        ids = row.tolist()
+        if tokenizer.eos_id in ids:
+            ids = ids[: ids.index(tokenizer.eos_id)]
+        texts.append(tokenizer.decode(ids))
+    return texts
+
+
+def task_batch(task, items: Sequence, tokenizer: Tokenizer, template: str, prompt_length: int, gen_length: int,
+               with_completions: bool = True) -> TokenBatch:
+    """`encode_batch` of a task's prompts (and supervised completions) for `items`."""
+    prompts = [task.prompt_text(item, template) for item in items]
+    completions = [task.target_completion(item, template) for item in items] if with_completions else None
+    return encode_batch(tokenizer, prompts, completions, prompt_length, gen_length)
+
+
+def required_lengths(task, items: Sequence, tokenizer: Tokenizer, template: str,
+                     with_completions: bool = True) -> tuple[int, int]:
+    """(longest prompt, longest completion + eos) in tokens over `items`: the smallest valid P and G."""
+    prompt_length = max(len(tokenizer.encode(task.prompt_text(item, template))) for item in items)
+    if not with_completions:
+        return prompt_length, 0
+    gen_length = max(len(tokenizer.encode(task.target_completion(item, template))) + 1 for item in items)
+    return prompt_length, gen_length

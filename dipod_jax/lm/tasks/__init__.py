@@ -1,0 +1,87 @@
+"""Task registry: each language task as a record of plain functions.
+
+`get_task(name)` returns a `Task` with
+  load_test(path_or_name | None) -> list of items   (None = the shipped test set / bundled sample)
+  generate(rng, count) -> list of items              (None for GSM8K, whose training data is a JSONL file)
+  prompt_text(item, template) -> str
+  target_completion(item, template) -> str           (the supervised completion, d1 answer format)
+  reward(completion_text, item) -> float             (ALGORITHMS.md section 3)
+  longest_item() -> item                             (as long as any generated item; None for GSM8K)
+and `templates`, the prompt templates it supports (the first is its default).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+from dipod_jax.lm.tasks import countdown, gsm8k, sudoku
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    templates: tuple[str, ...]
+    load_test: Callable[[str | None], list[Any]]
+    generate: Callable[[np.random.Generator, int], list[Any]] | None
+    prompt_text: Callable[[Any, str], str]
+    target_completion: Callable[[Any, str], str]
+    reward: Callable[[str, Any], float]
+    longest_item: Callable[[], Any] | None
+
+
+def _sudoku_generate(rng: np.random.Generator, count: int, num_blanks: int | tuple[int, int] = (6, 10)) -> list:
+    # Blanks 6-10 cover the shipped sets (8 blanks; the "split new" set has 7-12 with most at 7-9).
+    return sudoku.generate_puzzles(rng, count, num_blanks)
+
+
+TASKS: dict[str, Task] = {
+    "sudoku": Task(
+        name="sudoku",
+        templates=("compact", "d1"),
+        load_test=lambda path=None: sudoku.load_test_set(path or sudoku.SHIPPED_TEST_FILES[0]),
+        generate=_sudoku_generate,
+        prompt_text=sudoku.prompt_text,
+        target_completion=sudoku.target_completion,
+        reward=sudoku.reward,
+        longest_item=sudoku.longest_item,
+    ),
+    "sudoku_split_new": Task(
+        name="sudoku_split_new",
+        templates=("compact", "d1"),
+        load_test=lambda path=None: sudoku.load_test_set(path or sudoku.SHIPPED_TEST_FILES[1]),
+        generate=_sudoku_generate,
+        prompt_text=sudoku.prompt_text,
+        target_completion=sudoku.target_completion,
+        reward=sudoku.reward,
+        longest_item=sudoku.longest_item,
+    ),
+    "countdown": Task(
+        name="countdown",
+        templates=("compact", "d1"),
+        load_test=lambda path=None: countdown.load_test_set(path or countdown.SHIPPED_TEST_FILE),
+        generate=countdown.generate_items,
+        prompt_text=countdown.prompt_text,
+        target_completion=countdown.target_completion,
+        reward=countdown.reward,
+        longest_item=countdown.longest_item,
+    ),
+    "gsm8k": Task(
+        name="gsm8k",
+        templates=("d1",),
+        load_test=lambda path=None: gsm8k.load_jsonl(path or gsm8k.SAMPLE_FILE),
+        generate=None,
+        prompt_text=gsm8k.prompt_text,
+        target_completion=gsm8k.target_completion,
+        reward=gsm8k.reward,
+        longest_item=None,
+    ),
+}
+
+
+def get_task(name: str) -> Task:
+    """The registered task `name`; ValueError listing the known names otherwise."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
+    return TASKS[name]

@@ -1,0 +1,127 @@
+"""GSM8K from a local JSONL file (the public data is not shipped), prompts and d1's reward.
+
+Each row is {"question": str, "answer": str} with the final number after "####", as in the public
+GSM8K release. `gsm8k_sample.jsonl` (package data) holds 10 problems we wrote ourselves in that format,
+for tests and smoke runs only.
+
+Prompt: d1's GSM8K setup asks for "<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n"; our
+wording of that instruction precedes the question.
+
+Reward (sum of d1's five GSM8K reward functions):
+  correctness 2.0  answer inside the last <answer> tags equals the reference (commas and a leading '$'
+                   removed from both, a small normalisation d1 does not do)
+  integer     0.5  that answer is a string of digits
+  strict      0.5  the whole completion is exactly "<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n"
+  soft        0.5  the completion starts with "<reasoning>...</reasoning>" followed by "<answer>...</answer>"
+  xml count   up to 0.5, 0.125 per correctly placed tag, minus 0.001 per character after "</answer>"
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import json
+import re
+
+SAMPLE_FILE = "gsm8k_sample.jsonl"
+_STRICT_FORMAT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$", re.DOTALL)
+_SOFT_FORMAT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gsm8kItem:
+    """`question`, the full reference `solution` text, and the final `answer` (the text after '####')."""
+
+    question: str
+    solution: str
+    answer: str
+
+
+def load_jsonl(name_or_path: str = SAMPLE_FILE) -> list[Gsm8kItem]:
+    """Reads GSM8K rows from `name_or_path` (a filesystem path, or the bundled sample's file name).
+
+    Raises ValueError naming the file and line for invalid JSON, missing keys, or an answer without '####'.
+    """
+    if name_or_path == SAMPLE_FILE:
+        resource = importlib.resources.files("dipod_jax.lm.tasks").joinpath("data", name_or_path)
+        with resource.open("r") as handle:
+            return _parse_jsonl(handle, str(resource))
+    with open(name_or_path, "r") as handle:
+        return _parse_jsonl(handle, name_or_path)
+
+
+def _parse_jsonl(handle, path: str) -> list[Gsm8kItem]:
+    items = []
+    for line_number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg})") from None
+        if not (isinstance(row, dict) and isinstance(row.get("question"), str)
+                and isinstance(row.get("answer"), str)):
+            raise ValueError(f"{path}:{line_number}: expected string fields 'question' and 'answer'")
+        if "####" not in row["answer"]:
+            raise ValueError(f"{path}:{line_number}: 'answer' has no '####' final-answer marker")
+        final = row["answer"].split("####")[-1].strip()
+        items.append(Gsm8kItem(question=row["question"], solution=row["answer"], answer=final))
+    return items
+
+
+def prompt_text(item: Gsm8kItem, template: str = "d1") -> str:
+    """The d1-style prompt: the format instruction (our wording) and the question."""
+    if template != "d1":
+        raise ValueError(f"gsm8k.prompt_text: unknown template {template!r} (only 'd1')")
+    return (
+        "Answer the math question. Write your working inside <reasoning> </reasoning> tags and then only "
+        "the final number inside <answer> </answer> tags, in this layout:\n"
+        "<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n\n"
+        f"{item.question}\n"
+    )
+
+
+def target_completion(item: Gsm8kItem, template: str = "d1") -> str:
+    """The reference solution in d1's format: its working as reasoning, its final number as the answer."""
+    if template != "d1":
+        raise ValueError(f"gsm8k.target_completion: unknown template {template!r} (only 'd1')")
+    working = item.solution.split("####")[0].strip()
+    return f"<reasoning>\n{working}\n</reasoning>\n<answer>\n{item.answer}\n</answer>\n"
+
+
+def extract_answer(completion: str) -> str:
+    """Text between the last "<answer>" and the following "</answer>", stripped (d1's extraction)."""
+    return completion.split("<answer>")[-1].split("</answer>")[0].strip()
+
+
+def _normalise(number_text: str) -> str:
+    return number_text.replace(",", "").lstrip("$").strip()
+
+
+def _xml_count(completion: str) -> float:
+    score = 0.0
+    if completion.count("<reasoning>\n") == 1:
+        score += 0.125
+    if completion.count("\n</reasoning>\n") == 1:
+        score += 0.125
+    if completion.count("\n<answer>\n") == 1:
+        score += 0.125 - 0.001 * len(completion.split("\n</answer>\n")[-1])
+    if completion.count("\n</answer>") == 1:
+        score += 0.125 - 0.001 * (len(completion.split("\n</answer>")[-1]) - 1)
+    return score
+
+
+def reward_components(completion: str, item: Gsm8kItem) -> dict[str, float]:
+    """The five d1 reward terms for one completion (module docstring); `reward` is their sum."""
+    answer = extract_answer(completion)
+    return {
+        "correctness": 2.0 if _normalise(answer) == _normalise(item.answer) else 0.0,
+        "integer": 0.5 if answer.isdigit() else 0.0,
+        "strict_format": 0.5 if _STRICT_FORMAT.match(completion) else 0.0,
+        "soft_format": 0.5 if _SOFT_FORMAT.match(completion) else 0.0,
+        "xml_count": _xml_count(completion),
+    }
+
+
+def reward(completion: str, item: Gsm8kItem) -> float:
+    """Total d1 GSM8K reward (at most 4.0 for a perfectly formatted correct integer answer)."""
+    return float(sum(reward_components(completion, item).values()))
