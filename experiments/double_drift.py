@@ -50,14 +50,19 @@ PLOTTED_METRICS = (("reward", "reward"), ("bound_gap", "bound gap (log pi - ELBO
                    ("log_ratio_error", "|log-ratio error|"), ("grad_cosine", "cos(proxy grad, exact grad)"))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("settings", list(SETTINGS), f"Which settings to run, a subset of {SETTINGS}.")
-flags.DEFINE_float("beta", 0.3, "DiPOD beta for the flow bandit (the baseline always runs at beta = 0).")
-flags.DEFINE_float("sequence_beta", 0.05, "DiPOD beta for the sequence toy (paper: 0.05 for dLLMs).")
-flags.DEFINE_integer("num_seeds", 8, "Seeds per run, vmapped in one jit.")
-flags.DEFINE_integer("steps", 150, "Training steps (rollout + inner updates) per run.")
-flags.DEFINE_string("output_dir", "runs/double_drift", "Where to write metrics, summary and figures.")
-flags.DEFINE_integer("bandit_action_dim", 2, "Action dimension of the bandit (1 or 2).")
-flags.DEFINE_bool("resume", True, "Reuse finished runs found in output_dir/runs instead of retraining them.")
+
+
+def define_flags() -> None:
+    """Register the command-line flags; called only when run as a program, so that importing this module
+    (tests, other experiments in the same process) defines no global flags."""
+    flags.DEFINE_list("settings", list(SETTINGS), f"Which settings to run, a subset of {SETTINGS}.")
+    flags.DEFINE_float("beta", 0.3, "DiPOD beta for the flow bandit (the baseline always runs at beta = 0).")
+    flags.DEFINE_float("sequence_beta", 0.05, "DiPOD beta for the sequence toy (paper: 0.05 for dLLMs).")
+    flags.DEFINE_integer("num_seeds", 8, "Seeds per run, vmapped in one jit.")
+    flags.DEFINE_integer("steps", 150, "Training steps (rollout + inner updates) per run.")
+    flags.DEFINE_string("output_dir", "runs/double_drift", "Where to write metrics, summary and figures.")
+    flags.DEFINE_integer("bandit_action_dim", 2, "Action dimension of the bandit (1 or 2).")
+    flags.DEFINE_bool("resume", True, "Reuse finished runs found in output_dir/runs instead of retraining them.")
 
 
 def check_flags(settings: List[str], beta: float, sequence_beta: float, num_seeds: int, steps: int) -> None:
@@ -306,4 +311,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

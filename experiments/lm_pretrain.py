@@ -93,35 +93,40 @@ class PretrainSettings:
 _DEFAULTS = PretrainSettings(out_dir="")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("task", _DEFAULTS.task, "Task to train on: sudoku or countdown (generated training data).")
-flags.DEFINE_string("template", _DEFAULTS.template, "Prompt template of the task (compact for the char-level model).")
-flags.DEFINE_integer("steps", _DEFAULTS.steps, "Total optimisation steps (a resumed run continues up to this count).")
-flags.DEFINE_integer("batch", _DEFAULTS.batch, "Training items per step.")
-flags.DEFINE_float("lr", _DEFAULTS.lr, "Peak AdamW learning rate (linear warm-up, then cosine decay to 10%).")
-flags.DEFINE_integer("warmup_steps", _DEFAULTS.warmup_steps, "Linear learning-rate warm-up steps.")
-flags.DEFINE_integer("decay_steps", _DEFAULTS.decay_steps,
-                     "Length of the warm-up + cosine schedule (0 = --steps); fix it when a "
-                     "resumed run will raise --steps, so the schedule does not change.")
-flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "AdamW weight decay.")
-flags.DEFINE_float("grad_clip", _DEFAULTS.grad_clip, "Global gradient-norm clip.")
-flags.DEFINE_integer("num_draws", _DEFAULTS.num_draws, "Masking draws per item per step (M of mask_uniform_count).")
-flags.DEFINE_enum("model_size", _DEFAULTS.model_size, list(MODEL_SIZES),
-                  "Model size preset (d_model, layers, heads, mlp).")
-flags.DEFINE_string("out_dir", None, "Output directory (config, checkpoints, metrics, TensorBoard).")
-flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of the model initialisation, data generation and masking.")
-flags.DEFINE_integer("eval_interval", _DEFAULTS.eval_interval,
-                     "Evaluate and checkpoint every this many steps (and at the end).")
-flags.DEFINE_integer("eval_items", _DEFAULTS.eval_items, "Test items per evaluation (0 = the whole test set).")
-flags.DEFINE_string("test_path", _DEFAULTS.test_path, "Test file (default: the task's shipped test set).")
-flags.DEFINE_string("extra_eval_tasks", _DEFAULTS.extra_eval_tasks,
-                    "Comma-separated further tasks whose shipped test sets are also evaluated "
-                    "(e.g. sudoku_split_new); each is scored with its own reward.")
-flags.DEFINE_integer("gen_steps", _DEFAULTS.gen_steps, "Sampler denoising steps (0 = one token per step).")
-flags.DEFINE_float("temperature", _DEFAULTS.temperature, "Sampler temperature at evaluation (0 = greedy).")
-flags.DEFINE_integer("log_interval", _DEFAULTS.log_interval, "Write the training loss every this many steps.")
-flags.DEFINE_float("time_budget_min", _DEFAULTS.time_budget_min,
-                   "Stop (with an evaluation and checkpoint) after this many minutes; 0 = none.")
-flags.DEFINE_bool("resume", _DEFAULTS.resume, "Continue from the newest checkpoint in --out_dir.")
+
+
+def define_flags() -> None:
+    """Register the command-line flags; called only when run as a program, so that importing this module
+    (tests, other experiments in the same process) defines no global flags."""
+    flags.DEFINE_string("task", _DEFAULTS.task, "Task to train on: sudoku or countdown (generated training data).")
+    flags.DEFINE_string("template", _DEFAULTS.template, "Prompt template of the task (compact for the char-level model).")
+    flags.DEFINE_integer("steps", _DEFAULTS.steps, "Total optimisation steps (a resumed run continues up to this count).")
+    flags.DEFINE_integer("batch", _DEFAULTS.batch, "Training items per step.")
+    flags.DEFINE_float("lr", _DEFAULTS.lr, "Peak AdamW learning rate (linear warm-up, then cosine decay to 10%).")
+    flags.DEFINE_integer("warmup_steps", _DEFAULTS.warmup_steps, "Linear learning-rate warm-up steps.")
+    flags.DEFINE_integer("decay_steps", _DEFAULTS.decay_steps,
+                         "Length of the warm-up + cosine schedule (0 = --steps); fix it when a "
+                         "resumed run will raise --steps, so the schedule does not change.")
+    flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "AdamW weight decay.")
+    flags.DEFINE_float("grad_clip", _DEFAULTS.grad_clip, "Global gradient-norm clip.")
+    flags.DEFINE_integer("num_draws", _DEFAULTS.num_draws, "Masking draws per item per step (M of mask_uniform_count).")
+    flags.DEFINE_enum("model_size", _DEFAULTS.model_size, list(MODEL_SIZES),
+                      "Model size preset (d_model, layers, heads, mlp).")
+    flags.DEFINE_string("out_dir", None, "Output directory (config, checkpoints, metrics, TensorBoard).")
+    flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of the model initialisation, data generation and masking.")
+    flags.DEFINE_integer("eval_interval", _DEFAULTS.eval_interval,
+                         "Evaluate and checkpoint every this many steps (and at the end).")
+    flags.DEFINE_integer("eval_items", _DEFAULTS.eval_items, "Test items per evaluation (0 = the whole test set).")
+    flags.DEFINE_string("test_path", _DEFAULTS.test_path, "Test file (default: the task's shipped test set).")
+    flags.DEFINE_string("extra_eval_tasks", _DEFAULTS.extra_eval_tasks,
+                        "Comma-separated further tasks whose shipped test sets are also evaluated "
+                        "(e.g. sudoku_split_new); each is scored with its own reward.")
+    flags.DEFINE_integer("gen_steps", _DEFAULTS.gen_steps, "Sampler denoising steps (0 = one token per step).")
+    flags.DEFINE_float("temperature", _DEFAULTS.temperature, "Sampler temperature at evaluation (0 = greedy).")
+    flags.DEFINE_integer("log_interval", _DEFAULTS.log_interval, "Write the training loss every this many steps.")
+    flags.DEFINE_float("time_budget_min", _DEFAULTS.time_budget_min,
+                       "Stop (with an evaluation and checkpoint) after this many minutes; 0 = none.")
+    flags.DEFINE_bool("resume", _DEFAULTS.resume, "Continue from the newest checkpoint in --out_dir.")
 
 
 def validate_settings(settings: PretrainSettings) -> None:
@@ -486,4 +491,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
