@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.resources
-import json
 import re
 from fractions import Fraction
 
 import numpy as np
 
 from dipod_jax.lm.tasks.arith_parser import ArithmeticSyntaxError, parse_arithmetic
+from dipod_jax.lm.tasks.files import jsonl_objects, open_task_file
 
 SHIPPED_TEST_FILE = "countdown_cd3_test.jsonl"
 NUMBER_RANGE = (1, 100)
@@ -116,34 +115,20 @@ def load_test_set(name_or_path: str = SHIPPED_TEST_FILE) -> list[CountdownItem]:
 
     Raises ValueError naming the file and line for invalid JSON, missing keys, or non-integer fields.
     """
-    if name_or_path == SHIPPED_TEST_FILE:
-        resource = importlib.resources.files("dipod_jax.lm.tasks").joinpath("data", name_or_path)
-        with resource.open("r") as handle:
-            return _parse_jsonl(handle, str(resource))
-    with open(name_or_path, "r") as handle:
-        return _parse_jsonl(handle, name_or_path)
-
-
-def _parse_jsonl(handle, path: str) -> list[CountdownItem]:
     items = []
-    for line_number, line in enumerate(handle, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg})") from None
-        if not isinstance(row, dict) or "input" not in row or "output" not in row:
-            raise ValueError(f"{path}:{line_number}: expected an object with keys 'input' and 'output'")
-        try:
-            numbers = tuple(int(field) for field in str(row["input"]).split(","))
-            target = int(str(row["output"]))
-        except ValueError:
-            raise ValueError(f"{path}:{line_number}: 'input' must be 3 comma-separated integers and "
-                             f"'output' an integer, got {row!r}") from None
-        if len(numbers) != 3:
-            raise ValueError(f"{path}:{line_number}: expected 3 numbers in 'input', got {len(numbers)}")
-        items.append(CountdownItem(numbers=numbers, target=target))
+    with open_task_file(name_or_path, (SHIPPED_TEST_FILE,)) as (handle, path):
+        for line_number, row in jsonl_objects(handle, path):
+            if "input" not in row or "output" not in row:
+                raise ValueError(f"{path}:{line_number}: expected an object with keys 'input' and 'output'")
+            try:
+                numbers = tuple(int(field) for field in str(row["input"]).split(","))
+                target = int(str(row["output"]))
+            except ValueError:
+                raise ValueError(f"{path}:{line_number}: 'input' must be 3 comma-separated integers and "
+                                 f"'output' an integer, got {row!r}") from None
+            if len(numbers) != 3:
+                raise ValueError(f"{path}:{line_number}: expected 3 numbers in 'input', got {len(numbers)}")
+            items.append(CountdownItem(numbers=numbers, target=target))
     return items
 
 

@@ -18,9 +18,9 @@ Reward (sum of d1's five GSM8K reward functions):
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
-import json
 import re
+
+from dipod_jax.lm.tasks.files import jsonl_objects, open_task_file
 
 SAMPLE_FILE = "gsm8k_sample.jsonl"
 _STRICT_FORMAT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$", re.DOTALL)
@@ -41,30 +41,15 @@ def load_jsonl(name_or_path: str = SAMPLE_FILE) -> list[Gsm8kItem]:
 
     Raises ValueError naming the file and line for invalid JSON, missing keys, or an answer without '####'.
     """
-    if name_or_path == SAMPLE_FILE:
-        resource = importlib.resources.files("dipod_jax.lm.tasks").joinpath("data", name_or_path)
-        with resource.open("r") as handle:
-            return _parse_jsonl(handle, str(resource))
-    with open(name_or_path, "r") as handle:
-        return _parse_jsonl(handle, name_or_path)
-
-
-def _parse_jsonl(handle, path: str) -> list[Gsm8kItem]:
     items = []
-    for line_number, line in enumerate(handle, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg})") from None
-        if not (isinstance(row, dict) and isinstance(row.get("question"), str)
-                and isinstance(row.get("answer"), str)):
-            raise ValueError(f"{path}:{line_number}: expected string fields 'question' and 'answer'")
-        if "####" not in row["answer"]:
-            raise ValueError(f"{path}:{line_number}: 'answer' has no '####' final-answer marker")
-        final = row["answer"].split("####")[-1].strip()
-        items.append(Gsm8kItem(question=row["question"], solution=row["answer"], answer=final))
+    with open_task_file(name_or_path, (SAMPLE_FILE,)) as (handle, path):
+        for line_number, row in jsonl_objects(handle, path):
+            if not (isinstance(row.get("question"), str) and isinstance(row.get("answer"), str)):
+                raise ValueError(f"{path}:{line_number}: expected string fields 'question' and 'answer'")
+            if "####" not in row["answer"]:
+                raise ValueError(f"{path}:{line_number}: 'answer' has no '####' final-answer marker")
+            final = row["answer"].split("####")[-1].strip()
+            items.append(Gsm8kItem(question=row["question"], solution=row["answer"], answer=final))
     return items
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import importlib.resources
 import itertools
 import re
 
 import numpy as np
+
+from dipod_jax.lm.tasks.files import open_task_file
 
 GRID_CELLS = 16
 SHIPPED_TEST_FILES = ("sudoku_4x4_test.csv", "sudoku_4x4_test_split_new.csv")
@@ -129,12 +130,8 @@ def load_test_set(name_or_path: str = SHIPPED_TEST_FILES[0]) -> list[SudokuItem]
     Raises ValueError naming the file and line for a missing header, a wrong field count, a puzzle that is
     not 16 digits 0-4, a solution that is not a valid grid, or a solution that disagrees with the puzzle.
     """
-    if name_or_path in SHIPPED_TEST_FILES:
-        resource = importlib.resources.files("dipod_jax.lm.tasks").joinpath("data", name_or_path)
-        with resource.open("r", newline="") as handle:
-            return _parse_csv(handle, str(resource))
-    with open(name_or_path, "r", newline="") as handle:
-        return _parse_csv(handle, name_or_path)
+    with open_task_file(name_or_path, SHIPPED_TEST_FILES) as (handle, path):
+        return _parse_csv(handle, path)
 
 
 def _parse_csv(handle, path: str) -> list[SudokuItem]:
