@@ -1,0 +1,453 @@
+"""One RL post-training step for a masked-diffusion LM: sample, score, group advantages, mu inner updates.
+
+A step on a batch of prompts (each repeated G times, rows grouped as p * G + g):
+  1. `make_sample_fn`: the jitted LLaDA sampler draws one completion per row (dipod_jax.lm.sampler).
+  2. Host side: the completion mask (up to and including the first EOS) and the task reward, a Python
+     function of the generated tokens (`rollout_batch_from_tokens`); this keeps decoding out of the jit.
+  3. `make_update_fn` (the pure, jitted core; arrays in, arrays out): GRPO advantages r - mean_group(r),
+     forward masks drawn once per batch, old and reference quantities frozen at the start of the batch, then
+     mu inner iterations of the chosen loss (ALGORITHMS.md section 3), each an AdamW step (after global-norm
+     clipping) on the gradient averaged over grad_accum_steps micro-batches:
+       diffu_grpo  per-token ratio from one forward pass of a fresh one-step mask per iteration, k3 KL
+       fpo         sequence ratio exp(ELBO_new - ELBO_old) over M stored uniform-count masks, ELBO KL
+       spg         sandwiched ELBO / EUBO log-likelihood over block-random masks, no ratio
+     Every loss comes from dipod_jax.losses.lm and carries `dipod_beta` (0 = the baseline bit for bit).
+     With kl_beta > 0 a reference copy of the trainable parameters is kept and re-synchronised to the current
+     ones every `ref_sync_every` steps.
+
+Parameters are pure pytrees (nested dicts of arrays): `params` are trained (all nnx.Param, or only the LoRA
+adapters with `lora_only`), `frozen` is the rest of the model; `nnx.merge(graphdef, params, frozen)` rebuilds
+the model inside the traced functions.
+
+Sharding: pass a Mesh from dipod_jax.lm.sharding. Batch-major arrays are split over its ("data", "fsdp") axes,
+parameters follow their logical axes (embed over fsdp), and everything runs under `jax.jit` with
+NamedShardings: the batch-mean losses make XLA average the gradients across devices, so the sharded step is
+the single-device step up to float reduction order. The rollout batch must divide the number of batch shards
+times grad_accum_steps (`check_batch_divisible`). In a multi-process run each process passes only its own
+prompts and scores only its own rows; `host_local_array_to_global_array` assembles the global batch.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from dipod_jax.lm import sharding
+from dipod_jax.lm.data import completion_mask_from_tokens
+from dipod_jax.lm.rl_config import RLConfig
+from dipod_jax.lm.sampler import generate
+from dipod_jax.losses.advantages import grpo_advantages
+from dipod_jax.losses.lm import diffu_grpo_loss, fpo_dllm_loss, spg_loss
+from dipod_jax.losses.masked import (
+    apply_mask,
+    elbo_from_token_logprobs,
+    mask_block_random,
+    mask_completion_and_prompt,
+    mask_uniform_count,
+    spg_elbo_from_token_logprobs,
+    spg_eubo_from_token_logprobs,
+    token_log_probs,
+)
+from dipod_jax.models.llada import LORA_FILTER
+
+Params = Any
+# Reward of each row: (tokens [N, T] int32, completion_mask [N, T] bool), numpy, -> rewards [N] float.
+RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class RolloutBatch(NamedTuple):
+    """One generation batch, N = P * G rows grouped as p * G + g.
+
+    tokens [N, T] int32 (prompt then completion); attention_mask [N, T] bool (all but the prompt's left
+    padding); prompt_mask [N, T] bool (real prompt tokens); completion_mask [N, T] bool (real completion tokens
+    up to and including the first EOS); rewards [N] float32.
+    """
+
+    tokens: chex.Array
+    attention_mask: chex.Array
+    prompt_mask: chex.Array
+    completion_mask: chex.Array
+    rewards: chex.Array
+
+
+class TrainState(NamedTuple):
+    """params: trainable pure pytree; opt_state: its optax state; ref_params: the reference copy of params
+    (an empty dict when kl_beta == 0); step: int32 scalar, completed RL steps."""
+
+    params: Params
+    opt_state: Any
+    ref_params: Params
+    step: chex.Array
+
+
+def split_model(model: nnx.Module, lora_only: bool) -> Tuple[Any, Params, Params]:
+    """(graphdef, trainable params, frozen rest) of an nnx model, both as pure dicts of arrays.
+
+    lora_only selects the LoRA adapters as trainable (ValueError when the model has none); otherwise every
+    nnx.Param is trained and `frozen` holds only non-parameter state.
+    """
+    if lora_only:
+        graphdef, trainable, frozen = nnx.split(model, LORA_FILTER, ...)
+        if not jax.tree.leaves(trainable):
+            raise ValueError("lora_only=True but the model has no LoRA adapters (set LLaDAConfig.lora_rank > 0)")
+    else:
+        graphdef, trainable, frozen = nnx.split(model, nnx.Param, ...)
+    return graphdef, nnx.to_pure_dict(trainable), nnx.to_pure_dict(frozen)
+
+
+def param_shardings(model: nnx.Module, lora_only: bool, mesh: Mesh) -> Tuple[Params, Params]:
+    """NamedShardings (pure dicts matching `split_model`) of the trainable and frozen parts on `mesh`,
+    from the variables' logical axes (dipod_jax.lm.sharding.DEFAULT_RULES)."""
+    _, trainable, frozen = nnx.split(model, LORA_FILTER if lora_only else nnx.Param, ...)
+    return (nnx.to_pure_dict(sharding.state_shardings(trainable, mesh)),
+            nnx.to_pure_dict(sharding.state_shardings(frozen, mesh)))
+
+
+def _traced_param_shardings(graphdef, params: Params, frozen: Params, lora_only: bool, mesh: Mesh) -> Params:
+    """`param_shardings` of the trainable part, rebuilt inside a trace from the variables' metadata."""
+    model = nnx.merge(graphdef, params, frozen)
+    return param_shardings(model, lora_only, mesh)[0]
+
+
+def make_optimizer(config: RLConfig) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW with a linear warm-up (counted in optimizer updates, mu per step)."""
+    schedule = optax.warmup_constant_schedule(0.0, config.learning_rate, config.warmup_steps) \
+        if config.warmup_steps else config.learning_rate
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
+                       optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2,
+                                   weight_decay=config.weight_decay))
+
+
+def init_train_state(params: Params, config: RLConfig, mesh: Optional[Mesh] = None) -> TrainState:
+    """Fresh optimizer state, the reference copy (when kl_beta > 0) and step 0 for a copy of `params`.
+
+    The copy keeps the caller's arrays (e.g. the model's own) alive when the update donates the state. Every
+    array is committed to a device (the mesh, replicated, for the scalars; device 0 without a mesh) as the
+    update's outputs are, so the second step does not recompile for a change of placement.
+    """
+    params = jax.tree.map(jnp.copy, params)
+    ref_params = jax.tree.map(jnp.copy, params) if config.kl_beta > 0 else {}
+    state = TrainState(params=params, opt_state=make_optimizer(config).init(params), ref_params=ref_params,
+                       step=jnp.zeros((), jnp.int32))
+    if mesh is None:
+        return jax.device_put(state, jax.devices()[0])
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated),
+                        state)
+
+
+def check_batch_divisible(num_rows: int, config: RLConfig, mesh: Optional[Mesh]) -> None:
+    """ValueError unless `num_rows` splits into grad_accum_steps micro-batches that each divide evenly over
+    the mesh's batch shards (its "data" x "fsdp" devices)."""
+    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    needed = shards * config.grad_accum_steps
+    if num_rows % needed:
+        raise ValueError(
+            f"rollout batch of {num_rows} rows (num_prompts * num_generations) is not divisible by "
+            f"{shards} batch shards (mesh data x fsdp) x grad_accum_steps={config.grad_accum_steps} = {needed}")
+
+
+def _token_logp_under_masks(logits_fn, tokens: chex.Array, masks: chex.Array, mask_id: int) -> chex.Array:
+    """Per-token log p(tokens | masked copy) for each of M masks: masks [M, B, T] -> [M, B, T] float32.
+
+    One forward pass per mask under `lax.map`, so memory is that of a single pass.
+    """
+    return jax.lax.map(lambda mask: token_log_probs(logits_fn(apply_mask(tokens, mask, mask_id)), tokens), masks)
+
+
+def _logits_fn(graphdef, params: Params, frozen: Params, attention_mask: chex.Array):
+    model = nnx.merge(graphdef, params, frozen)
+    return lambda tokens: model(tokens, attention_mask)
+
+
+def _generation_region(batch: RolloutBatch) -> chex.Array:
+    return batch.attention_mask & ~batch.prompt_mask
+
+
+def prepare_inputs(config: RLConfig, graphdef, mask_id: int, state: TrainState, frozen: Params,
+                   batch: RolloutBatch, advantages: chex.Array, key: chex.PRNGKey):
+    """Masks and frozen old / reference quantities of the generation batch.
+
+    Returns (fixed, per_iteration): fixed is a dict of batch-first arrays [N, ...] used by every inner
+    iteration (mask stacks stored as [N, M, T]); per_iteration a dict of [mu, N, ...] arrays, one slice per
+    inner iteration (diffu-GRPO's fresh one-step masks and their old / reference log-probs).
+    """
+    tokens, completion_mask = batch.tokens, batch.completion_mask
+    mask_key, iteration_key = jax.random.split(key)
+    old_logits = _logits_fn(graphdef, jax.lax.stop_gradient(state.params), frozen, batch.attention_mask)
+    use_kl = config.kl_beta > 0
+    ref_logits = _logits_fn(graphdef, state.ref_params, frozen, batch.attention_mask) if use_kl else None
+    fixed = {"tokens": tokens, "attention_mask": batch.attention_mask, "completion_mask": completion_mask,
+             "advantages": advantages}
+    per_iteration: Dict[str, chex.Array] = {}
+
+    def sequence_elbo(logits_fn, masks):
+        token_logp = _token_logp_under_masks(logits_fn, tokens, masks, mask_id)
+        return jax.lax.stop_gradient(elbo_from_token_logprobs(token_logp, masks, completion_mask))
+
+    if config.method == "fpo" or (config.method == "diffu_grpo" and config.dipod_beta > 0):
+        # The masking randomness is drawn once per generated completion and shared by old, new and reference.
+        elbo_masks, _ = mask_uniform_count(mask_key, completion_mask, config.num_elbo_draws)
+        fixed["elbo_masks"] = jnp.swapaxes(elbo_masks, 0, 1)
+        if config.method == "fpo":
+            fixed["elbo_old"] = sequence_elbo(old_logits, elbo_masks)
+            if use_kl:
+                fixed["elbo_ref"] = sequence_elbo(ref_logits, elbo_masks)
+    if config.method == "diffu_grpo":
+        iteration_keys = jax.random.split(iteration_key, config.num_inner_iterations)
+        one_step_masks = jax.vmap(lambda k: mask_completion_and_prompt(
+            k, batch.prompt_mask, completion_mask, config.p_mask_prompt))(iteration_keys)  # [mu, N, T]
+        per_iteration["one_step_mask"] = one_step_masks
+        per_iteration["token_logp_old"] = jax.lax.stop_gradient(
+            _token_logp_under_masks(old_logits, tokens, one_step_masks, mask_id))
+        if use_kl:
+            per_iteration["token_logp_ref"] = jax.lax.stop_gradient(
+                _token_logp_under_masks(ref_logits, tokens, one_step_masks, mask_id))
+    if config.method == "spg":
+        spg_masks, t_emp = mask_block_random(mask_key, completion_mask, config.spg_num_draws,
+                                             config.spg_block_length, config.spg_min_t, config.spg_max_t)
+        # As SPG, the padding after the first EOS is hidden from the model too; the estimators count only
+        # real completion tokens, so OR-ing it in changes no score.
+        hidden = spg_masks | (_generation_region(batch) & ~completion_mask)[None]
+        fixed["spg_masks"] = jnp.swapaxes(hidden, 0, 1)
+        fixed["t_emp"] = jnp.swapaxes(t_emp, 0, 1)
+    return fixed, per_iteration
+
+
+def rl_loss(config: RLConfig, graphdef, mask_id: int, params: Params, frozen: Params,
+            inputs: Dict[str, chex.Array]) -> Tuple[chex.Array, Dict[str, chex.Array]]:
+    """The method's loss on one micro-batch of `inputs` (batch-first arrays, see `prepare_inputs`)."""
+    tokens, completion_mask = inputs["tokens"], inputs["completion_mask"]
+    logits_fn = _logits_fn(graphdef, params, frozen, inputs["attention_mask"])
+    advantages = inputs["advantages"]
+
+    def sequence_elbo():
+        masks = jnp.swapaxes(inputs["elbo_masks"], 0, 1)
+        token_logp = _token_logp_under_masks(logits_fn, tokens, masks, mask_id)
+        return elbo_from_token_logprobs(token_logp, masks, completion_mask)
+
+    if config.method == "fpo":
+        elbo_new = sequence_elbo()
+        loss, aux = fpo_dllm_loss(elbo_new, inputs["elbo_old"], advantages, config.clip_eps,
+                                  elbo_ref=inputs.get("elbo_ref"), kl_beta=config.kl_beta,
+                                  dipod_beta=config.dipod_beta)
+        aux["elbo"] = jnp.mean(elbo_new)
+    elif config.method == "diffu_grpo":
+        token_logp_new = token_log_probs(logits_fn(apply_mask(tokens, inputs["one_step_mask"], mask_id)), tokens)
+        elbo = sequence_elbo() if config.dipod_beta > 0 else None
+        loss, aux = diffu_grpo_loss(token_logp_new, inputs["token_logp_old"], advantages, completion_mask,
+                                    config.clip_eps, token_logp_ref=inputs.get("token_logp_ref"),
+                                    kl_beta=config.kl_beta, elbo=elbo, dipod_beta=config.dipod_beta)
+        if elbo is not None:
+            aux["elbo"] = jnp.mean(elbo)
+    else:
+        masks = jnp.swapaxes(inputs["spg_masks"], 0, 1)
+        token_logp = _token_logp_under_masks(logits_fn, tokens, masks, mask_id)
+        lower = spg_elbo_from_token_logprobs(token_logp, masks, completion_mask)
+        upper = None if config.spg_estimator == "elbo" else spg_eubo_from_token_logprobs(
+            token_logp, masks, completion_mask, jnp.swapaxes(inputs["t_emp"], 0, 1), config.spg_beta_e)
+        lengths = jnp.sum(completion_mask, axis=-1)
+        loss, aux = spg_loss(lower, upper, advantages, lengths, config.spg_estimator, config.spg_mix_weight,
+                             dipod_beta=config.dipod_beta)
+        aux["elbo"] = jnp.mean(lower)
+    aux["loss"] = loss
+    return loss, aux
+
+
+def _micro_batches(tree, num_micro: int):
+    """Split batch-first arrays [N, ...] into [A, N / A, ...]; micro-batch a takes rows a, a + A, ...
+
+    The strided split keeps every micro-batch spread evenly over the batch shards (row blocks per device).
+    """
+    def split(x):
+        rows = x.shape[0]
+        return jnp.swapaxes(x.reshape((rows // num_micro, num_micro) + x.shape[1:]), 0, 1)
+    return jax.tree.map(split, tree)
+
+
+def rl_update(state: TrainState, frozen: Params, batch: RolloutBatch, key: chex.PRNGKey, *, config: RLConfig,
+              graphdef, mask_id: int, mesh: Optional[Mesh] = None) -> Tuple[TrainState, Dict[str, chex.Array]]:
+    """The pure core of one RL step on a scored generation batch (jit it, e.g. via `make_update_fn`).
+
+    Args:
+      state: TrainState before the step.
+      frozen: pure pytree of the non-trained model variables.
+      batch: RolloutBatch of N = P * G rows, rewards [N].
+      key: PRNG key for the forward masks of this batch.
+      config: RLConfig (static). graphdef: the model's nnx graphdef (static). mask_id: mask token id (static).
+      mesh: optional Mesh (static); the updated parameters are kept on their logical-axis shardings.
+
+    Returns:
+      (new TrainState, metrics: dict of float32 scalars averaged over the mu inner iterations and
+      micro-batches: loss, pg_loss, dipod_term, clip_fraction / ratio_mean (ratio methods), kl (kl_beta > 0),
+      elbo (when an ELBO is computed), grad_norm; plus reward_mean, reward_std, advantage_abs_mean,
+      completion_length_mean of the batch).
+    """
+    num_rows = batch.tokens.shape[0]
+    chex.assert_rank([batch.tokens, batch.rewards], [2, 1])
+    chex.assert_equal_shape([batch.tokens, batch.attention_mask, batch.prompt_mask, batch.completion_mask])
+    chex.assert_shape(batch.rewards, (num_rows,))
+    if num_rows % config.num_generations:
+        raise ValueError(f"batch has {num_rows} rows, not a multiple of num_generations={config.num_generations}")
+    check_batch_divisible(num_rows, config, mesh)
+    rewards = batch.rewards.astype(jnp.float32)
+    advantages = grpo_advantages(rewards.reshape(-1, config.num_generations),
+                                 scale_by_std=config.scale_rewards_by_std).reshape(num_rows)
+    fixed, per_iteration = prepare_inputs(config, graphdef, mask_id, state, frozen, batch, advantages, key)
+    params_sharding = None if mesh is None else _traced_param_shardings(graphdef, state.params, frozen,
+                                                                         config.lora_only, mesh)
+    optimizer = make_optimizer(config)
+    grad_fn = jax.grad(functools.partial(rl_loss, config, graphdef, mask_id), has_aux=True)
+
+    def inner_iteration(carry, iteration_inputs):
+        params, opt_state = carry
+        micro = _micro_batches({**fixed, **(iteration_inputs or {})}, config.grad_accum_steps)
+
+        def accumulate(sums, micro_inputs):
+            grads, aux = grad_fn(params, frozen, micro_inputs)
+            return jax.tree.map(jnp.add, sums, (grads, aux)), None
+
+        zero_aux = jax.eval_shape(lambda: grad_fn(params, frozen, jax.tree.map(lambda x: x[0], micro))[1])
+        zeros = (jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_aux))
+        (grad_sum, aux_sum), _ = jax.lax.scan(accumulate, zeros, micro)
+        grads, aux = jax.tree.map(lambda x: x / config.grad_accum_steps, (grad_sum, aux_sum))
+        aux["grad_norm"] = optax.tree.norm(grads)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if params_sharding is not None:
+            params = jax.lax.with_sharding_constraint(params, params_sharding)
+        return (params, opt_state), aux
+
+    (params, opt_state), aux_per_iteration = jax.lax.scan(
+        inner_iteration, (state.params, state.opt_state), per_iteration or None,
+        length=config.num_inner_iterations)
+    metrics = jax.tree.map(jnp.mean, aux_per_iteration)
+
+    step = state.step + 1
+    ref_params = state.ref_params
+    if config.kl_beta > 0 and config.ref_sync_every > 0:
+        sync = step % config.ref_sync_every == 0
+        ref_params = jax.tree.map(lambda ref, new: jnp.where(sync, new, ref), ref_params, params)
+    if mesh is not None:
+        # Pin every output to the input placement, so the next step (and the sampler) reuse their executables.
+        replicated = NamedSharding(mesh, PartitionSpec())
+        opt_sharding = optax.tree_map_params(optimizer, lambda _, sharding: sharding, opt_state, params_sharding,
+                                             transform_non_params=lambda _: replicated)
+        params, opt_state, step = jax.lax.with_sharding_constraint(
+            (params, opt_state, step), (params_sharding, opt_sharding, replicated))
+        if ref_params:
+            ref_params = jax.lax.with_sharding_constraint(ref_params, params_sharding)
+    lengths = jnp.sum(batch.completion_mask, axis=-1).astype(jnp.float32)
+    metrics.update(reward_mean=jnp.mean(rewards), reward_std=jnp.std(rewards),
+                   advantage_abs_mean=jnp.mean(jnp.abs(advantages)), completion_length_mean=jnp.mean(lengths))
+    return TrainState(params, opt_state, ref_params, step), metrics
+
+
+@functools.lru_cache(maxsize=None)
+def make_update_fn(config: RLConfig, graphdef, mask_id: int, mesh: Optional[Mesh] = None):
+    """jit(rl_update) with config, graphdef, mask_id and mesh bound; the state's buffers are donated.
+
+    Cached on its (hashable) arguments, so repeated runs in one process reuse the compiled step.
+    Returns fn(state, frozen, batch, key) -> (state, metrics).
+    """
+    return jax.jit(functools.partial(rl_update, config=config, graphdef=graphdef, mask_id=mask_id, mesh=mesh),
+                   donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=None)
+def make_sample_fn(config: RLConfig, graphdef, mask_id: int):
+    """The jitted sampler: fn(params, frozen, prompts [N, P] int32, prompt_mask [N, P] bool, key)
+    -> tokens [N, P + gen_length] int32 (one completion per row; rows are the prompts already repeated G times)."""
+    def sample(params, frozen, prompts, prompt_mask, key):
+        model = nnx.merge(graphdef, params, frozen)
+        return generate(model, prompts, key, gen_length=config.gen_length, block_length=config.block_length,
+                        steps=config.diffusion_steps, temperature=config.temperature,
+                        remasking=config.remasking, mask_id=mask_id, prompt_mask=prompt_mask)
+    return jax.jit(sample)
+
+
+def rollout_batch_from_tokens(tokens: np.ndarray, prompt_mask: np.ndarray, eos_id: int,
+                              reward_fn: RewardFn) -> RolloutBatch:
+    """Host side: masks and rewards of sampled rows (numpy in, numpy out).
+
+    Args:
+      tokens: [N, P + L] int32 sampled rows; prompt_mask: [N, P] bool (False = left padding);
+      eos_id: end-of-sequence id; reward_fn: (tokens [N, T], completion_mask [N, T]) -> [N].
+
+    Returns:
+      RolloutBatch of numpy arrays.
+    """
+    tokens = np.asarray(tokens)
+    prompt_mask = np.asarray(prompt_mask, bool)
+    num_rows, prompt_length = prompt_mask.shape
+    if tokens.ndim != 2 or tokens.shape[0] != num_rows or tokens.shape[1] <= prompt_length:
+        raise ValueError(f"tokens {tokens.shape} do not extend prompt_mask {prompt_mask.shape}")
+    generation = tokens.shape[1] - prompt_length
+    completion_mask = completion_mask_from_tokens(tokens, prompt_length, eos_id)
+    full_prompt_mask = np.concatenate([prompt_mask, np.zeros((num_rows, generation), bool)], axis=1)
+    attention_mask = np.concatenate([prompt_mask, np.ones((num_rows, generation), bool)], axis=1)
+    rewards = np.asarray(reward_fn(tokens, completion_mask), np.float32)
+    if rewards.shape != (num_rows,):
+        raise ValueError(f"reward_fn returned shape {rewards.shape}, expected ({num_rows},)")
+    return RolloutBatch(tokens.astype(np.int32), attention_mask, full_prompt_mask, completion_mask, rewards)
+
+
+def _batch_spec(mesh: Mesh, ndim: int) -> PartitionSpec:
+    return sharding.batch_sharding(mesh, ndim).spec
+
+
+def to_global(tree, mesh: Optional[Mesh]):
+    """Process-local batch-major numpy arrays -> global device arrays split over the mesh's batch axes
+    (plain device arrays without a mesh). Each process passes only its own rows."""
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, tree)
+    return jax.tree.map(lambda x: multihost_utils.host_local_array_to_global_array(
+        np.asarray(x), mesh, _batch_spec(mesh, np.ndim(x))), tree)
+
+
+def to_local(tree, mesh: Optional[Mesh]):
+    """Inverse of `to_global`: this process's rows of batch-major global arrays, as numpy."""
+    if mesh is None:
+        return jax.tree.map(np.asarray, tree)
+    return jax.tree.map(lambda x: np.asarray(multihost_utils.global_array_to_host_local_array(
+        x, mesh, _batch_spec(mesh, x.ndim))), tree)
+
+
+def rl_step(state: TrainState, frozen: Params, prompts: np.ndarray, prompt_mask: np.ndarray,
+            reward_fn: RewardFn, key: chex.PRNGKey, *, config: RLConfig, sample_fn, update_fn, eos_id: int,
+            mesh: Optional[Mesh] = None) -> Tuple[TrainState, Dict[str, chex.Array], RolloutBatch]:
+    """One full RL step: sample G completions per prompt, score them on the host, update.
+
+    Args:
+      state, frozen: as `rl_update`.
+      prompts: [P_local, P] int32 this process's prompts (left-padded); prompt_mask: [P_local, P] bool.
+      reward_fn: host reward of this process's rows, see `rollout_batch_from_tokens`.
+      key: PRNG key of the step (the same on every process).
+      config: RLConfig; sample_fn / update_fn: from `make_sample_fn` / `make_update_fn`; eos_id: EOS id;
+      mesh: optional Mesh (the batch is split over its data x fsdp axes).
+
+    Returns:
+      (new state, metrics, this process's RolloutBatch as numpy).
+    """
+    prompts = np.asarray(prompts)
+    prompt_mask = np.asarray(prompt_mask, bool)
+    if prompts.ndim != 2 or prompts.shape != prompt_mask.shape:
+        raise ValueError(f"prompts {prompts.shape} and prompt_mask {prompt_mask.shape} must be equal [P, L]")
+    rows = prompts.shape[0] * config.num_generations * (1 if mesh is None else jax.process_count())
+    check_batch_divisible(rows, config, mesh)
+    sample_key, update_key = jax.random.split(key)
+    prompt_rows = np.repeat(prompts, config.num_generations, axis=0)
+    prompt_mask_rows = np.repeat(prompt_mask, config.num_generations, axis=0)
+    global_prompts, global_prompt_mask = to_global((prompt_rows, prompt_mask_rows), mesh)
+    tokens = sample_fn(state.params, frozen, global_prompts, global_prompt_mask, sample_key)
+    local_batch = rollout_batch_from_tokens(to_local(tokens, mesh), prompt_mask_rows, eos_id, reward_fn)
+    state, metrics = update_fn(state, frozen, to_global(local_batch, mesh), update_key)
+    return state, metrics, local_batch

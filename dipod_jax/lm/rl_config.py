@@ -1,0 +1,161 @@
+"""Configuration of dLLM RL post-training (diffu-GRPO, FPO, SPG, each with the DiPOD term): fields, checks, presets.
+
+`RLConfig` is a frozen dataclass validated on construction: every bad value raises ValueError naming the
+field, before anything is compiled. `preset(task)` gives the paper's settings (ALGORITHMS.md section 3)
+scaled down for a CPU and a tiny character-level model; `PAPER_SETTINGS` keeps the paper's own values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+METHODS = ("diffu_grpo", "fpo", "spg")
+SPG_ESTIMATORS = ("elbo", "eubo", "mix")
+REMASKING = ("low_confidence", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """Hyper-parameters of one RL training run.
+
+    Method: method in METHODS; spg_estimator in SPG_ESTIMATORS (SPG only); dipod_beta >= 0 (0 = baseline).
+    Groups: num_prompts P prompts per step, num_generations G >= 2 completions each; advantages
+      r - mean_group(r), divided by the group std when scale_rewards_by_std.
+    Inner loop: num_inner_iterations mu >= 1 updates per generation batch, each averaging the gradients of
+      grad_accum_steps micro-batches (P * G must divide evenly).
+    Trust region / KL: clip_eps > 0 (diffu-GRPO, FPO); kl_beta >= 0 against a reference copy of the trainable
+      parameters, re-synchronised to the current ones every ref_sync_every steps (0 = never).
+    Optimiser: AdamW(learning_rate with linear warm-up over warmup_steps, adam_b1, adam_b2, weight_decay) after
+      global-norm clipping at max_grad_norm; lora_only trains only the LoRA adapters.
+    Estimators: num_elbo_draws M masks per completion for the sequence ELBO (FPO ratio, DiPOD term of
+      diffu-GRPO); p_mask_prompt for diffu-GRPO's one-step estimate; spg_num_draws, spg_block_length,
+      spg_min_t, spg_max_t, spg_beta_e, spg_mix_weight for SPG's block-random masks and EUBO.
+    Sampler: gen_length, block_length, diffusion_steps, temperature, remasking (dipod_jax.lm.sampler).
+    """
+
+    method: str = "fpo"
+    spg_estimator: str = "mix"
+    dipod_beta: float = 0.0
+    num_prompts: int = 4
+    num_generations: int = 6
+    scale_rewards_by_std: bool = False
+    num_inner_iterations: int = 8
+    grad_accum_steps: int = 1
+    clip_eps: float = 0.5
+    kl_beta: float = 0.0
+    ref_sync_every: int = 0
+    learning_rate: float = 3e-6
+    warmup_steps: int = 0
+    adam_b1: float = 0.9
+    adam_b2: float = 0.99
+    weight_decay: float = 0.1
+    max_grad_norm: float = 0.2
+    lora_only: bool = False
+    num_elbo_draws: int = 4
+    p_mask_prompt: float = 0.15
+    spg_num_draws: int = 2
+    spg_block_length: int = 32
+    spg_min_t: float = 0.0
+    spg_max_t: float = 1.0
+    spg_beta_e: float = 1.0
+    spg_mix_weight: float = 0.5
+    gen_length: int = 256
+    block_length: int = 32
+    diffusion_steps: int = 128
+    temperature: float = 0.3
+    remasking: str = "low_confidence"
+
+    def __post_init__(self):
+        validate_config(self)
+
+    @property
+    def rollout_batch_size(self) -> int:
+        """N = P * G completions per step."""
+        return self.num_prompts * self.num_generations
+
+
+def _require(condition: bool, field: str, value, requirement: str) -> None:
+    if not condition:
+        raise ValueError(f"RLConfig.{field} must be {requirement}, got {value!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_config(config: RLConfig) -> None:
+    """Raise ValueError naming the first invalid field of `config`."""
+    _require(config.method in METHODS, "method", config.method, f"one of {METHODS}")
+    _require(config.spg_estimator in SPG_ESTIMATORS, "spg_estimator", config.spg_estimator,
+             f"one of {SPG_ESTIMATORS}")
+    _require(config.remasking in REMASKING, "remasking", config.remasking, f"one of {REMASKING}")
+    _require(_is_real(config.dipod_beta) and config.dipod_beta >= 0, "dipod_beta", config.dipod_beta,
+             "a finite number >= 0")
+    _require(_is_int(config.num_generations) and config.num_generations >= 2, "num_generations",
+             config.num_generations, "an int >= 2 (group advantages need at least two completions per prompt)")
+    for field in ("num_prompts", "num_inner_iterations", "grad_accum_steps", "num_elbo_draws", "spg_num_draws",
+                  "spg_block_length", "gen_length", "block_length", "diffusion_steps"):
+        value = getattr(config, field)
+        _require(_is_int(value) and value >= 1, field, value, "an int >= 1")
+    for field in ("warmup_steps", "ref_sync_every"):
+        value = getattr(config, field)
+        _require(_is_int(value) and value >= 0, field, value, "an int >= 0")
+    for field in ("clip_eps", "learning_rate", "max_grad_norm", "spg_beta_e"):
+        value = getattr(config, field)
+        _require(_is_real(value) and value > 0, field, value, "a finite number > 0")
+    for field in ("kl_beta", "weight_decay", "temperature"):
+        value = getattr(config, field)
+        _require(_is_real(value) and value >= 0, field, value, "a finite number >= 0")
+    for field in ("adam_b1", "adam_b2"):
+        value = getattr(config, field)
+        _require(_is_real(value) and 0 <= value < 1, field, value, "in [0, 1)")
+    for field in ("p_mask_prompt", "spg_min_t", "spg_max_t", "spg_mix_weight"):
+        value = getattr(config, field)
+        _require(_is_real(value) and 0 <= value <= 1, field, value, "in [0, 1]")
+    _require(config.method != "spg" or config.kl_beta == 0, "kl_beta", config.kl_beta,
+             "0 for method 'spg' (SPG has no reference-model KL term)")
+    _require(config.spg_min_t <= config.spg_max_t, "spg_min_t", config.spg_min_t,
+             f"<= spg_max_t={config.spg_max_t}")
+    _require(config.rollout_batch_size % config.grad_accum_steps == 0, "grad_accum_steps",
+             config.grad_accum_steps, f"a divisor of num_prompts * num_generations = {config.rollout_batch_size}")
+    _require(config.gen_length % config.block_length == 0, "block_length", config.block_length,
+             f"a divisor of gen_length={config.gen_length}")
+    num_blocks = config.gen_length // config.block_length
+    _require(config.diffusion_steps % num_blocks == 0, "diffusion_steps", config.diffusion_steps,
+             f"a multiple of gen_length / block_length = {num_blocks}")
+
+
+# The paper's language settings (LLaDA-8B-Instruct, ALGORITHMS.md section 3), for reference and GPU runs.
+PAPER_SETTINGS = dict(num_generations=6, num_inner_iterations=8, clip_eps=0.5, learning_rate=3e-6,
+                      adam_b1=0.9, adam_b2=0.99, weight_decay=0.1, max_grad_norm=0.2, num_elbo_draws=4,
+                      p_mask_prompt=0.15, spg_num_draws=2, spg_block_length=32, gen_length=256, block_length=32,
+                      diffusion_steps=128, temperature=0.3, lora_only=True)
+
+# CPU-scale presets for the tiny character-level models of experiments/lm_pretrain.py. The structure (G, mu,
+# clip, betas, masks, estimators) is the paper's; lengths, the learning rate (a tiny fully fine-tuned model,
+# not LoRA on 8B) and the batch are scaled down.
+_CPU_COMMON = dict(num_prompts=4, num_generations=6, num_inner_iterations=4, clip_eps=0.5, learning_rate=1e-4,
+                   warmup_steps=2, adam_b1=0.9, adam_b2=0.99, weight_decay=0.1, max_grad_norm=0.2,
+                   num_elbo_draws=4, p_mask_prompt=0.15, spg_num_draws=2, temperature=0.3, lora_only=False)
+_TASK_PRESETS = {
+    # "<answer>" + 16 digits + "</answer>" + eos = 19 tokens; SPG's EUBO exponent 1.0 for Sudoku.
+    "sudoku": dict(gen_length=24, block_length=8, diffusion_steps=12, spg_block_length=8, spg_beta_e=1.0),
+    "sudoku_split_new": dict(gen_length=24, block_length=8, diffusion_steps=12, spg_block_length=8,
+                             spg_beta_e=1.0),
+    "countdown": dict(gen_length=32, block_length=8, diffusion_steps=16, spg_block_length=8, spg_beta_e=1.5),
+    "gsm8k": dict(gen_length=128, block_length=32, diffusion_steps=64, spg_block_length=32, spg_beta_e=1.5),
+}
+
+
+def preset(task: str, **overrides) -> RLConfig:
+    """The CPU-scale RLConfig for `task` (a key of _TASK_PRESETS), with `overrides` applied and validated."""
+    if task not in _TASK_PRESETS:
+        raise ValueError(f"no RL preset for task {task!r}; known: {sorted(_TASK_PRESETS)}")
+    unknown = set(overrides) - {field.name for field in dataclasses.fields(RLConfig)}
+    if unknown:
+        raise ValueError(f"unknown RLConfig fields {sorted(unknown)}")
+    return RLConfig(**{**_CPU_COMMON, **_TASK_PRESETS[task], **overrides})

@@ -1,0 +1,458 @@
+"""RL post-training of a masked diffusion LM with diffu-GRPO, FPO or SPG, each with the DiPOD term.
+
+    python -m experiments.lm_rl --init_dir=/tmp/sudoku_pretrain --out_dir=/tmp/sudoku_fpo_dipod \
+        --method=fpo --dipod_beta=0.05 --steps=200 --seed=0
+    python -m experiments.lm_rl ... --resume            # continue from the newest checkpoint, bit-exact
+
+Policy: a checkpoint of experiments.lm_pretrain (--init_dir, task / template / lengths from its config.json)
+or an imported Hugging Face LLaDA directory (--llada_dir with --task, --template, --prompt_length,
+--gen_length; tokenizer.json from the same directory). --lora_rank > 0 adds fresh LoRA adapters (B = 0, so the
+policy starts as the checkpoint); --lora_only trains only them.
+
+Hyper-parameters: `dipod_jax.lm.rl_config.preset(task)` (the paper's structure at CPU scale), overridden by
+every RL flag that is given. The sampler's gen_length is the checkpoint's; block_length and diffusion_steps
+default to one block of gen_length steps (one token per step), as in pre-training.
+
+Each step draws --num_prompts training items from a generator seeded by (seed, step, process), samples
+num_generations completions per prompt, scores them with the task reward on the host and runs
+dipod_jax.lm.rl.rl_step; all randomness derives from (seed, step), so a resumed run repeats an uninterrupted
+one exactly. Every --eval_interval steps the sampler (--temperature, default greedy) is scored on the first
+--eval_items test items.
+
+Devices: the batch is split over all local devices (mesh data x fsdp, parameters sharded over fsdp). Multi-host:
+with --distributed, or when JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID are set,
+`jax.distributed.initialize` runs first; each process then generates and scores only its own prompts.
+
+Outputs in --out_dir: rl_config.json, checkpoints/<step>/ (Orbax, atomic, newest two kept; every
+--checkpoint_interval steps, default --eval_interval), metrics.jsonl (train/* every --log_interval steps:
+reward, ELBO, DiPOD term, KL, clip fraction, ratio mean, grad norm, tokens/s; eval/* at evaluations),
+tb/ (TensorBoard), curves.png. A non-finite loss stops the run; its update is discarded and the newest
+checkpoint is the last good state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from flax import nnx
+
+from dipod_jax.lm import data, rl, sharding
+from dipod_jax.lm.rl_config import RLConfig, preset
+from dipod_jax.lm.tasks import get_task
+from dipod_jax.lm.tokenizer import load_hf_tokenizer
+from dipod_jax.models.llada import LLaDA
+from experiments import lm_pretrain
+
+RUN_CONFIG_FILE = "rl_config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+PLOT_FILE = "curves.png"
+
+FLAGS = flags.FLAGS
+# RLConfig field -> (flag name, type, help); a flag left unset keeps the task preset's value.
+CONFIG_FLAGS = {
+    "num_prompts": ("num_prompts", int, "Prompts per step (all processes together)."),
+    "num_generations": ("num_generations", int, "Completions per prompt G (>= 2)."),
+    "num_inner_iterations": ("num_inner_iterations", int, "Updates per generation batch mu."),
+    "grad_accum_steps": ("grad_accum_steps", int, "Micro-batches per update."),
+    "learning_rate": ("learning_rate", float, "AdamW learning rate."),
+    "warmup_steps": ("warmup_steps", int, "Linear warm-up, in optimizer updates."),
+    "clip_eps": ("clip_eps", float, "PPO clip epsilon (diffu_grpo, fpo)."),
+    "kl_beta": ("kl_beta", float, "Reference-model KL coefficient."),
+    "ref_sync_every": ("ref_sync_every", int, "Reset the reference every this many steps (0 = never)."),
+    "max_grad_norm": ("max_grad_norm", float, "Global gradient-norm clip."),
+    "num_elbo_draws": ("num_elbo_draws", int, "Masks per completion for the sequence ELBO."),
+    "lora_only": ("lora_only", bool, "Train only the LoRA adapters."),
+    "temperature": ("rollout_temperature", float, "Sampling temperature of the rollouts."),
+    "block_length": ("block_length", int, "Sampler block length (default gen_length)."),
+    "diffusion_steps": ("diffusion_steps", int, "Sampler steps (default gen_length)."),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RLRunSettings:
+    """Everything a run depends on. config_overrides: RLConfig fields over the task preset, as (name, value)."""
+
+    out_dir: str
+    init_dir: str | None = None
+    llada_dir: str | None = None
+    task: str | None = None
+    template: str | None = None
+    prompt_length: int = 0
+    gen_length: int = 0
+    method: str = "fpo"
+    spg_estimator: str = "mix"
+    dipod_beta: float = 0.0
+    config_overrides: tuple = ()
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    seed: int = 0
+    steps: int = 200
+    eval_interval: int = 20
+    eval_items: int = 64
+    test_path: str | None = None
+    temperature: float = 0.0
+    checkpoint_interval: int = 0
+    log_interval: int = 1
+    time_budget_min: float = 0.0
+    resume: bool = False
+    num_devices: int = 0
+    mesh_data: int = 1
+    plot: bool = True
+
+
+def define_flags() -> None:
+    """Register the command-line flags; called only when run as a program, so that importing this module
+    (tests, other experiments in the same process) defines no global flags. Defaults are RLRunSettings'."""
+    defaults = RLRunSettings(out_dir="")
+    flags.DEFINE_string("init_dir", None, "experiments.lm_pretrain output directory to start from.")
+    flags.DEFINE_string("llada_dir", None, "Hugging Face LLaDA checkpoint directory (instead of --init_dir).")
+    flags.DEFINE_string("out_dir", None, "Output directory (config, checkpoints, metrics, TensorBoard, plot).")
+    flags.DEFINE_string("task", None, "Task (default: the --init_dir run's); required with --llada_dir.")
+    flags.DEFINE_string("template", None, "Prompt template (default: the --init_dir run's).")
+    flags.DEFINE_integer("prompt_length", 0, "Prompt columns (--llada_dir only).")
+    flags.DEFINE_integer("gen_length", 0, "Generated tokens per completion (--llada_dir only).")
+    flags.DEFINE_enum("method", defaults.method, ["diffu_grpo", "fpo", "spg"], "Policy-gradient loss.")
+    flags.DEFINE_enum("spg_estimator", defaults.spg_estimator, ["elbo", "eubo", "mix"],
+                      "SPG log-likelihood estimate for A <= 0.")
+    flags.DEFINE_float("dipod_beta", defaults.dipod_beta, "DiPOD on-policy ELBO coefficient (0 = the baseline).")
+    flags.DEFINE_integer("lora_rank", defaults.lora_rank, "Add LoRA adapters of this rank (0 = none).")
+    flags.DEFINE_float("lora_alpha", defaults.lora_alpha, "LoRA alpha (scale alpha / rank); needed with --lora_rank.")
+    flags.DEFINE_integer("seed", defaults.seed, "Seed of the training prompts, sampling, masks and LoRA init.")
+    flags.DEFINE_integer("steps", defaults.steps, "Total RL steps (a resumed run continues up to this count).")
+    flags.DEFINE_integer("eval_interval", defaults.eval_interval, "Evaluate every this many steps (and at 0, end).")
+    flags.DEFINE_integer("eval_items", defaults.eval_items, "Test items per evaluation (0 = the whole test set).")
+    flags.DEFINE_string("test_path", None, "Test file (default: the task's shipped test set).")
+    flags.DEFINE_float("temperature", defaults.temperature, "Sampling temperature at evaluation (0 = greedy).")
+    flags.DEFINE_integer("checkpoint_interval", defaults.checkpoint_interval,
+                         "Checkpoint every this many steps (0 = --eval_interval).")
+    flags.DEFINE_integer("log_interval", defaults.log_interval, "Write train metrics every this many steps.")
+    flags.DEFINE_float("time_budget_min", defaults.time_budget_min,
+                       "Stop (with a checkpoint) after this many minutes; 0 = none.")
+    flags.DEFINE_bool("resume", defaults.resume, "Continue from the newest checkpoint in --out_dir.")
+    flags.DEFINE_integer("num_devices", defaults.num_devices, "Devices to shard over (0 = all; 1 = no mesh).")
+    flags.DEFINE_integer("mesh_data", defaults.mesh_data,
+                         "Size of the mesh's data axis; the remaining devices form the fsdp axis.")
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host) before anything else.")
+    flags.DEFINE_bool("plot", defaults.plot, "Write curves.png at the end.")
+    definers = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_bool}
+    for flag_name, kind, help_text in CONFIG_FLAGS.values():
+        definers[kind](flag_name, None, help_text + " Default: the task preset.")
+
+
+def validate_settings(settings: RLRunSettings) -> None:
+    """ValueError naming the flag for an invalid setting, before anything is loaded or compiled."""
+    if not settings.out_dir:
+        raise ValueError("--out_dir is required")
+    if (settings.init_dir is None) == (settings.llada_dir is None):
+        raise ValueError("exactly one of --init_dir and --llada_dir is required")
+    if settings.llada_dir is not None:
+        if not settings.task or not settings.template:
+            raise ValueError("--llada_dir needs --task and --template")
+        if settings.prompt_length <= 0 or settings.gen_length <= 0:
+            raise ValueError("--llada_dir needs --prompt_length > 0 and --gen_length > 0")
+    for name in ("steps", "eval_interval", "log_interval", "mesh_data"):
+        if getattr(settings, name) <= 0:
+            raise ValueError(f"--{name}={getattr(settings, name)} must be > 0")
+    for name in ("eval_items", "checkpoint_interval", "lora_rank", "num_devices"):
+        if getattr(settings, name) < 0:
+            raise ValueError(f"--{name}={getattr(settings, name)} must be >= 0")
+    if settings.lora_rank and not settings.lora_alpha > 0:
+        raise ValueError(f"--lora_alpha={settings.lora_alpha} must be > 0 with --lora_rank={settings.lora_rank}")
+    if not (math.isfinite(settings.temperature) and settings.temperature >= 0) or settings.time_budget_min < 0:
+        raise ValueError("--temperature and --time_budget_min must be finite and >= 0")
+    known = {field.name for field in dataclasses.fields(RLConfig)}
+    unknown = [name for name, _ in settings.config_overrides if name not in known]
+    if unknown:
+        raise ValueError(f"config_overrides names unknown RLConfig fields {unknown}")
+
+
+def load_policy(settings: RLRunSettings, seed: int) -> tuple[LLaDA, Any, dict[str, Any]]:
+    """(model, tokenizer, run info {task, template, prompt_length, gen_length}) of the starting checkpoint,
+    with fresh LoRA adapters (B = 0, seeded by `seed`) when --lora_rank > 0."""
+    if settings.init_dir is not None:
+        model, tokenizer, pretrain_config = lm_pretrain.load_pretrained(settings.init_dir)
+        info = {key: pretrain_config[key] for key in ("task", "template", "prompt_length", "gen_length")}
+        for key in ("task", "template"):
+            if getattr(settings, key) and getattr(settings, key) != info[key]:
+                # A different task of the same family (e.g. sudoku_split_new) reuses the model's template.
+                if key == "template":
+                    raise ValueError(f"--template={settings.template} differs from {settings.init_dir}: {info[key]}")
+                info[key] = getattr(settings, key)
+        if settings.lora_rank:
+            adapted = LLaDA(dataclasses.replace(model.config, lora_rank=settings.lora_rank,
+                                                lora_alpha=settings.lora_alpha), rngs=nnx.Rngs(seed))
+            nnx.update(adapted, nnx.state(model))
+            model = adapted
+    else:
+        from dipod_jax.models.llada_import import load_llada
+
+        model = load_llada(settings.llada_dir, lora_seed=seed, lora_rank=settings.lora_rank,
+                           lora_alpha=settings.lora_alpha)
+        tokenizer = load_hf_tokenizer(settings.llada_dir)
+        info = {"task": settings.task, "template": settings.template, "prompt_length": settings.prompt_length,
+                "gen_length": settings.gen_length}
+    get_task(info["task"])
+    return model, tokenizer, info
+
+
+def build_rl_config(settings: RLRunSettings, info: dict[str, Any]) -> RLConfig:
+    """The task preset with the method, beta, overrides and the checkpoint's generation length."""
+    overrides = dict(settings.config_overrides)
+    gen_length = info["gen_length"]
+    overrides.setdefault("block_length", gen_length)
+    overrides.setdefault("diffusion_steps", gen_length)
+    overrides.setdefault("spg_block_length", min(preset(info["task"]).spg_block_length, gen_length))
+    return preset(info["task"], method=settings.method, spg_estimator=settings.spg_estimator,
+                  dipod_beta=settings.dipod_beta, gen_length=gen_length, **overrides)
+
+
+def _checkpoint_manager(out_dir: str) -> ocp.CheckpointManager:
+    # Orbax writes each step into a temporary directory and renames it when complete (atomic).
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(out_dir, CHECKPOINT_DIR)),
+                                 options=ocp.CheckpointManagerOptions(max_to_keep=2))
+
+
+def _state_tree(state: rl.TrainState) -> dict[str, Any]:
+    tree = state._asdict()
+    if not jax.tree.leaves(tree["ref_params"]):
+        del tree["ref_params"]
+    return tree
+
+
+def _save(manager: ocp.CheckpointManager, state: rl.TrainState) -> None:
+    manager.save(int(state.step), args=ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state))))
+    manager.wait_until_finished()
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, template: rl.TrainState) -> rl.TrainState:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_state_tree(template))))["state"]
+    return rl.TrainState(**{"ref_params": template.ref_params, **restored})
+
+
+class _MetricsLog:
+    """Appends JSON lines to metrics.jsonl and mirrors numbers to TensorBoard (process 0 only)."""
+
+    def __init__(self, out_dir: str, enabled: bool):
+        self._enabled = enabled
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self._file = open(os.path.join(out_dir, METRICS_FILE), "a")
+            self._writer = SummaryWriter(os.path.join(out_dir, "tb"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self._enabled:
+            return
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for name, value in record.items():
+            if name != "step" and isinstance(value, (int, float)):
+                self._writer.add_scalar(name, value, record["step"])
+
+    def close(self) -> None:
+        if self._enabled:
+            self._file.close()
+            self._writer.close()
+
+
+def read_metrics(out_dir: str) -> list[dict[str, Any]]:
+    """The records of out_dir/metrics.jsonl, in order."""
+    with open(os.path.join(out_dir, METRICS_FILE)) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def plot_curves(out_dir: str) -> str:
+    """Train reward and eval reward against the step, from metrics.jsonl, into out_dir/curves.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(out_dir)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for axis, name in zip(axes, ("train/reward_mean", "eval/mean_reward")):
+        points = [(r["step"], r[name]) for r in records if name in r]
+        if points:
+            axis.plot(*zip(*points), marker="." if name.startswith("eval") else None)
+        axis.set_xlabel("step")
+        axis.set_title(name)
+    figure.tight_layout()
+    path = os.path.join(out_dir, PLOT_FILE)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _write_run_config(settings: RLRunSettings, config: RLConfig, info: dict[str, Any], path: str) -> None:
+    run_config = {"settings": dataclasses.asdict(settings), "rl_config": dataclasses.asdict(config), "info": info}
+    with open(path + ".tmp", "w") as handle:
+        json.dump(run_config, handle, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]:
+    """Runs (or resumes) RL training; returns {"step", "stopped", "last_eval", "final_params"}.
+
+    "stopped" is "completed", "time_budget" or "non_finite_loss"; final_params is the trained pytree.
+    """
+    from tqdm import tqdm
+
+    validate_settings(settings)
+    is_main = jax.process_index() == 0
+    os.makedirs(settings.out_dir, exist_ok=True)
+    model, tokenizer, info = load_policy(settings, settings.seed)
+    task = get_task(info["task"])
+    config = build_rl_config(settings, info)
+    devices = jax.devices()[: settings.num_devices] if settings.num_devices else jax.devices()
+    mesh = sharding.make_mesh(data=settings.mesh_data, devices=devices) if len(devices) > 1 else None
+    num_processes = jax.process_count()
+    if config.num_prompts % num_processes:
+        raise ValueError(f"--num_prompts={config.num_prompts} must be divisible by the {num_processes} processes")
+    rl.check_batch_divisible(config.rollout_batch_size, config, mesh)
+
+    graphdef, params, frozen = rl.split_model(model, config.lora_only)
+    if mesh is not None:
+        params_sharding, frozen_sharding = rl.param_shardings(model, config.lora_only, mesh)
+        params, frozen = jax.device_put(params, params_sharding), jax.device_put(frozen, frozen_sharding)
+    state = rl.init_train_state(params, config, mesh)
+    manager = _checkpoint_manager(settings.out_dir)
+    config_path = os.path.join(settings.out_dir, RUN_CONFIG_FILE)
+    if manager.latest_step() is not None:
+        if not settings.resume:
+            raise ValueError(f"--out_dir={settings.out_dir} already holds checkpoints; "
+                             "pass --resume or a new directory")
+        with open(config_path) as handle:
+            saved = json.load(handle)
+        if saved["rl_config"] != json.loads(json.dumps(dataclasses.asdict(config))):
+            raise ValueError(f"--resume: the RL config differs from {config_path}")
+        state = _restore(manager, manager.latest_step(), state)
+    elif is_main:
+        _write_run_config(settings, config, info, config_path)
+
+    mask_id, eos_id = tokenizer.mask_id, tokenizer.eos_id
+    sample_fn = rl.make_sample_fn(config, graphdef, mask_id)
+    update_fn = rl.make_update_fn(config, graphdef, mask_id, mesh)
+    eval_sample = rl.make_sample_fn(dataclasses.replace(config, temperature=settings.temperature), graphdef, mask_id)
+    test_items = task.load_test(settings.test_path)
+    if settings.eval_items:
+        test_items = test_items[: settings.eval_items]
+    prompt_length, local_prompts = info["prompt_length"], config.num_prompts // num_processes
+    base_key = jax.random.key(settings.seed)
+    checkpoint_interval = settings.checkpoint_interval or settings.eval_interval
+    log = _MetricsLog(settings.out_dir, is_main)
+    started = time.time()
+    start_step = int(state.step)
+    summary: dict[str, Any] = {"step": start_step, "stopped": "completed", "last_eval": None}
+
+    def evaluate(step: int) -> None:
+        result = lm_pretrain.evaluate(lambda p, prompt, mask, key: eval_sample(p, frozen, prompt, mask, key),
+                                      state.params, info, tokenizer, test_items,
+                                      jax.random.fold_in(jax.random.fold_in(base_key, 1), step))
+        log.write({"step": step, **{f"eval/{k}": v for k, v in result.items()}, "elapsed_s": time.time() - started})
+        summary["last_eval"] = result
+
+    if start_step == 0:
+        evaluate(0)
+    progress = tqdm(total=settings.steps, initial=start_step, disable=not (show_progress and is_main), desc="rl")
+    step = start_step
+    while step < settings.steps:
+        items = task.generate(np.random.default_rng([settings.seed, step, jax.process_index()]), local_prompts)
+        prompts = data.task_batch(task, items, tokenizer, info["template"], prompt_length, info["gen_length"],
+                                  with_completions=False)
+        item_rows = [item for item in items for _ in range(config.num_generations)]
+
+        def reward_fn(tokens, completion_mask):
+            texts = data.decode_completions(tokenizer, tokens, prompt_length)
+            return np.array([task.reward(text, item) for text, item in zip(texts, item_rows)])
+
+        step_started = time.time()
+        state, metrics, _ = rl.rl_step(state, frozen, prompts.tokens[:, :prompt_length],
+                                       prompts.prompt_mask[:, :prompt_length], reward_fn,
+                                       jax.random.fold_in(jax.random.fold_in(base_key, 0), step), config=config,
+                                       sample_fn=sample_fn, update_fn=update_fn, eos_id=eos_id, mesh=mesh)
+        metrics = {name: float(value) for name, value in metrics.items()}
+        step_seconds = time.time() - step_started
+        if not math.isfinite(metrics["loss"]):
+            log.write({"step": step + 1, "event": "non_finite_loss", "loss": str(metrics["loss"]),
+                       "newest_checkpoint": manager.latest_step()})
+            summary["stopped"] = "non_finite_loss"
+            break
+        step += 1
+        summary["step"] = step
+        progress.update(1)
+        progress.set_postfix(reward=f"{metrics['reward_mean']:.3f}")
+        if step % settings.log_interval == 0:
+            tokens_per_s = config.rollout_batch_size * config.gen_length / step_seconds
+            log.write({"step": step, **{f"train/{k}": v for k, v in metrics.items()},
+                       "train/tokens_per_s": tokens_per_s, "train/step_s": step_seconds,
+                       "elapsed_s": time.time() - started})
+        over_budget = settings.time_budget_min and time.time() - started > 60 * settings.time_budget_min
+        if step % checkpoint_interval == 0 or step == settings.steps or over_budget:
+            _save(manager, state)
+        if step % settings.eval_interval == 0 or step == settings.steps or over_budget:
+            evaluate(step)
+        if over_budget and step < settings.steps:
+            summary["stopped"] = "time_budget"
+            break
+    progress.close()
+    log.close()
+    manager.close()
+    if settings.plot and is_main:
+        plot_curves(settings.out_dir)
+    summary["final_params"] = state.params
+    return summary
+
+
+def settings_from_flags() -> RLRunSettings:
+    """RLRunSettings from the flags registered by `define_flags`."""
+    overrides = tuple((field, getattr(FLAGS, flag_name)) for field, (flag_name, _, _) in CONFIG_FLAGS.items()
+                      if getattr(FLAGS, flag_name) is not None)
+    names = [field.name for field in dataclasses.fields(RLRunSettings) if field.name != "config_overrides"]
+    return RLRunSettings(config_overrides=overrides, **{name: getattr(FLAGS, name) for name in names})
+
+
+def maybe_initialize_distributed(requested: bool) -> bool:
+    """Call jax.distributed.initialize when asked (--distributed: auto-detected cluster) or when the
+    environment names a coordinator (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)."""
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if address:
+        missing = [name for name in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if name not in os.environ]
+        if missing:
+            raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {missing} are not")
+        jax.distributed.initialize(coordinator_address=address, num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                                   process_id=int(os.environ["JAX_PROCESS_ID"]))
+        return True
+    if requested:
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    settings = settings_from_flags()
+    validate_settings(settings)
+    maybe_initialize_distributed(FLAGS.distributed)
+    summary = train(settings)
+    summary.pop("final_params")
+    if jax.process_index() == 0:
+        print(json.dumps(summary))
+    if summary["stopped"] == "non_finite_loss":
+        raise SystemExit(f"non-finite loss at step {summary['step'] + 1}; newest checkpoint is the last good one")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

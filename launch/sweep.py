@@ -1,0 +1,282 @@
+"""Local sweep runner: one `python -m experiments.<name>` process per (method, DiPOD beta, seed), with a manifest.
+
+    python -m launch.sweep --experiment=lm_rl --out_root=/tmp/sudoku_sweep \
+        --methods=fpo,spg --betas=0,0.05 --seeds=0,1,2 --max_parallel=2 \
+        --extra=--init_dir=/tmp/sudoku_pretrain --extra=--steps=100
+
+Every configuration gets its own output directory out_root/<method>_beta<beta>_seed<seed> (passed as the
+experiment's --out_dir, or --workdir for experiments.control), its log file log.txt there, and an entry in
+out_root/manifest.json: name, method, beta, seed, out_dir, command, status (pending / running / succeeded /
+failed), return code, start and end times. The manifest is rewritten atomically after every change, so it can
+be read while the sweep runs. Running the same sweep again skips the runs already marked succeeded and
+relaunches the others (with --extra=--resume the experiments continue from their checkpoints).
+`--summarize=eval/mean_reward` reads the manifest's runs instead and writes summary_eval_mean_reward.json
+(final value per (method, beta): mean over seeds with a 95% Student-t interval) and curves_eval_mean_reward.png
+(mean curve over seeds, min-max band).
+
+Multi-host: run the same sweep command on every host with --coordinator_address=<host0>:<port>,
+--num_processes=<hosts> and --process_id=<this host's index>, and --max_parallel=1. Runs then start in the same
+order everywhere; run i gets JAX_COORDINATOR_ADDRESS=<host0>:<port + i>, JAX_NUM_PROCESSES and JAX_PROCESS_ID in
+its environment, from which experiments.lm_rl calls jax.distributed.initialize; each process then feeds only
+its own share of the prompts. --out_root must be a shared file system (Orbax writes from every process).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+from absl import app, flags
+
+MANIFEST_FILE = "manifest.json"
+LOG_FILE = "log.txt"
+# experiment name -> (module, flag naming the method, flag naming the output directory)
+EXPERIMENTS = {
+    "lm_rl": ("experiments.lm_rl", "method", "out_dir"),
+    "control": ("experiments.control", "algo", "workdir"),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("experiment", "lm_rl", list(EXPERIMENTS), "Which experiment entry point to launch.")
+flags.DEFINE_string("out_root", None, "Root directory of the sweep (manifest.json and one folder per run).")
+flags.DEFINE_list("methods", ["fpo"], "Methods (lm_rl --method / control --algo).")
+flags.DEFINE_list("betas", ["0", "0.05"], "DiPOD betas.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+flags.DEFINE_multi_string("extra", [], "Argument passed to every run, e.g. --extra=--steps=100 (repeatable).")
+flags.DEFINE_integer("max_parallel", 1, "Runs at the same time on this machine.")
+flags.DEFINE_bool("dry_run", False, "Write the manifest and print the commands without launching anything.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-host runs (see docstring).")
+flags.DEFINE_integer("num_processes", 1, "Hosts taking part in every run (multi-host).")
+flags.DEFINE_integer("process_id", 0, "Index of this host among --num_processes.")
+flags.DEFINE_string("summarize", None, "Instead of launching: summarise this metric (e.g. eval/mean_reward) of the "
+                    "runs in --out_root's manifest into summary.json and curves.png.")
+
+
+def build_runs(experiment: str, methods: Sequence[str], betas: Sequence[float], seeds: Sequence[int],
+               out_root: str, extra_args: Sequence[str] = (), module: Optional[str] = None,
+               python: str = sys.executable) -> List[Dict[str, Any]]:
+    """The grid methods x betas x seeds as pending manifest entries, each with its command line.
+
+    Args:
+      experiment: a key of EXPERIMENTS (its flag names are used; `module` may replace its module).
+      methods, betas, seeds: non-empty, without repeats; betas >= 0.
+      out_root: root directory; run directories are out_root/<method>_beta<beta>_seed<seed>.
+      extra_args: arguments appended to every command.
+      python: interpreter of the launched processes.
+
+    Returns:
+      list of dicts {name, method, beta, seed, out_dir, command (argv list), status "pending", returncode None}.
+    """
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"--experiment={experiment!r} is not one of {sorted(EXPERIMENTS)}")
+    for name, values in (("methods", methods), ("betas", betas), ("seeds", seeds)):
+        if not values:
+            raise ValueError(f"--{name} is empty")
+        if len(set(values)) != len(values):
+            raise ValueError(f"--{name} has repeated values: {list(values)}")
+    if any(not beta >= 0 for beta in betas):
+        raise ValueError(f"--betas must all be >= 0, got {list(betas)}")
+    if not out_root:
+        raise ValueError("--out_root is required")
+    default_module, method_flag, dir_flag = EXPERIMENTS[experiment]
+    runs = []
+    for method in methods:
+        for beta in betas:
+            for seed in seeds:
+                name = f"{method}_beta{beta:g}_seed{seed}"
+                out_dir = os.path.join(os.path.abspath(out_root), name)
+                command = [python, "-m", module or default_module, f"--{method_flag}={method}",
+                           f"--dipod_beta={beta:g}", f"--seed={seed}", f"--{dir_flag}={out_dir}", *extra_args]
+                runs.append({"name": name, "method": method, "beta": beta, "seed": seed, "out_dir": out_dir,
+                             "command": command, "status": "pending", "returncode": None})
+    return runs
+
+
+def write_manifest(path: str, runs: List[Dict[str, Any]]) -> None:
+    """Atomically (write + rename) store the manifest {"runs": runs} as JSON."""
+    with open(path + ".tmp", "w") as handle:
+        json.dump({"runs": runs}, handle, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def read_manifest(path: str) -> List[Dict[str, Any]]:
+    """The runs of a manifest written by `write_manifest`."""
+    with open(path) as handle:
+        return json.load(handle)["runs"]
+
+
+def distributed_env(run_index: int, coordinator_address: Optional[str], num_processes: int,
+                    process_id: int) -> Dict[str, str]:
+    """Environment variables that make run `run_index` one multi-host JAX job (empty for a single host).
+
+    Each run gets its own coordinator port (base port + run_index), so consecutive jobs never collide.
+    """
+    if coordinator_address is None:
+        if num_processes != 1:
+            raise ValueError("--num_processes > 1 needs --coordinator_address")
+        return {}
+    host, _, port = coordinator_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--coordinator_address must be host:port, got {coordinator_address!r}")
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"--process_id={process_id} must be in [0, --num_processes={num_processes})")
+    return {"JAX_COORDINATOR_ADDRESS": f"{host}:{int(port) + run_index}", "JAX_NUM_PROCESSES": str(num_processes),
+            "JAX_PROCESS_ID": str(process_id)}
+
+
+def run_sweep(runs: List[Dict[str, Any]], manifest_path: str, max_parallel: int = 1,
+              env_for_run=lambda index: {}, poll_seconds: float = 0.2) -> List[Dict[str, Any]]:
+    """Launch every run not yet succeeded, at most `max_parallel` at a time, keeping the manifest current.
+
+    Args:
+      runs: entries from `build_runs` (or a previous manifest; succeeded ones are skipped).
+      manifest_path: where the manifest is rewritten after every change.
+      max_parallel: >= 1.
+      env_for_run: run index -> extra environment variables (e.g. `distributed_env`).
+      poll_seconds: how often finished processes are looked for.
+
+    Returns:
+      the final runs (each status "succeeded" or "failed", with returncode and times).
+    """
+    if max_parallel < 1:
+        raise ValueError(f"--max_parallel={max_parallel} must be >= 1")
+    queue = [index for index, run in enumerate(runs) if run["status"] != "succeeded"]
+    running: Dict[int, Any] = {}
+    write_manifest(manifest_path, runs)
+    while queue or running:
+        while queue and len(running) < max_parallel:
+            index = queue.pop(0)
+            run = runs[index]
+            os.makedirs(run["out_dir"], exist_ok=True)
+            log = open(os.path.join(run["out_dir"], LOG_FILE), "a")
+            process = subprocess.Popen(run["command"], stdout=log, stderr=subprocess.STDOUT,
+                                       env={**os.environ, **env_for_run(index)})
+            running[index] = (process, log)
+            run.update(status="running", returncode=None, started=time.time(), pid=process.pid)
+            write_manifest(manifest_path, runs)
+        for index, (process, log) in list(running.items()):
+            returncode = process.poll()
+            if returncode is None:
+                continue
+            log.close()
+            del running[index]
+            runs[index].update(status="succeeded" if returncode == 0 else "failed", returncode=returncode,
+                               finished=time.time())
+            write_manifest(manifest_path, runs)
+        if running:
+            time.sleep(poll_seconds)
+    return runs
+
+
+def read_curve(out_dir: str, metric: str) -> List[tuple]:
+    """[(step, value)] of `metric` in out_dir/metrics.jsonl (records without it are skipped)."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    return [(record["step"], record[metric]) for record in records if metric in record]
+
+
+def summarize(runs: List[Dict[str, Any]], metric: str, confidence: float = 0.95) -> Dict[str, Any]:
+    """Final value of `metric` per run, grouped by (method, beta) over seeds: mean and Student-t interval.
+
+    Args:
+      runs: manifest entries; runs without the metric are listed under "missing".
+      metric: a key of the runs' metrics.jsonl records.
+      confidence: two-sided level of the interval on the mean.
+
+    Returns:
+      {"metric", "groups": {"<method>_beta<beta>": {"method", "beta", "seeds", "finals", "mean", "low", "high",
+      "curves"}}, "missing": [run names]}; with one seed the interval is the single value.
+    """
+    from scipy import stats
+
+    groups: Dict[str, Dict[str, Any]] = {}
+    missing = []
+    for run in runs:
+        curve = read_curve(run["out_dir"], metric)
+        if not curve:
+            missing.append(run["name"])
+            continue
+        group = groups.setdefault(f"{run['method']}_beta{run['beta']:g}", {
+            "method": run["method"], "beta": run["beta"], "seeds": [], "finals": [], "curves": []})
+        group["seeds"].append(run["seed"])
+        group["finals"].append(curve[-1][1])
+        group["curves"].append(curve)
+    for group in groups.values():
+        finals = np.asarray(group["finals"], float)
+        mean = float(finals.mean())
+        half = 0.0
+        if len(finals) > 1:
+            half = float(stats.t.ppf(0.5 + confidence / 2, len(finals) - 1) * finals.std(ddof=1) / np.sqrt(len(finals)))
+        group.update(mean=mean, low=mean - half, high=mean + half)
+    return {"metric": metric, "confidence": confidence, "groups": groups, "missing": missing}
+
+
+def plot_summary(summary: Dict[str, Any], path: str) -> None:
+    """Mean curve over seeds (steps shared by all seeds) with min-max band, one line per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, group in sorted(summary["groups"].items()):
+        steps = sorted(set.intersection(*[{step for step, _ in curve} for curve in group["curves"]]))
+        values = np.array([[dict(curve)[step] for step in steps] for curve in group["curves"]])
+        axis.plot(steps, values.mean(0), label=f"{name} (n={len(group['curves'])})")
+        axis.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
+    axis.set_xlabel("step")
+    axis.set_ylabel(summary["metric"])
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    try:
+        betas = [float(beta) for beta in FLAGS.betas]
+        seeds = [int(seed) for seed in FLAGS.seeds]
+    except ValueError as error:
+        raise ValueError(f"--betas must be numbers and --seeds integers: {error}") from error
+    manifest_path = os.path.join(FLAGS.out_root or "", MANIFEST_FILE)
+    if FLAGS.summarize:
+        summary = summarize(read_manifest(manifest_path), FLAGS.summarize)
+        suffix = FLAGS.summarize.replace("/", "_")
+        plot_summary(summary, os.path.join(FLAGS.out_root, f"curves_{suffix}.png"))
+        with open(os.path.join(FLAGS.out_root, f"summary_{suffix}.json"), "w") as handle:
+            json.dump(summary, handle, indent=2)
+        for name, group in sorted(summary["groups"].items()):
+            print(f"{name}: {group['mean']:.4f} [{group['low']:.4f}, {group['high']:.4f}] over seeds {group['seeds']}")
+        return
+    runs = build_runs(FLAGS.experiment, FLAGS.methods, betas, seeds, FLAGS.out_root, FLAGS.extra)
+    distributed_env(0, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    os.makedirs(FLAGS.out_root, exist_ok=True)
+    if os.path.exists(manifest_path):
+        # A rerun keeps what already succeeded.
+        previous = {run["name"]: run for run in read_manifest(manifest_path)}
+        runs = [previous[run["name"]] if previous.get(run["name"], {}).get("status") == "succeeded" else run
+                for run in runs]
+    if FLAGS.dry_run:
+        write_manifest(manifest_path, runs)
+        for run in runs:
+            print(" ".join(run["command"]))
+        return
+    runs = run_sweep(runs, manifest_path, FLAGS.max_parallel, lambda index: distributed_env(
+        index, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id))
+    failed = [run["name"] for run in runs if run["status"] != "succeeded"]
+    print(json.dumps({"manifest": manifest_path, "runs": len(runs), "failed": failed}))
+    if failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,327 @@
+"""Tests of the dLLM RL step (dipod_jax.lm.rl) and its configuration (dipod_jax.lm.rl_config).
+
+One tiny LLaDA (vocabulary 8, one layer) is shared by every test; jitted functions are built once per config.
+"""
+import dataclasses
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from dipod_jax.lm import rl
+from dipod_jax.lm.rl_config import RLConfig, preset
+from dipod_jax.losses.lm import diffu_grpo_loss, fpo_dllm_loss
+from dipod_jax.losses.masked import apply_mask, elbo_masked, token_log_probs
+from dipod_jax.models.llada import LLaDA, LLaDAConfig
+
+MODEL_CONFIG = LLaDAConfig.tiny(8, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32, max_seq_len=16)
+MASK_ID = MODEL_CONFIG.mask_token_id
+EOS_ID = 1
+TARGET_TOKEN = 5
+TINY = dict(num_prompts=2, num_generations=4, num_inner_iterations=2, gen_length=4, block_length=4,
+            diffusion_steps=4, num_elbo_draws=2, spg_block_length=2, spg_num_draws=2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return LLaDA(MODEL_CONFIG, rngs=nnx.Rngs(0))
+
+
+def target_fraction_reward(tokens, completion_mask):
+    """Fraction of each row's completion tokens equal to TARGET_TOKEN: [N, T], [N, T] -> [N]."""
+    return ((tokens == TARGET_TOKEN) & completion_mask).sum(-1) / completion_mask.sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(num_generations=1), "num_generations"),
+    (dict(num_inner_iterations=0), "num_inner_iterations"),
+    (dict(dipod_beta=-0.05), "dipod_beta"),
+    (dict(dipod_beta=float("nan")), "dipod_beta"),
+    (dict(method="ppo"), "method"),
+    (dict(method="spg", spg_estimator="upper"), "spg_estimator"),
+    (dict(method="spg", kl_beta=0.04), "kl_beta"),
+    (dict(num_prompts=2, num_generations=3, grad_accum_steps=4), "grad_accum_steps"),
+    (dict(gen_length=24, block_length=7), "block_length"),
+    (dict(gen_length=24, block_length=8, diffusion_steps=4), "diffusion_steps"),
+    (dict(clip_eps=0.0), "clip_eps"),
+    (dict(spg_min_t=0.8, spg_max_t=0.2), "spg_min_t"),
+    (dict(num_generations=2.0), "num_generations"),
+])
+def test_invalid_config_raises_naming_the_field(overrides, field):
+    """Each invalid value raises ValueError at construction, and the message names the offending field."""
+    with pytest.raises(ValueError, match=f"RLConfig.{field}"):
+        RLConfig(**overrides)
+
+
+def test_presets_are_valid_and_keep_the_paper_structure():
+    """Every task preset validates, keeps G = 6 and clip 0.5, sets SPG's beta_e (1.0 Sudoku, 1.5 others), and
+    unknown tasks or fields are refused."""
+    assert preset("sudoku").spg_beta_e == 1.0 and preset("countdown").spg_beta_e == 1.5
+    for task in ("sudoku", "sudoku_split_new", "countdown", "gsm8k"):
+        config = preset(task, method="spg", dipod_beta=0.05)
+        assert config.num_generations == 6 and config.clip_eps == 0.5 and config.dipod_beta == 0.05
+    with pytest.raises(ValueError, match="no RL preset"):
+        preset("chess")
+    with pytest.raises(ValueError, match="unknown RLConfig fields"):
+        preset("sudoku", beta=0.1)
+
+
+# ------------------------------------------------------------------------------------------ model split
+
+
+def test_split_model_lora_only_trains_exactly_the_adapters():
+    """lora_only selects every LoRA adapter and nothing else (the base weights are frozen); a model without
+    adapters is refused."""
+    lora_model = LLaDA(LLaDAConfig.tiny(8, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32, lora_rank=2,
+                                        lora_alpha=4.0), rngs=nnx.Rngs(1))
+    _, trainable, frozen = rl.split_model(lora_model, lora_only=True)
+    assert trainable and all(name.startswith("lora_") for name in trainable)
+    assert len(trainable) == 14 and "w_q" in frozen and not any(name.startswith("lora_") for name in frozen)
+    _, everything, nothing = rl.split_model(lora_model, lora_only=False)
+    assert set(everything) == set(trainable) | set(frozen) and not jax.tree.leaves(nothing)
+    with pytest.raises(ValueError, match="no LoRA adapters"):
+        rl.split_model(LLaDA(MODEL_CONFIG, rngs=nnx.Rngs(0)), lora_only=True)
+
+
+# ------------------------------------------------------------------------------------------- host side
+
+
+def test_rollout_batch_masks_and_reward_shape():
+    """Known masks for a hand-written row: left padding is not attended, the completion runs up to and
+    including the first EOS; a reward_fn of the wrong shape is refused."""
+    tokens = np.array([[0, 3, 4, EOS_ID, 5, 6]], np.int32)
+    prompt_mask = np.array([[False, True]])
+    batch = rl.rollout_batch_from_tokens(tokens, prompt_mask, EOS_ID, target_fraction_reward)
+    np.testing.assert_array_equal(batch.completion_mask, [[0, 0, 1, 1, 0, 0]])
+    np.testing.assert_array_equal(batch.attention_mask, [[0, 1, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(batch.prompt_mask, [[0, 1, 0, 0, 0, 0]])
+    np.testing.assert_allclose(batch.rewards, [0.0])
+    with pytest.raises(ValueError, match="reward_fn returned shape"):
+        rl.rollout_batch_from_tokens(tokens, prompt_mask, EOS_ID, lambda t, m: np.zeros((2,)))
+
+
+# ------------------------------------------------------------------------------------ loss composition
+
+
+def _hand_batch(num_rows=8, prompt_length=2, gen_length=4, seed=0):
+    """A scored batch without the sampler: random non-mask tokens, EOS in some rows, random rewards."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, MASK_ID, size=(num_rows, prompt_length + gen_length)).astype(np.int32)
+    tokens[::3, prompt_length + 2] = EOS_ID
+    prompt_mask = np.ones((num_rows, prompt_length), bool)
+    batch = rl.rollout_batch_from_tokens(tokens, prompt_mask, EOS_ID, target_fraction_reward)
+    return batch._replace(rewards=rng.uniform(size=num_rows).astype(np.float32))
+
+
+LOSS_CASES = [("fpo", "mix"), ("diffu_grpo", "mix"), ("spg", "elbo"), ("spg", "eubo"), ("spg", "mix")]
+
+
+@pytest.fixture(scope="module")
+def composition_inputs(model):
+    """Per method: the prepared inputs (first inner iteration) of one batch, computed once with beta > 0."""
+    graphdef, params, frozen = rl.split_model(model, lora_only=False)
+    batch = jax.tree.map(jnp.asarray, _hand_batch())
+    prepared = {}
+    for method, estimator in LOSS_CASES:
+        config = RLConfig(method=method, spg_estimator=estimator, dipod_beta=0.05,
+                          kl_beta=0.0 if method == "spg" else 0.04, **TINY)
+        state = rl.init_train_state(params, config)
+        advantages = jnp.asarray(np.linspace(-1.0, 1.0, 8), jnp.float32)
+        fixed, per_iteration = rl.prepare_inputs(config, graphdef, MASK_ID, state, frozen, batch, advantages,
+                                                 jax.random.key(3))
+        prepared[method, estimator] = {**fixed, **jax.tree.map(lambda x: x[0], per_iteration)}
+    return graphdef, params, frozen, prepared
+
+
+@pytest.mark.parametrize("method, estimator", LOSS_CASES)
+def test_loss_composition_baseline_and_dipod_term(composition_inputs, method, estimator):
+    """For every method: at the start of the batch the ratio is exactly 1 (old = current parameters); beta = 0
+    gives the loss of dipod_jax.losses.lm evaluated on independently computed log-likelihoods; and
+    loss(beta) - loss(0) = -beta * mean ELBO, with the ELBO recomputed by `elbo_masked` (fpo, diffu_grpo) or
+    per draw by hand (spg, length-weighted)."""
+    graphdef, params, frozen, prepared = composition_inputs
+    inputs = prepared[method, estimator]
+    model = nnx.merge(graphdef, params, frozen)
+    logits_fn = functools.partial(model, attention_mask=inputs["attention_mask"])
+    tokens, completion_mask, advantages = inputs["tokens"], inputs["completion_mask"], inputs["advantages"]
+    kl_beta = 0.0 if method == "spg" else 0.04
+    losses = {}
+    for beta in (0.0, 0.05):
+        config = RLConfig(method=method, spg_estimator=estimator, dipod_beta=beta, kl_beta=kl_beta, **TINY)
+        losses[beta] = jax.jit(functools.partial(rl.rl_loss, config, graphdef, MASK_ID))(params, frozen, inputs)
+
+    if method == "spg":
+        masks = jnp.swapaxes(inputs["spg_masks"], 0, 1)
+        scored = masks & completion_mask[None]
+        per_draw = []
+        for draw in range(masks.shape[0]):
+            logp = token_log_probs(logits_fn(apply_mask(tokens, masks[draw], MASK_ID)), tokens)
+            per_draw.append(jnp.sum(jnp.where(scored[draw], logp, 0), -1) / jnp.maximum(scored[draw].sum(-1), 1))
+        elbo = jnp.mean(jnp.stack(per_draw), axis=0)
+        lengths = completion_mask.sum(-1)
+        dipod_mean = jnp.sum(elbo * lengths) / jnp.sum(lengths)
+        if estimator == "elbo":
+            expected_baseline = -jnp.sum(advantages * elbo * lengths) / jnp.sum(lengths)
+            np.testing.assert_allclose(losses[0.0][0], expected_baseline, rtol=1e-5, atol=1e-6)
+        else:
+            # The upper side only replaces the non-positive-advantage rows; the positive rows use the ELBO.
+            positive = advantages > 0
+            positive_part = -jnp.sum(jnp.where(positive, advantages * elbo * lengths, 0)) / jnp.sum(lengths)
+            assert float(losses[0.0][1]["positive_fraction"]) == pytest.approx(float(jnp.mean(positive)))
+            assert np.isfinite(float(losses[0.0][0])) and float(losses[0.0][0]) != pytest.approx(
+                float(positive_part))
+    else:
+        elbo_masks = jnp.swapaxes(inputs["elbo_masks"], 0, 1)
+        elbo = elbo_masked(logits_fn, tokens, completion_mask, elbo_masks, MASK_ID)
+        dipod_mean = jnp.mean(elbo)
+        if method == "fpo":
+            expected = fpo_dllm_loss(elbo, elbo, advantages, 0.5, elbo_ref=elbo, kl_beta=kl_beta)[0]
+        else:
+            one_step = token_log_probs(logits_fn(apply_mask(tokens, inputs["one_step_mask"], MASK_ID)), tokens)
+            expected = diffu_grpo_loss(one_step, one_step, advantages, completion_mask, 0.5,
+                                       token_logp_ref=one_step, kl_beta=kl_beta)[0]
+        np.testing.assert_allclose(losses[0.0][0], expected, rtol=1e-5, atol=1e-6)
+        assert float(losses[0.0][1]["ratio_mean"]) == pytest.approx(1.0, abs=1e-6)
+        assert float(losses[0.0][1]["clip_fraction"]) == 0.0
+    assert float(losses[0.0][1]["dipod_term"]) == 0.0
+    np.testing.assert_allclose(losses[0.05][0] - losses[0.0][0], -0.05 * dipod_mean, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ training dynamics
+
+
+# FPO + DiPOD with a reference KL synced every 3 steps.
+TRIVIAL_TASK_CONFIG = RLConfig(method="fpo", dipod_beta=0.05, kl_beta=0.01, ref_sync_every=3, learning_rate=3e-2,
+                               temperature=1.0, max_grad_norm=1.0, weight_decay=0.0, **TINY)
+
+
+@pytest.fixture(scope="module")
+def trivial_task_run(model):
+    """Eight steps of TRIVIAL_TASK_CONFIG on the target-token task."""
+    config = TRIVIAL_TASK_CONFIG
+    graphdef, params, frozen = rl.split_model(model, lora_only=False)
+    state = rl.init_train_state(params, config)
+    sample_fn = rl.make_sample_fn(config, graphdef, MASK_ID)
+    update_fn = rl.make_update_fn(config, graphdef, MASK_ID)
+    prompts = np.array([[3, 4], [6, 4]], np.int32)
+    history = []
+    for step in range(8):
+        before = jax.tree.map(np.asarray, state)
+        state, metrics, _ = rl.rl_step(state, frozen, prompts, np.ones_like(prompts, bool), target_fraction_reward,
+                                       jax.random.key(step), config=config, sample_fn=sample_fn,
+                                       update_fn=update_fn, eos_id=EOS_ID)
+        history.append((before, jax.tree.map(np.asarray, state), jax.tree.map(float, metrics)))
+    return params, history
+
+
+def test_rl_steps_raise_the_reward_on_a_trivial_task(trivial_task_run):
+    """Rewarding the fraction of completion tokens equal to one target token, a few RL steps take the batch
+    reward from near chance (1/6 of the non-special tokens) to near 1."""
+    _, history = trivial_task_run
+    rewards = [metrics["reward_mean"] for _, _, metrics in history]
+    assert rewards[0] < 0.4
+    assert np.mean(rewards[-2:]) > 0.8, rewards
+    assert all(np.isfinite(metrics["loss"]) for _, _, metrics in history)
+
+
+def test_reference_model_syncs_every_ref_sync_every_steps(trivial_task_run):
+    """The reference copy equals the initial parameters until step 3, then equals the parameters right after
+    steps 3 and 6, and is untouched by the steps in between."""
+    initial, history = trivial_task_run
+    for step, (before, after, _) in enumerate(history, start=1):
+        assert int(after.step) == step
+        expected = after.params if step % 3 == 0 else before.ref_params
+        chex.assert_trees_all_equal(after.ref_params, expected)
+    chex.assert_trees_all_equal(history[0][1].ref_params, jax.tree.map(np.asarray, initial))
+    assert not np.allclose(history[0][1].params["w_q"], history[0][1].ref_params["w_q"])
+
+
+def test_gradient_accumulation_matches_the_full_batch_update(model, trivial_task_run):
+    """FPO's loss (with its ELBO KL and DiPOD terms) is a plain mean over rows, so averaging the gradients of two
+    equal micro-batches gives the full-batch gradient: the updated parameters agree to float tolerance.
+    (Uses the trivial-task fixture so that the accumulation-1 update is already compiled.)"""
+    graphdef, params, frozen = rl.split_model(model, lora_only=False)
+    batch = jax.tree.map(jnp.asarray, _hand_batch())
+    updated = []
+    for accumulation in (1, 2):
+        config = dataclasses.replace(TRIVIAL_TASK_CONFIG, grad_accum_steps=accumulation)
+        state, _ = rl.make_update_fn(config, graphdef, MASK_ID)(
+            rl.init_train_state(params, config), frozen, batch, jax.random.key(5))
+        updated.append(state.params)
+    chex.assert_trees_all_close(updated[0], updated[1], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(updated[0]["w_q"], params["w_q"])
+
+
+# ------------------------------------------------------------------------------------------- experiment
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    """A one-step experiments.lm_pretrain run of the tiny Sudoku model: the checkpoint format RL starts from."""
+    from experiments import lm_pretrain
+
+    out_dir = str(tmp_path_factory.mktemp("pretrain"))
+    lm_pretrain.train(lm_pretrain.PretrainSettings(out_dir=out_dir, task="sudoku", steps=1, batch=2,
+                                                   model_size="tiny", eval_interval=1, eval_items=2,
+                                                   warmup_steps=0), show_progress=False)
+    return out_dir
+
+
+def _rl_settings(pretrained_dir, out_dir, steps, resume=False):
+    from experiments import lm_rl
+
+    overrides = (("num_prompts", 2), ("num_generations", 2), ("num_inner_iterations", 2), ("kl_beta", 0.04),
+                 ("ref_sync_every", 3), ("learning_rate", 1e-3), ("num_elbo_draws", 2), ("temperature", 1.0))
+    return lm_rl.RLRunSettings(out_dir=str(out_dir), init_dir=pretrained_dir, method="fpo", dipod_beta=0.05,
+                               config_overrides=overrides, steps=steps, eval_interval=2, eval_items=4,
+                               resume=resume, num_devices=1, plot=False)
+
+
+def _without_timing(records):
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "train/step_s", "train/tokens_per_s")}
+            for r in records]
+
+
+def test_experiment_resume_is_bit_exact(pretrained_dir, tmp_path):
+    """Four steps in one go and two steps + a resume to four give identical parameters, optimizer-driven
+    metrics and evaluations; the run writes checkpoints, rl_config.json and the logged metric names; and
+    an existing output directory is refused without --resume."""
+    from experiments import lm_rl
+
+    straight = lm_rl.train(_rl_settings(pretrained_dir, tmp_path / "straight", 4), show_progress=False)
+    lm_rl.train(_rl_settings(pretrained_dir, tmp_path / "resumed", 2), show_progress=False)
+    with pytest.raises(ValueError, match="pass --resume"):
+        lm_rl.train(_rl_settings(pretrained_dir, tmp_path / "resumed", 4), show_progress=False)
+    resumed = lm_rl.train(_rl_settings(pretrained_dir, tmp_path / "resumed", 4, resume=True), show_progress=False)
+    assert straight["step"] == resumed["step"] == 4 and resumed["stopped"] == "completed"
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, straight["final_params"]),
+                                jax.tree.map(np.asarray, resumed["final_params"]))
+    straight_records = lm_rl.read_metrics(str(tmp_path / "straight"))
+    assert _without_timing(straight_records) == _without_timing(lm_rl.read_metrics(str(tmp_path / "resumed")))
+    train_record = next(r for r in straight_records if "train/loss" in r)
+    for name in ("reward_mean", "elbo", "dipod_term", "kl", "clip_fraction", "ratio_mean", "tokens_per_s"):
+        assert np.isfinite(train_record[f"train/{name}"]), name
+    assert [r["step"] for r in straight_records if "eval/mean_reward" in r] == [0, 2, 4]
+    assert (tmp_path / "straight" / "rl_config.json").exists()
+
+
+def test_experiment_settings_are_validated():
+    """Bad run settings raise ValueError naming the flag, before any checkpoint is read."""
+    from experiments import lm_rl
+
+    with pytest.raises(ValueError, match="exactly one of --init_dir and --llada_dir"):
+        lm_rl.validate_settings(lm_rl.RLRunSettings(out_dir="/tmp/x"))
+    with pytest.raises(ValueError, match="--steps"):
+        lm_rl.validate_settings(lm_rl.RLRunSettings(out_dir="/tmp/x", init_dir="/tmp/y", steps=0))
+    with pytest.raises(ValueError, match="--lora_alpha"):
+        lm_rl.validate_settings(lm_rl.RLRunSettings(out_dir="/tmp/x", init_dir="/tmp/y", lora_rank=4))
+    with pytest.raises(ValueError, match="unknown RLConfig fields"):
+        lm_rl.validate_settings(lm_rl.RLRunSettings(out_dir="/tmp/x", init_dir="/tmp/y",
+                                                    config_overrides=(("beta", 1.0),)))

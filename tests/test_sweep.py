@@ -1,0 +1,124 @@
+"""Tests of the local sweep runner launch/sweep.py (no JAX: the launched experiment is a stub module)."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from launch import sweep
+
+# A stand-in experiment: records its argv and JAX distributed environment, fails for seed 1.
+STUB = textwrap.dedent("""
+    import json, os, sys
+    args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+    env = {k: os.environ.get(k) for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")}
+    with open(os.path.join(args["out_dir"], "record.json"), "w") as handle:
+        json.dump({"argv": sys.argv[1:], "env": env}, handle)
+    print("stub ran", args["seed"])
+    sys.exit(3 if args["seed"] == "1" else 0)
+""")
+
+
+def test_build_runs_is_the_full_grid_with_the_experiment_flags(tmp_path):
+    """methods x betas x seeds gives one run per combination, each with its own directory and the experiment's
+    flag names (--method/--out_dir for lm_rl, --algo/--workdir for control)."""
+    runs = sweep.build_runs("lm_rl", ["fpo", "spg"], [0.0, 0.05], [0, 1, 2], str(tmp_path), ["--steps=5"])
+    assert len(runs) == 12 and len({run["out_dir"] for run in runs}) == 12
+    first = runs[0]
+    assert first["name"] == "fpo_beta0_seed0" and first["status"] == "pending"
+    assert first["command"][1:] == ["-m", "experiments.lm_rl", "--method=fpo", "--dipod_beta=0", "--seed=0",
+                                    f"--out_dir={tmp_path}/fpo_beta0_seed0", "--steps=5"]
+    assert runs[-1]["name"] == "spg_beta0.05_seed2"
+    control = sweep.build_runs("control", ["fpo++"], [0.05], [7], str(tmp_path))[0]
+    assert "--algo=fpo++" in control["command"] and f"--workdir={tmp_path}/fpo++_beta0.05_seed7" in control["command"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(experiment="atari"), "--experiment"),
+    (dict(methods=[]), "--methods is empty"),
+    (dict(seeds=[0, 0]), "--seeds has repeated"),
+    (dict(betas=[-0.1]), "--betas must all be >= 0"),
+    (dict(out_root=""), "--out_root is required"),
+])
+def test_build_runs_rejects_bad_grids(kwargs, message):
+    """Unknown experiments, empty or repeated axes, negative betas and a missing root raise ValueError naming
+    the flag."""
+    arguments = dict(experiment="lm_rl", methods=["fpo"], betas=[0.0], seeds=[0], out_root="/tmp/sweep")
+    with pytest.raises(ValueError, match=message):
+        sweep.build_runs(**{**arguments, **kwargs})
+
+
+def test_distributed_env_gives_each_run_its_own_port():
+    """Run i of a multi-host sweep gets the coordinator port base + i and this host's id; a single host gets no
+    variables; an inconsistent process id or address is refused."""
+    assert sweep.distributed_env(2, None, 1, 0) == {}
+    assert sweep.distributed_env(2, "node0:9000", 4, 3) == {
+        "JAX_COORDINATOR_ADDRESS": "node0:9002", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+    with pytest.raises(ValueError, match="--process_id"):
+        sweep.distributed_env(0, "node0:9000", 2, 2)
+    with pytest.raises(ValueError, match="host:port"):
+        sweep.distributed_env(0, "node0", 2, 0)
+    with pytest.raises(ValueError, match="--coordinator_address"):
+        sweep.distributed_env(0, None, 2, 0)
+
+
+def test_run_sweep_launches_every_run_and_records_outcomes(tmp_path, monkeypatch):
+    """Each run's process gets its own argv and environment, writes to its log, and the manifest records
+    succeeded (exit 0) or failed (exit code kept); a rerun relaunches only the failed runs."""
+    (tmp_path / "stub_experiment.py").write_text(STUB)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    root = tmp_path / "sweep"
+    runs = sweep.build_runs("lm_rl", ["fpo"], [0.0, 0.05], [0, 1], str(root), ["--steps=2"],
+                            module="stub_experiment")
+    manifest = str(tmp_path / "manifest.json")
+    finished = sweep.run_sweep(runs, manifest, max_parallel=2,
+                               env_for_run=lambda i: sweep.distributed_env(i, "localhost:7000", 2, 1))
+    assert [run["status"] for run in finished] == ["succeeded", "failed", "succeeded", "failed"]
+    assert [run["returncode"] for run in finished] == [0, 3, 0, 3]
+    assert sweep.read_manifest(manifest) == json.loads(json.dumps(finished))
+    for index, run in enumerate(finished):
+        record = json.loads((root / run["name"] / "record.json").read_text())
+        assert record["argv"] == run["command"][3:]
+        assert record["env"] == {"JAX_COORDINATOR_ADDRESS": f"localhost:{7000 + index}", "JAX_NUM_PROCESSES": "2",
+                                 "JAX_PROCESS_ID": "1"}
+        assert f"stub ran {run['seed']}" in (root / run["name"] / sweep.LOG_FILE).read_text()
+    (root / finished[0]["name"] / "record.json").unlink()
+    rerun = sweep.run_sweep(sweep.read_manifest(manifest), manifest)
+    assert not (root / finished[0]["name"] / "record.json").exists()
+    assert [run["returncode"] for run in rerun] == [0, 3, 0, 3]
+    assert (root / finished[1]["name"] / sweep.LOG_FILE).read_text().count("stub ran 1") == 2
+
+
+def test_command_line_dry_run_writes_the_manifest(tmp_path):
+    """`python -m launch.sweep --dry_run` prints one command per configuration and writes a pending manifest."""
+    result = subprocess.run([sys.executable, "-m", "launch.sweep", f"--out_root={tmp_path}", "--methods=fpo,spg",
+                             "--betas=0,0.05", "--seeds=0", "--dry_run", "--extra=--steps=3"],
+                            capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(
+                                os.path.abspath(__file__))))
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 4 and all("-m experiments.lm_rl" in line and line.endswith("--steps=3") for line in lines)
+    runs = sweep.read_manifest(str(tmp_path / sweep.MANIFEST_FILE))
+    assert [run["status"] for run in runs] == ["pending"] * 4
+
+
+def test_summarize_groups_seeds_with_a_t_interval(tmp_path):
+    """Final values 0.2, 0.4, 0.6 of three seeds give mean 0.4 and the 95% t interval
+    0.4 +- 4.3027 * 0.2 / sqrt(3); a run without metrics is reported missing; the plot is written."""
+    runs = sweep.build_runs("lm_rl", ["fpo"], [0.05], [0, 1, 2, 3], str(tmp_path))
+    for run, final in zip(runs[:3], (0.2, 0.4, 0.6)):
+        os.makedirs(run["out_dir"])
+        with open(os.path.join(run["out_dir"], "metrics.jsonl"), "w") as handle:
+            for step, value in ((0, 0.0), (10, final / 2), (20, final)):
+                handle.write(json.dumps({"step": step, "eval/mean_reward": value}) + "\n")
+            handle.write(json.dumps({"step": 20, "train/loss": 1.0}) + "\n")
+    summary = sweep.summarize(runs, "eval/mean_reward")
+    group = summary["groups"]["fpo_beta0.05"]
+    assert group["seeds"] == [0, 1, 2] and summary["missing"] == ["fpo_beta0.05_seed3"]
+    assert group["mean"] == pytest.approx(0.4)
+    assert group["high"] - group["mean"] == pytest.approx(4.302653 * 0.2 / np.sqrt(3), rel=1e-5)
+    assert group["mean"] - group["low"] == pytest.approx(group["high"] - group["mean"])
+    sweep.plot_summary(summary, str(tmp_path / "curves.png"))
+    assert (tmp_path / "curves.png").stat().st_size > 0
