@@ -5,59 +5,51 @@
     python -m experiments.lm_pretrain --task=sudoku --out_dir=/tmp/sudoku_pretrain --resume   # after a stop
     python -m experiments.lm_pretrain --task=countdown --out_dir=/tmp/countdown_pretrain --steps=1500
 
-Objective: LLaDA's SFT loss. The prompt stays visible; of the L positions of the generation region (the
-completion and its eos padding) k ~ U{0, ..., L-1} are masked (`mask_uniform_count`), and the loss is
--ELBO / L = -(1/k) * sum_{masked} log p(token | noised sequence), i.e. the 1/t-weighted cross-entropy with
-t = k / L (`elbo_masked`). (`mask_uniform_count` never masks all L positions; the sampler's first step,
-where all are masked, is one token away from the k = L - 1 states it is trained on.) Training items are
-generated afresh every step from a generator seeded by (seed, step), so a resumed run sees exactly the data
-an uninterrupted run would.
+Objective: LLaDA's SFT loss (`dipod_jax.lm.pretrain.sft_loss`). The prompt stays visible; of the L
+positions of the generation region (the completion and its eos padding) k ~ U{0, ..., L-1} are masked
+(`mask_uniform_count`), and the loss is -ELBO / L = -(1/k) * sum_{masked} log p(token | noised sequence),
+i.e. the 1/t-weighted cross-entropy with t = k / L (`elbo_masked`). (`mask_uniform_count` never masks all L
+positions; the sampler's first step, where all are masked, is one token away from the k = L - 1 states it is
+trained on.) Training items are generated afresh every step from a generator seeded by (seed, step), so a
+resumed run sees exactly the data an uninterrupted run would.
 
 Evaluation: the LLaDA sampler (`dipod_jax.lm.sampler.generate`, one block, one token per step by default,
 low-confidence remasking, greedy) on the held-out test set(s); reported as the mean task reward (Sudoku:
-mean fraction of empty cells right) and the fraction of items with reward 1.
+mean fraction of empty cells right) and the fraction of items with reward 1 (`dipod_jax.lm.evaluation`).
 
-Outputs in --out_dir: config.json (everything `load_pretrained` needs to rebuild model and tokenizer),
-checkpoints/<step>/ (Orbax, written atomically; the newest two kept), metrics.jsonl, tb/ (TensorBoard).
-A non-finite loss stops the run before its update is applied; if the newest checkpoint holds the parameters
-that produced it, that checkpoint is deleted, so the newest one left is the last good one.
+Outputs in --out_dir: config.json (everything `dipod_jax.lm.pretrain.load_pretrained` needs to rebuild model
+and tokenizer), checkpoints/<step>/ (Orbax, written atomically; the newest two kept), metrics.jsonl, tb/
+(TensorBoard); see `dipod_jax.lm.training_run`. A non-finite loss stops the run before its update is applied; if the
+newest checkpoint holds the parameters that produced it, that checkpoint is deleted, so the newest one left
+is the last good one.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
 import time
 from typing import Any
 
-import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
-from flax import nnx
 
-from dipod_jax.lm import data
-from dipod_jax.lm.sampler import generate
+from dipod_jax.lm import data, training_run
+from dipod_jax.lm.evaluation import evaluate
+from dipod_jax.lm.pretrain import (
+    CONFIG_FILE,
+    MODEL_SIZES,
+    SAMPLER_FIELDS,
+    model_config_from_dict,
+    model_config_to_dict,
+    sampling_function,
+    sized_model_config,
+    training_functions,
+)
 from dipod_jax.lm.tasks import TASKS, get_task
-from dipod_jax.lm.tokenizer import Tokenizer, char_tokenizer, tokenizer_config, tokenizer_from_config
-from dipod_jax.losses.masked import elbo_masked, mask_uniform_count
-from dipod_jax.models.llada import LLaDA, LLaDAConfig
-
-# (d_model, n_layers, n_heads, mlp_hidden)
-MODEL_SIZES = {
-    "tiny": (32, 2, 4, 64),
-    "small": (128, 4, 4, 384),
-    "base": (256, 6, 8, 768),
-}
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
-
+from dipod_jax.lm.tokenizer import Tokenizer, char_tokenizer, tokenizer_config
 
 @dataclasses.dataclass(frozen=True)
 class PretrainSettings:
@@ -142,12 +134,9 @@ def validate_settings(settings: PretrainSettings) -> None:
         raise ValueError(f"--template={settings.template!r} is not one of {task.templates} for --task={settings.task}")
     if settings.model_size not in MODEL_SIZES:
         raise ValueError(f"--model_size={settings.model_size!r} is not one of {sorted(MODEL_SIZES)}")
-    for name in ("steps", "batch", "num_draws", "eval_interval", "log_interval"):
-        if getattr(settings, name) <= 0:
-            raise ValueError(f"--{name}={getattr(settings, name)} must be > 0")
-    for name in ("warmup_steps", "decay_steps", "eval_items", "gen_steps"):
-        if getattr(settings, name) < 0:
-            raise ValueError(f"--{name}={getattr(settings, name)} must be >= 0")
+    training_run.check_flag_bounds(
+        settings, positive=("steps", "batch", "num_draws", "eval_interval", "log_interval"),
+        non_negative=("warmup_steps", "decay_steps", "eval_items", "gen_steps"))
     if not (math.isfinite(settings.lr) and settings.lr > 0):
         raise ValueError(f"--lr={settings.lr} must be a finite number > 0")
     for name in _extra_eval_names(settings):
@@ -177,11 +166,8 @@ def build_run_config(settings: PretrainSettings, tokenizer: Tokenizer) -> dict[s
     prompt_length = max([longest_prompt] + [
         data.required_lengths(get_task(name), items, tokenizer, settings.template, False)[0]
         for name, items in evaluation_sets(settings).items()])
-    d_model, n_layers, n_heads, mlp_hidden = MODEL_SIZES[settings.model_size]
-    model_config = LLaDAConfig.tiny(
-        vocab_size=tokenizer.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
-        mlp_hidden=mlp_hidden, max_seq_len=prompt_length + gen_length, mask_token_id=tokenizer.mask_id,
-    )
+    model_config = sized_model_config(settings.model_size, tokenizer.vocab_size, prompt_length + gen_length,
+                                      tokenizer.mask_id)
     return {
         "task": settings.task,
         "template": settings.template,
@@ -196,159 +182,10 @@ def build_run_config(settings: PretrainSettings, tokenizer: Tokenizer) -> dict[s
     }
 
 
-def model_config_to_dict(config: LLaDAConfig) -> dict[str, Any]:
-    """LLaDAConfig -> JSON-ready dict (dtypes as names)."""
-    fields = dataclasses.asdict(config)
-    fields["dtype"] = jnp.dtype(config.dtype).name
-    fields["param_dtype"] = jnp.dtype(config.param_dtype).name
-    return fields
-
-
-def model_config_from_dict(fields: dict[str, Any]) -> LLaDAConfig:
-    """Inverse of `model_config_to_dict`."""
-    fields = dict(fields, dtype=jnp.dtype(fields["dtype"]), param_dtype=jnp.dtype(fields["param_dtype"]))
-    return LLaDAConfig(**fields)
-
-
-def _bind(graphdef, state_template, params) -> LLaDA:
-    """The model with `params` (a pure dict, possibly traced) put into a copy of `state_template`."""
-    state = jax.tree.map(lambda leaf: leaf, state_template)
-    nnx.replace_by_pure_dict(state, params)
-    return nnx.merge(graphdef, state)
-
-
-def sft_loss(params, graphdef, state_template, tokens, attention_mask, response_mask, key, mask_id: int,
-             num_draws: int) -> jax.Array:
-    """LLaDA SFT loss, a scalar: mean over items of -ELBO / L on the generation region.
-
-    tokens int32 [B, T]; attention_mask, response_mask bool [B, T]; key: PRNG key for the forward masks.
-    """
-    chex.assert_rank(tokens, 2)
-    chex.assert_equal_shape([tokens, attention_mask, response_mask])
-    model = _bind(graphdef, state_template, params)
-    mask, _ = mask_uniform_count(key, response_mask, num_draws)
-    elbo = elbo_masked(lambda noised: model(noised, attention_mask), tokens, response_mask, mask, mask_id)
-    return -jnp.mean(elbo / jnp.sum(response_mask, axis=-1))
-
-
 def optimizer_hyperparameters(settings: PretrainSettings) -> tuple:
     """(lr, warmup_steps, decay_steps, weight_decay, grad_clip): the hashable key of `make_optimizer`."""
     decay_steps = max(settings.decay_steps or settings.steps, settings.warmup_steps + 1)
     return settings.lr, settings.warmup_steps, decay_steps, settings.weight_decay, settings.grad_clip
-
-
-def make_optimizer(lr: float, warmup_steps: int, decay_steps: int, weight_decay: float,
-                   grad_clip: float) -> optax.GradientTransformation:
-    """AdamW (betas 0.9, 0.99) after global-norm clipping; linear warm-up, cosine decay to 10% of lr."""
-    schedule = optax.warmup_cosine_decay_schedule(init_value=0.0, peak_value=lr, warmup_steps=warmup_steps,
-                                                  decay_steps=decay_steps, end_value=0.1 * lr)
-    return optax.chain(optax.clip_by_global_norm(grad_clip),
-                       optax.adamw(schedule, b1=0.9, b2=0.99, weight_decay=weight_decay))
-
-
-def _abstract_split(model_config: LLaDAConfig):
-    """(graphdef, abstract state) of LLaDA(model_config), without allocating weights."""
-    return nnx.split(nnx.eval_shape(lambda: LLaDA(model_config, rngs=nnx.Rngs(0))))
-
-
-@functools.lru_cache(maxsize=8)
-def training_functions(model_config: LLaDAConfig, optimizer_key: tuple, num_draws: int):
-    """Jitted training functions of one configuration, cached so repeated runs (resume, sweeps) compile once.
-
-    Returns (init_params, optimizer, train_step): init_params(PRNG key) -> pure-dict parameters (one compiled
-    initialisation instead of one eager dispatch per weight); the optax transformation of `optimizer_key`;
-    the step of `make_train_step`.
-    """
-    graphdef, state_template = _abstract_split(model_config)
-    optimizer = make_optimizer(*optimizer_key)
-    init_params = jax.jit(lambda key: nnx.to_pure_dict(nnx.split(LLaDA(model_config, rngs=nnx.Rngs(key)))[1]))
-    train_step = make_train_step(graphdef, state_template, optimizer, model_config.mask_token_id, num_draws)
-    return init_params, optimizer, train_step
-
-
-@functools.lru_cache(maxsize=8)
-def sampling_function(model_config: LLaDAConfig, sampler_key: tuple):
-    """Cached `make_sampler` for sampler_key = (gen_length, block_length, steps, temperature, remasking)."""
-    graphdef, state_template = _abstract_split(model_config)
-    sampler_config = dict(zip(("gen_length", "block_length", "steps", "temperature", "remasking"), sampler_key))
-    return make_sampler(graphdef, state_template, sampler_config, model_config.mask_token_id)
-
-
-def make_train_step(graphdef, state_template, optimizer, mask_id: int, num_draws: int):
-    """Jitted (params, opt_state, tokens, attention_mask, response_mask, key) -> (params, opt_state, loss).
-
-    The update is computed but the caller keeps the old parameters when the loss is not finite.
-    """
-    def train_step(params, opt_state, tokens, attention_mask, response_mask, key):
-        loss, grads = jax.value_and_grad(sft_loss)(params, graphdef, state_template, tokens, attention_mask,
-                                                   response_mask, key, mask_id, num_draws)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), new_opt_state, loss
-
-    return jax.jit(train_step)
-
-
-def make_sampler(graphdef, state_template, sampler_config: dict[str, Any], mask_id: int):
-    """Jitted (params, prompt [B, P], prompt_mask [B, P], key) -> tokens [B, P + gen_length]."""
-    def sample(params, prompt, prompt_mask, key):
-        return generate(_bind(graphdef, state_template, params), prompt, key,
-                        gen_length=sampler_config["gen_length"], block_length=sampler_config["block_length"],
-                        steps=sampler_config["steps"], temperature=sampler_config["temperature"],
-                        remasking=sampler_config["remasking"], mask_id=mask_id, prompt_mask=prompt_mask)
-
-    return jax.jit(sample)
-
-
-def evaluate(sample_fn, params, run_config: dict[str, Any], tokenizer: Tokenizer, items, key,
-             task_name: str | None = None) -> dict[str, float]:
-    """Samples completions for `items` and scores them with the reward of `task_name` (default: the run's).
-
-    Returns {"mean_reward", "exact_fraction" (reward == 1 for Sudoku/Countdown), "items"}.
-    """
-    task = get_task(task_name or run_config["task"])
-    prompt_length = run_config["prompt_length"]
-    batch = data.task_batch(task, items, tokenizer, run_config["template"], prompt_length,
-                            run_config["gen_length"], with_completions=False)
-    tokens = sample_fn(params, jnp.asarray(batch.tokens[:, :prompt_length]),
-                       jnp.asarray(batch.prompt_mask[:, :prompt_length]), key)
-    texts = data.decode_completions(tokenizer, np.asarray(tokens), prompt_length)
-    rewards = np.array([task.reward(text, item) for text, item in zip(texts, items)])
-    return {"mean_reward": float(rewards.mean()), "exact_fraction": float((rewards == 1.0).mean()),
-            "items": len(items)}
-
-
-def _checkpoint_manager(out_dir: str) -> ocp.CheckpointManager:
-    # Orbax writes each step into a temporary directory and renames it when complete (atomic).
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(out_dir, CHECKPOINT_DIR)),
-                                 options=ocp.CheckpointManagerOptions(max_to_keep=2))
-
-
-def _save(manager: ocp.CheckpointManager, step: int, params, opt_state) -> None:
-    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                               opt_state=ocp.args.StandardSave(opt_state)))
-    manager.wait_until_finished()
-
-
-def load_pretrained(out_dir: str, step: int | None = None) -> tuple[LLaDA, Tokenizer, dict[str, Any]]:
-    """Rebuilds (model, tokenizer, run config) from a pre-training --out_dir (the newest step by default).
-
-    Raises ValueError naming the directory when config.json or the checkpoint is missing.
-    """
-    config_path = os.path.join(out_dir, CONFIG_FILE)
-    if not os.path.isfile(config_path):
-        raise ValueError(f"load_pretrained: {config_path} does not exist")
-    with open(config_path) as handle:
-        run_config = json.load(handle)
-    tokenizer = tokenizer_from_config(run_config["tokenizer"])
-    model_config = model_config_from_dict(run_config["model"])
-    graphdef, state = _abstract_split(model_config)
-    params = nnx.to_pure_dict(state)
-    manager = _checkpoint_manager(out_dir)
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
-        raise ValueError(f"load_pretrained: no checkpoint {'' if step is None else step} in {out_dir}/{CHECKPOINT_DIR}")
-    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(params)))
-    return _bind(graphdef, state, restored["params"]), tokenizer, run_config
 
 
 def _training_batch(task, settings: PretrainSettings, run_config: dict[str, Any], tokenizer: Tokenizer,
@@ -359,77 +196,47 @@ def _training_batch(task, settings: PretrainSettings, run_config: dict[str, Any]
                            run_config["gen_length"])
 
 
-class _MetricsLog:
-    """Appends JSON lines to metrics.jsonl and mirrors scalars to TensorBoard."""
-
-    def __init__(self, out_dir: str):
-        from tensorboardX import SummaryWriter
-
-        self._file = open(os.path.join(out_dir, METRICS_FILE), "a")
-        self._writer = SummaryWriter(os.path.join(out_dir, "tb"))
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        for name, value in record.items():
-            if name != "step" and isinstance(value, (int, float)):
-                self._writer.add_scalar(name, value, record["step"])
-
-    def close(self) -> None:
-        self._file.close()
-        self._writer.close()
-
-
 def train(settings: PretrainSettings, show_progress: bool = True) -> dict[str, Any]:
     """Runs (or resumes) pre-training; returns {"step", "stopped", "last_eval", "final_loss"}.
 
     "stopped" is "completed", "time_budget" or "non_finite_loss".
     """
-    from tqdm import tqdm
-
     validate_settings(settings)
     os.makedirs(settings.out_dir, exist_ok=True)
     tokenizer = char_tokenizer()
     task = get_task(settings.task)
     config_path = os.path.join(settings.out_dir, CONFIG_FILE)
     run_config = build_run_config(settings, tokenizer)
-    manager = _checkpoint_manager(settings.out_dir)
-    if settings.resume and manager.latest_step() is not None:
-        with open(config_path) as handle:
-            saved = json.load(handle)
+    manager = training_run.checkpoint_manager(settings.out_dir)
+    resume_from = training_run.resume_step(manager, settings.out_dir, settings.resume)
+    if resume_from is not None:
+        saved = training_run.read_json(config_path)
         for key in ("task", "template", "prompt_length", "gen_length", "model", "tokenizer"):
             if saved[key] != run_config[key]:
                 raise ValueError(f"--resume: {key} of this run differs from {config_path}: "
                                  f"{saved[key]} != {run_config[key]}")
-    elif manager.latest_step() is not None:
-        raise ValueError(f"--out_dir={settings.out_dir} already holds checkpoints; pass --resume or a new directory")
-    with open(config_path + ".tmp", "w") as handle:
-        json.dump(run_config, handle, indent=2)
-    os.replace(config_path + ".tmp", config_path)
+    training_run.write_json_atomic(config_path, run_config)
 
     model_config = model_config_from_dict(run_config["model"])
-    sampler = run_config["sampler"]
     init_params, optimizer, train_step = training_functions(model_config, optimizer_hyperparameters(settings),
                                                             settings.num_draws)
-    sample_fn = sampling_function(model_config, (sampler["gen_length"], sampler["block_length"], sampler["steps"],
-                                                 sampler["temperature"], sampler["remasking"]))
+    sample_fn = sampling_function(model_config, tuple(run_config["sampler"][name] for name in SAMPLER_FIELDS))
     params = init_params(jax.random.key(settings.seed))
     opt_state = optimizer.init(params)
     start_step = 0
-    if settings.resume and manager.latest_step() is not None:
-        start_step = manager.latest_step()
-        restored = manager.restore(start_step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(params), opt_state=ocp.args.StandardRestore(opt_state)))
+    if resume_from is not None:
+        start_step = resume_from
+        restored = training_run.restore_checkpoint(manager, start_step, {"params": params, "opt_state": opt_state})
         params, opt_state = restored["params"], restored["opt_state"]
 
     eval_sets = evaluation_sets(settings)
     base_key = jax.random.key(settings.seed)
-    log = _MetricsLog(settings.out_dir)
+    log = training_run.MetricsLog(settings.out_dir)
     started = time.time()
     summary = {"step": start_step, "stopped": "completed", "last_eval": None, "final_loss": None}
 
     def checkpoint_and_evaluate(step: int) -> dict[str, Any]:
-        _save(manager, step, params, opt_state)
+        training_run.save_checkpoint(manager, step, {"params": params, "opt_state": opt_state})
         record = {"step": step}
         for index, (name, items) in enumerate(eval_sets.items()):
             result = evaluate(sample_fn, params, run_config, tokenizer, items,
@@ -441,7 +248,7 @@ def train(settings: PretrainSettings, show_progress: bool = True) -> dict[str, A
         log.write(record)
         return record
 
-    progress = tqdm(total=settings.steps, initial=start_step, disable=not show_progress, desc="pretrain")
+    progress = training_run.progress_bar(settings.steps, start_step, show_progress, "pretrain")
     step = start_step
     while step < settings.steps:
         batch = _training_batch(task, settings, run_config, tokenizer, step)
@@ -449,12 +256,7 @@ def train(settings: PretrainSettings, show_progress: bool = True) -> dict[str, A
         new_params, new_opt_state, loss = train_step(params, opt_state, batch.tokens, batch.attention_mask,
                                                      batch.response_mask, key)
         loss = float(loss)
-        if not math.isfinite(loss):
-            # The parameters of `step` produced it: a checkpoint of them is not a good one.
-            if manager.latest_step() == step:
-                manager.delete(step)
-            log.write({"step": step + 1, "event": "non_finite_loss", "loss": str(loss),
-                       "newest_checkpoint": manager.latest_step()})
+        if training_run.stop_on_non_finite_loss(loss, step, manager, log):
             summary["stopped"] = "non_finite_loss"
             break
         params, opt_state, step = new_params, new_opt_state, step + 1
@@ -463,7 +265,7 @@ def train(settings: PretrainSettings, show_progress: bool = True) -> dict[str, A
         progress.set_postfix(loss=f"{loss:.4f}")
         if step % settings.log_interval == 0:
             log.write({"step": step, "train/loss": loss, "elapsed_s": time.time() - started})
-        over_budget = settings.time_budget_min and time.time() - started > 60 * settings.time_budget_min
+        over_budget = training_run.over_time_budget(started, settings.time_budget_min)
         if step % settings.eval_interval == 0 or step == settings.steps or over_budget:
             record = checkpoint_and_evaluate(step)
             if show_progress:
@@ -486,8 +288,7 @@ def main(argv):
                                    for field in dataclasses.fields(PretrainSettings)})
     summary = train(settings)
     print(json.dumps(summary))
-    if summary["stopped"] == "non_finite_loss":
-        raise SystemExit(f"non-finite loss at step {summary['step'] + 1}; newest checkpoint is the last good one")
+    training_run.exit_if_stopped_on_non_finite_loss(summary)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ with --distributed, or when JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PR
 Outputs in --out_dir: rl_config.json, checkpoints/<step>/ (Orbax, atomic, newest two kept; every
 --checkpoint_interval steps, default --eval_interval), metrics.jsonl (train/* every --log_interval steps:
 reward, ELBO, DiPOD term, KL, clip fraction, ratio mean, grad norm, tokens/s; eval/* at evaluations),
-tb/ (TensorBoard), curves.png. A non-finite loss stops the run; its update is discarded and the newest
-checkpoint is the last good state.
+tb/ (TensorBoard), curves.png (see `dipod_jax.lm.training_run`). A non-finite loss stops the run; its update
+is not checkpointed, and if the newest checkpoint holds the parameters that produced the loss it is deleted,
+so the newest checkpoint left is the last good state.
 """
 from __future__ import annotations
 
@@ -40,20 +41,18 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from flax import nnx
 
-from dipod_jax.lm import data, rl, sharding
+from dipod_jax.lm import data, rl, training_run, sharding
+from dipod_jax.lm.evaluation import evaluate
+from dipod_jax.lm.pretrain import load_pretrained
 from dipod_jax.lm.rl_config import RLConfig, preset
 from dipod_jax.lm.tasks import get_task
 from dipod_jax.lm.tokenizer import load_hf_tokenizer
 from dipod_jax.models.llada import LLaDA
-from experiments import lm_pretrain
 
 RUN_CONFIG_FILE = "rl_config.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
 PLOT_FILE = "curves.png"
 
 FLAGS = flags.FLAGS
@@ -159,12 +158,9 @@ def validate_settings(settings: RLRunSettings) -> None:
             raise ValueError("--llada_dir needs --task and --template")
         if settings.prompt_length <= 0 or settings.gen_length <= 0:
             raise ValueError("--llada_dir needs --prompt_length > 0 and --gen_length > 0")
-    for name in ("steps", "eval_interval", "log_interval", "mesh_data"):
-        if getattr(settings, name) <= 0:
-            raise ValueError(f"--{name}={getattr(settings, name)} must be > 0")
-    for name in ("eval_items", "checkpoint_interval", "lora_rank", "num_devices"):
-        if getattr(settings, name) < 0:
-            raise ValueError(f"--{name}={getattr(settings, name)} must be >= 0")
+    training_run.check_flag_bounds(
+        settings, positive=("steps", "eval_interval", "log_interval", "mesh_data"),
+        non_negative=("eval_items", "checkpoint_interval", "lora_rank", "num_devices"))
     if settings.lora_rank and not settings.lora_alpha > 0:
         raise ValueError(f"--lora_alpha={settings.lora_alpha} must be > 0 with --lora_rank={settings.lora_rank}")
     if not (math.isfinite(settings.temperature) and settings.temperature >= 0) or settings.time_budget_min < 0:
@@ -179,7 +175,7 @@ def load_policy(settings: RLRunSettings, seed: int) -> tuple[LLaDA, Any, dict[st
     """(model, tokenizer, run info {task, template, prompt_length, gen_length}) of the starting checkpoint,
     with fresh LoRA adapters (B = 0, seeded by `seed`) when --lora_rank > 0."""
     if settings.init_dir is not None:
-        model, tokenizer, pretrain_config = lm_pretrain.load_pretrained(settings.init_dir)
+        model, tokenizer, pretrain_config = load_pretrained(settings.init_dir)
         info = {key: pretrain_config[key] for key in ("task", "template", "prompt_length", "gen_length")}
         for key in ("task", "template"):
             if getattr(settings, key) and getattr(settings, key) != info[key]:
@@ -215,12 +211,6 @@ def build_rl_config(settings: RLRunSettings, info: dict[str, Any]) -> RLConfig:
                   dipod_beta=settings.dipod_beta, gen_length=gen_length, **overrides)
 
 
-def _checkpoint_manager(out_dir: str) -> ocp.CheckpointManager:
-    # Orbax writes each step into a temporary directory and renames it when complete (atomic).
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(out_dir, CHECKPOINT_DIR)),
-                                 options=ocp.CheckpointManagerOptions(max_to_keep=2))
-
-
 def _state_tree(state: rl.TrainState) -> dict[str, Any]:
     tree = state._asdict()
     if not jax.tree.leaves(tree["ref_params"]):
@@ -228,47 +218,13 @@ def _state_tree(state: rl.TrainState) -> dict[str, Any]:
     return tree
 
 
-def _save(manager: ocp.CheckpointManager, state: rl.TrainState) -> None:
-    manager.save(int(state.step), args=ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state))))
-    manager.wait_until_finished()
+def _save(manager, state: rl.TrainState) -> None:
+    training_run.save_checkpoint(manager, int(state.step), {"state": _state_tree(state)})
 
 
-def _restore(manager: ocp.CheckpointManager, step: int, template: rl.TrainState) -> rl.TrainState:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_state_tree(template))))["state"]
+def _restore(manager, step: int, template: rl.TrainState) -> rl.TrainState:
+    restored = training_run.restore_checkpoint(manager, step, {"state": _state_tree(template)})["state"]
     return rl.TrainState(**{"ref_params": template.ref_params, **restored})
-
-
-class _MetricsLog:
-    """Appends JSON lines to metrics.jsonl and mirrors numbers to TensorBoard (process 0 only)."""
-
-    def __init__(self, out_dir: str, enabled: bool):
-        self._enabled = enabled
-        if enabled:
-            from tensorboardX import SummaryWriter
-
-            self._file = open(os.path.join(out_dir, METRICS_FILE), "a")
-            self._writer = SummaryWriter(os.path.join(out_dir, "tb"))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self._enabled:
-            return
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        for name, value in record.items():
-            if name != "step" and isinstance(value, (int, float)):
-                self._writer.add_scalar(name, value, record["step"])
-
-    def close(self) -> None:
-        if self._enabled:
-            self._file.close()
-            self._writer.close()
-
-
-def read_metrics(out_dir: str) -> list[dict[str, Any]]:
-    """The records of out_dir/metrics.jsonl, in order."""
-    with open(os.path.join(out_dir, METRICS_FILE)) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def plot_curves(out_dir: str) -> str:
@@ -278,7 +234,7 @@ def plot_curves(out_dir: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = read_metrics(out_dir)
+    records = training_run.read_metrics(out_dir)
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for axis, name in zip(axes, ("train/reward_mean", "eval/mean_reward")):
         points = [(r["step"], r[name]) for r in records if name in r]
@@ -295,9 +251,7 @@ def plot_curves(out_dir: str) -> str:
 
 def _write_run_config(settings: RLRunSettings, config: RLConfig, info: dict[str, Any], path: str) -> None:
     run_config = {"settings": dataclasses.asdict(settings), "rl_config": dataclasses.asdict(config), "info": info}
-    with open(path + ".tmp", "w") as handle:
-        json.dump(run_config, handle, indent=2)
-    os.replace(path + ".tmp", path)
+    training_run.write_json_atomic(path, run_config)
 
 
 def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]:
@@ -305,8 +259,6 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
 
     "stopped" is "completed", "time_budget" or "non_finite_loss"; final_params is the trained pytree.
     """
-    from tqdm import tqdm
-
     validate_settings(settings)
     is_main = jax.process_index() == 0
     os.makedirs(settings.out_dir, exist_ok=True)
@@ -325,17 +277,13 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
         params_sharding, frozen_sharding = rl.param_shardings(model, config.lora_only, mesh)
         params, frozen = jax.device_put(params, params_sharding), jax.device_put(frozen, frozen_sharding)
     state = rl.init_train_state(params, config, mesh)
-    manager = _checkpoint_manager(settings.out_dir)
+    manager = training_run.checkpoint_manager(settings.out_dir)
     config_path = os.path.join(settings.out_dir, RUN_CONFIG_FILE)
-    if manager.latest_step() is not None:
-        if not settings.resume:
-            raise ValueError(f"--out_dir={settings.out_dir} already holds checkpoints; "
-                             "pass --resume or a new directory")
-        with open(config_path) as handle:
-            saved = json.load(handle)
-        if saved["rl_config"] != json.loads(json.dumps(dataclasses.asdict(config))):
+    resume_from = training_run.resume_step(manager, settings.out_dir, settings.resume)
+    if resume_from is not None:
+        if training_run.read_json(config_path)["rl_config"] != json.loads(json.dumps(dataclasses.asdict(config))):
             raise ValueError(f"--resume: the RL config differs from {config_path}")
-        state = _restore(manager, manager.latest_step(), state)
+        state = _restore(manager, resume_from, state)
     elif is_main:
         _write_run_config(settings, config, info, config_path)
 
@@ -349,21 +297,21 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
     prompt_length, local_prompts = info["prompt_length"], config.num_prompts // num_processes
     base_key = jax.random.key(settings.seed)
     checkpoint_interval = settings.checkpoint_interval or settings.eval_interval
-    log = _MetricsLog(settings.out_dir, is_main)
+    log = training_run.MetricsLog(settings.out_dir, is_main)
     started = time.time()
     start_step = int(state.step)
     summary: dict[str, Any] = {"step": start_step, "stopped": "completed", "last_eval": None}
 
-    def evaluate(step: int) -> None:
-        result = lm_pretrain.evaluate(lambda p, prompt, mask, key: eval_sample(p, frozen, prompt, mask, key),
-                                      state.params, info, tokenizer, test_items,
-                                      jax.random.fold_in(jax.random.fold_in(base_key, 1), step))
+    def evaluate_and_log(step: int) -> None:
+        result = evaluate(lambda p, prompt, mask, key: eval_sample(p, frozen, prompt, mask, key),
+                          state.params, info, tokenizer, test_items,
+                          jax.random.fold_in(jax.random.fold_in(base_key, 1), step))
         log.write({"step": step, **{f"eval/{k}": v for k, v in result.items()}, "elapsed_s": time.time() - started})
         summary["last_eval"] = result
 
     if start_step == 0:
-        evaluate(0)
-    progress = tqdm(total=settings.steps, initial=start_step, disable=not (show_progress and is_main), desc="rl")
+        evaluate_and_log(0)
+    progress = training_run.progress_bar(settings.steps, start_step, show_progress and is_main, "rl")
     step = start_step
     while step < settings.steps:
         items = task.generate(np.random.default_rng([settings.seed, step, jax.process_index()]), local_prompts)
@@ -382,9 +330,7 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
                                        sample_fn=sample_fn, update_fn=update_fn, eos_id=eos_id, mesh=mesh)
         metrics = {name: float(value) for name, value in metrics.items()}
         step_seconds = time.time() - step_started
-        if not math.isfinite(metrics["loss"]):
-            log.write({"step": step + 1, "event": "non_finite_loss", "loss": str(metrics["loss"]),
-                       "newest_checkpoint": manager.latest_step()})
+        if training_run.stop_on_non_finite_loss(metrics["loss"], step, manager, log):
             summary["stopped"] = "non_finite_loss"
             break
         step += 1
@@ -396,11 +342,11 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
             log.write({"step": step, **{f"train/{k}": v for k, v in metrics.items()},
                        "train/tokens_per_s": tokens_per_s, "train/step_s": step_seconds,
                        "elapsed_s": time.time() - started})
-        over_budget = settings.time_budget_min and time.time() - started > 60 * settings.time_budget_min
+        over_budget = training_run.over_time_budget(started, settings.time_budget_min)
         if step % checkpoint_interval == 0 or step == settings.steps or over_budget:
             _save(manager, state)
         if step % settings.eval_interval == 0 or step == settings.steps or over_budget:
-            evaluate(step)
+            evaluate_and_log(step)
         if over_budget and step < settings.steps:
             summary["stopped"] = "time_budget"
             break
@@ -449,8 +395,7 @@ def main(argv):
     summary.pop("final_params")
     if jax.process_index() == 0:
         print(json.dumps(summary))
-    if summary["stopped"] == "non_finite_loss":
-        raise SystemExit(f"non-finite loss at step {summary['step'] + 1}; newest checkpoint is the last good one")
+    training_run.exit_if_stopped_on_non_finite_loss(summary)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""experiments.lm_pretrain on a tiny model: the SFT loss has its known value, the loss goes down, outputs are
-written, resume is exact, a non-finite loss stops the run, load_pretrained rebuilds the model."""
+"""experiments.lm_pretrain on a tiny model: the SFT loss (dipod_jax.lm.pretrain) has its known value, the loss
+goes down, outputs are written (dipod_jax.lm.training_run), resume is exact, a non-finite loss stops the run,
+load_pretrained rebuilds the model, evaluate (dipod_jax.lm.evaluation) scores with the task reward."""
 import dataclasses
 import json
 import math
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dipod_jax.lm import data
+from dipod_jax.lm import data, pretrain, training_run
+from dipod_jax.lm.evaluation import evaluate
 from dipod_jax.lm.tasks import get_task
 from dipod_jax.lm.tokenizer import char_tokenizer
 from dipod_jax.losses.masked import mask_uniform_count
@@ -23,13 +25,8 @@ TINY = dict(task="sudoku", model_size="tiny", batch=16, lr=3e-3, warmup_steps=5,
             extra_eval_tasks="sudoku_split_new", log_interval=5)
 
 
-def _metrics(out_dir):
-    with open(os.path.join(out_dir, lm_pretrain.METRICS_FILE)) as handle:
-        return [json.loads(line) for line in handle]
-
-
 def _checkpoint_params(out_dir, step=None):
-    model, _, _ = lm_pretrain.load_pretrained(out_dir, step)
+    model, _, _ = pretrain.load_pretrained(out_dir, step)
     return nnx.to_pure_dict(nnx.split(model)[1])
 
 
@@ -47,15 +44,15 @@ def test_loss_decreases_and_outputs_written(straight_run):
     checkpoints (newest two kept)."""
     out_dir, summary = straight_run
     assert summary["stopped"] == "completed" and summary["step"] == 30
-    losses = [r["train/loss"] for r in _metrics(out_dir) if "train/loss" in r]
+    losses = [r["train/loss"] for r in training_run.read_metrics(out_dir) if "train/loss" in r]
     assert len(losses) == 6 and losses[-1] < 0.66 * losses[0]
-    evals = [r for r in _metrics(out_dir) if "eval/mean_reward" in r]
+    evals = [r for r in training_run.read_metrics(out_dir) if "eval/mean_reward" in r]
     assert [r["step"] for r in evals] == [10, 20, 30]
     assert all(0.0 <= r["eval/mean_reward"] <= 1.0 and r["eval/items"] == 8 for r in evals)
     assert all(0.0 <= r["eval_sudoku_split_new/mean_reward"] <= 1.0 for r in evals)
-    assert sorted(os.listdir(os.path.join(out_dir, lm_pretrain.CHECKPOINT_DIR))) == ["20", "30"]
+    assert sorted(os.listdir(os.path.join(out_dir, training_run.CHECKPOINT_DIR))) == ["20", "30"]
     assert any(name.startswith("events") for name in os.listdir(os.path.join(out_dir, "tb")))
-    with open(os.path.join(out_dir, lm_pretrain.CONFIG_FILE)) as handle:
+    with open(os.path.join(out_dir, pretrain.CONFIG_FILE)) as handle:
         config = json.load(handle)
     assert (config["prompt_length"], config["gen_length"]) == (17, 19)
     assert config["model"]["mask_token_id"] == char_tokenizer().mask_id
@@ -73,7 +70,7 @@ def test_resume_matches_uninterrupted_run(straight_run, tmp_path):
     resumed = lm_pretrain.train(dataclasses.replace(first, steps=30, resume=True), show_progress=False)
     assert resumed["step"] == 30
     jax.tree.map(np.testing.assert_array_equal, _checkpoint_params(out_dir), _checkpoint_params(straight_dir))
-    loss_steps = [r["step"] for r in _metrics(out_dir) if "train/loss" in r]
+    loss_steps = [r["step"] for r in training_run.read_metrics(out_dir) if "train/loss" in r]
     assert loss_steps == [5, 10, 15, 20, 25, 30]
 
 
@@ -84,7 +81,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
                                             **dict(TINY, lr=1e30, warmup_steps=3, eval_items=2))
     summary = lm_pretrain.train(settings, show_progress=False)
     assert summary["stopped"] == "non_finite_loss" and summary["step"] < 20
-    event = [r for r in _metrics(str(tmp_path)) if r.get("event") == "non_finite_loss"]
+    event = [r for r in training_run.read_metrics(str(tmp_path)) if r.get("event") == "non_finite_loss"]
     assert len(event) == 1 and event[0]["newest_checkpoint"] == summary["step"] - 1
     params = _checkpoint_params(str(tmp_path))
     assert all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree.leaves(params))
@@ -94,7 +91,7 @@ def test_load_pretrained_rebuilds_model(straight_run):
     """load_pretrained gives a model with the config's vocabulary and the tokenizer it was trained with;
     its logits on a batch equal those of the stored parameters bound by the training code."""
     out_dir, _ = straight_run
-    model, tokenizer, config = lm_pretrain.load_pretrained(out_dir)
+    model, tokenizer, config = pretrain.load_pretrained(out_dir)
     task = get_task(config["task"])
     items = task.load_test()[:2]
     batch = data.task_batch(task, items, tokenizer, config["template"], config["prompt_length"],
@@ -102,9 +99,9 @@ def test_load_pretrained_rebuilds_model(straight_run):
     logits = model(jnp.asarray(batch.tokens), jnp.asarray(batch.attention_mask))
     assert logits.shape == (2, 36, tokenizer.vocab_size) and bool(jnp.isfinite(logits).all())
     with pytest.raises(ValueError, match="no checkpoint 7"):
-        lm_pretrain.load_pretrained(out_dir, step=7)
+        pretrain.load_pretrained(out_dir, step=7)
     with pytest.raises(ValueError, match="config.json does not exist"):
-        lm_pretrain.load_pretrained(os.path.join(out_dir, "missing"))
+        pretrain.load_pretrained(os.path.join(out_dir, "missing"))
 
 
 class SftLossTest(chex.TestCase):
@@ -121,7 +118,7 @@ class SftLossTest(chex.TestCase):
         params["head"] = jnp.zeros_like(params["head"])
         batch = data.task_batch(task, task.generate(np.random.default_rng(0), 6), tokenizer, "compact", 17, 19)
         key = jax.random.key(3)
-        loss_fn = self.variant(lambda p, k: lm_pretrain.sft_loss(
+        loss_fn = self.variant(lambda p, k: pretrain.sft_loss(
             p, graphdef, state, batch.tokens, batch.attention_mask, batch.response_mask, k, tokenizer.mask_id, 1))
         mask, _ = mask_uniform_count(key, jnp.asarray(batch.response_mask), 1)
         expected = math.log(tokenizer.vocab_size) * float(jnp.mean(mask[0].any(axis=-1)))
@@ -144,9 +141,9 @@ def test_evaluate_scores_an_oracle_sampler():
         return jnp.concatenate([prompt, jnp.full((3, 19), tokenizer.eos_id, prompt.dtype)], axis=1)
 
     key = jax.random.key(0)
-    assert lm_pretrain.evaluate(oracle, None, config, tokenizer, items, key) == {
+    assert evaluate(oracle, None, config, tokenizer, items, key) == {
         "mean_reward": 1.0, "exact_fraction": 1.0, "items": 3}
-    assert lm_pretrain.evaluate(silent, None, config, tokenizer, items, key)["mean_reward"] == 0.0
+    assert evaluate(silent, None, config, tokenizer, items, key)["mean_reward"] == 0.0
 
 
 @pytest.mark.parametrize("change,flag", [

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dipod_jax.lm import rl
+from dipod_jax.lm import rl, training_run
 from dipod_jax.lm.rl_config import RLConfig, preset
 from dipod_jax.losses.lm import diffu_grpo_loss, fpo_dllm_loss
 from dipod_jax.losses.masked import apply_mask, elbo_masked, token_log_probs
@@ -303,8 +303,8 @@ def test_experiment_resume_is_bit_exact(pretrained_dir, tmp_path):
     assert straight["step"] == resumed["step"] == 4 and resumed["stopped"] == "completed"
     chex.assert_trees_all_equal(jax.tree.map(np.asarray, straight["final_params"]),
                                 jax.tree.map(np.asarray, resumed["final_params"]))
-    straight_records = lm_rl.read_metrics(str(tmp_path / "straight"))
-    assert _without_timing(straight_records) == _without_timing(lm_rl.read_metrics(str(tmp_path / "resumed")))
+    straight_records = training_run.read_metrics(str(tmp_path / "straight"))
+    assert _without_timing(straight_records) == _without_timing(training_run.read_metrics(str(tmp_path / "resumed")))
     train_record = next(r for r in straight_records if "train/loss" in r)
     for name in ("reward_mean", "elbo", "dipod_term", "kl", "clip_fraction", "ratio_mean", "tokens_per_s"):
         assert np.isfinite(train_record[f"train/{name}"]), name
@@ -325,3 +325,28 @@ def test_experiment_settings_are_validated():
     with pytest.raises(ValueError, match="unknown RLConfig fields"):
         lm_rl.validate_settings(lm_rl.RLRunSettings(out_dir="/tmp/x", init_dir="/tmp/y",
                                                     config_overrides=(("beta", 1.0),)))
+
+
+def test_experiment_non_finite_loss_stops_and_keeps_last_good_checkpoint(pretrained_dir, tmp_path):
+    """With an absurd learning rate after a zero-rate first update (warm-up) the loss becomes non-finite
+    within a few steps: the run stops, logs the event once, deletes the checkpoint of the parameters that
+    produced it, and the newest checkpoint left holds finite parameters whose logged loss was finite."""
+    from experiments import lm_rl
+
+    settings = _rl_settings(pretrained_dir, tmp_path, 6)
+    overrides = dict(settings.config_overrides, num_inner_iterations=1, learning_rate=1e30, warmup_steps=4)
+    settings = dataclasses.replace(settings, config_overrides=tuple(overrides.items()), checkpoint_interval=1,
+                                   eval_interval=10)
+    summary = lm_rl.train(settings, show_progress=False)
+    assert summary["stopped"] == "non_finite_loss" and 1 < summary["step"] < 6
+    records = training_run.read_metrics(str(tmp_path))
+    events = [r for r in records if r.get("event") == "non_finite_loss"]
+    newest = summary["step"] - 1
+    assert len(events) == 1 and events[0]["step"] == summary["step"] + 1
+    assert events[0]["newest_checkpoint"] == newest
+    manager = training_run.checkpoint_manager(str(tmp_path))
+    assert manager.all_steps() == [newest]
+    kept = training_run.restore_checkpoint(manager, newest, {"state": None})["state"]
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(kept["params"]))
+    # The loss logged at step newest + 1 was computed from the parameters checkpointed at step `newest`.
+    assert np.isfinite(next(r["train/loss"] for r in records if r["step"] == newest + 1 and "train/loss" in r))

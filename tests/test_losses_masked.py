@@ -242,6 +242,22 @@ class EstimatorTest(chex.TestCase):
         noised = np.asarray(masked.apply_mask(jnp.asarray(TOKENS), draw_mask, MASK_ID))
         np.testing.assert_array_equal(noised, np.where(draw_mask, MASK_ID, TOKENS[None]))
 
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_masked_token_log_probs_equals_one_forward_pass_per_draw(self):
+        """Draw m of masked_token_log_probs is the NumPy log-softmax of one forward pass on the tokens with
+        mask m hidden, gathered at the true tokens, at every position (masked or not); wrong ranks are refused."""
+        mask = random_masks(np.random.default_rng(5), 4, COMPLETION)
+        got = self.variant(functools.partial(masked.masked_token_log_probs, toy_logits, mask_id=MASK_ID))(
+            jnp.asarray(TOKENS), jnp.asarray(mask))
+        self.assertEqual(got.shape, (4,) + TOKENS.shape)
+        self.assertEqual(got.dtype, jnp.float32)
+        for draw in range(4):
+            logits = np.asarray(toy_logits(np.where(mask[draw], MASK_ID, TOKENS), np), np.float64)
+            expected = np.take_along_axis(np_log_softmax(logits), TOKENS[..., None], -1)[..., 0]
+            np.testing.assert_allclose(got[draw], expected, rtol=1e-5, atol=1e-6)
+        with self.assertRaises(AssertionError):
+            masked.masked_token_log_probs(toy_logits, jnp.asarray(TOKENS), jnp.asarray(mask[0]), MASK_ID)
+
     def test_elbo_masked_equals_per_draw_forward_passes(self):
         """elbo_masked equals the estimator applied to log-probs from one forward pass per draw."""
         mask, _ = masked.mask_uniform_count(jax.random.PRNGKey(4), jnp.asarray(COMPLETION), 6)

@@ -52,6 +52,7 @@ from dipod_jax.losses.masked import (
     mask_block_random,
     mask_completion_and_prompt,
     mask_uniform_count,
+    masked_token_log_probs,
     spg_elbo_from_token_logprobs,
     spg_eubo_from_token_logprobs,
     token_log_probs,
@@ -155,14 +156,6 @@ def check_batch_divisible(num_rows: int, config: RLConfig, mesh: Optional[Mesh])
             f"{shards} batch shards (mesh data x fsdp) x grad_accum_steps={config.grad_accum_steps} = {needed}")
 
 
-def _token_logp_under_masks(logits_fn, tokens: chex.Array, masks: chex.Array, mask_id: int) -> chex.Array:
-    """Per-token log p(tokens | masked copy) for each of M masks: masks [M, B, T] -> [M, B, T] float32.
-
-    One forward pass per mask under `lax.map`, so memory is that of a single pass.
-    """
-    return jax.lax.map(lambda mask: token_log_probs(logits_fn(apply_mask(tokens, mask, mask_id)), tokens), masks)
-
-
 def _logits_fn(graphdef, params: Params, frozen: Params, attention_mask: chex.Array):
     model = nnx.merge(graphdef, params, frozen)
     return lambda tokens: model(tokens, attention_mask)
@@ -190,7 +183,7 @@ def prepare_inputs(config: RLConfig, graphdef, mask_id: int, state: TrainState, 
     per_iteration: Dict[str, chex.Array] = {}
 
     def sequence_elbo(logits_fn, masks):
-        token_logp = _token_logp_under_masks(logits_fn, tokens, masks, mask_id)
+        token_logp = masked_token_log_probs(logits_fn, tokens, masks, mask_id)
         return jax.lax.stop_gradient(elbo_from_token_logprobs(token_logp, masks, completion_mask))
 
     if config.method == "fpo" or (config.method == "diffu_grpo" and config.dipod_beta > 0):
@@ -207,10 +200,10 @@ def prepare_inputs(config: RLConfig, graphdef, mask_id: int, state: TrainState, 
             k, batch.prompt_mask, completion_mask, config.p_mask_prompt))(iteration_keys)  # [mu, N, T]
         per_iteration["one_step_mask"] = one_step_masks
         per_iteration["token_logp_old"] = jax.lax.stop_gradient(
-            _token_logp_under_masks(old_logits, tokens, one_step_masks, mask_id))
+            masked_token_log_probs(old_logits, tokens, one_step_masks, mask_id))
         if use_kl:
             per_iteration["token_logp_ref"] = jax.lax.stop_gradient(
-                _token_logp_under_masks(ref_logits, tokens, one_step_masks, mask_id))
+                masked_token_log_probs(ref_logits, tokens, one_step_masks, mask_id))
     if config.method == "spg":
         spg_masks, t_emp = mask_block_random(mask_key, completion_mask, config.spg_num_draws,
                                              config.spg_block_length, config.spg_min_t, config.spg_max_t)
@@ -231,7 +224,7 @@ def rl_loss(config: RLConfig, graphdef, mask_id: int, params: Params, frozen: Pa
 
     def sequence_elbo():
         masks = jnp.swapaxes(inputs["elbo_masks"], 0, 1)
-        token_logp = _token_logp_under_masks(logits_fn, tokens, masks, mask_id)
+        token_logp = masked_token_log_probs(logits_fn, tokens, masks, mask_id)
         return elbo_from_token_logprobs(token_logp, masks, completion_mask)
 
     if config.method == "fpo":
@@ -250,7 +243,7 @@ def rl_loss(config: RLConfig, graphdef, mask_id: int, params: Params, frozen: Pa
             aux["elbo"] = jnp.mean(elbo)
     else:
         masks = jnp.swapaxes(inputs["spg_masks"], 0, 1)
-        token_logp = _token_logp_under_masks(logits_fn, tokens, masks, mask_id)
+        token_logp = masked_token_log_probs(logits_fn, tokens, masks, mask_id)
         lower = spg_elbo_from_token_logprobs(token_logp, masks, completion_mask)
         upper = None if config.spg_estimator == "elbo" else spg_eubo_from_token_logprobs(
             token_logp, masks, completion_mask, jnp.swapaxes(inputs["t_emp"], 0, 1), config.spg_beta_e)

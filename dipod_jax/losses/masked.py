@@ -258,13 +258,43 @@ def elbo_from_token_logprobs(token_logp: chex.Array, mask: chex.Array, completio
     return jnp.mean(num_real[None] / jnp.maximum(num_masked, 1.0) * summed, axis=0)
 
 
+def masked_token_log_probs(logits_fn: LogitsFn, tokens: chex.Array, mask: chex.Array,
+                           mask_id: int) -> chex.Array:
+    """Per-token log p(tokens | noised copy) for each of M forward masks, one forward pass per draw.
+
+    Runs `logits_fn` on each noised copy with `lax.map` over the M draws, so memory is that of a single
+    forward pass. The result feeds any estimator of this module (`elbo_from_token_logprobs`, the SPG ones);
+    `logits_fn` closes over the parameters, so scoring old, current and reference models with the SAME `mask`
+    gives common random numbers.
+
+    Args:
+      logits_fn: noised tokens [B, T] -> logits [B, T, V].
+      tokens: [B, T] int, prompt + completion.
+      mask: [M, B, T] bool forward masks.
+      mask_id: the mask token id.
+
+    Returns:
+      [M, B, T] float32: entry (m, b, i) is log p(tokens[b, i] | tokens with mask[m] hidden) at every
+      position i (masked or not; the estimators pick the positions they score).
+    """
+    chex.assert_rank([tokens, mask], [2, 3])
+    chex.assert_equal_shape([tokens, mask[0]])
+
+    def draw_log_probs(draw_mask):
+        logits = logits_fn(apply_mask(tokens, draw_mask, mask_id))
+        chex.assert_rank(logits, 3)
+        return token_log_probs(logits, tokens)
+
+    return jax.lax.map(draw_log_probs, mask)
+
+
 def elbo_masked(logits_fn: LogitsFn, tokens: chex.Array, completion_mask: chex.Array, mask: chex.Array,
                 mask_id: int) -> chex.Array:
     """Sequence ELBO of `tokens` under a masked-diffusion model, one forward pass per draw.
 
-    Runs `logits_fn` on each noised copy with `lax.map` over the M draws (memory of one forward pass), then
-    applies `elbo_from_token_logprobs`. `logits_fn` closes over the parameters; to compare models (old,
-    current, reference) call this with the SAME `mask` for each of them.
+    `masked_token_log_probs` (lax.map over the M draws, memory of one forward pass) followed by
+    `elbo_from_token_logprobs`. `logits_fn` closes over the parameters; to compare models (old, current,
+    reference) call this with the SAME `mask` for each of them.
 
     Args:
       logits_fn: noised tokens [B, T] -> logits [B, T, V].
@@ -276,15 +306,7 @@ def elbo_masked(logits_fn: LogitsFn, tokens: chex.Array, completion_mask: chex.A
     Returns:
       [B] float32 ELBO estimates.
     """
-    chex.assert_rank([tokens, mask], [2, 3])
-    chex.assert_equal_shape([tokens, mask[0]])
-
-    def draw_log_probs(draw_mask):
-        logits = logits_fn(apply_mask(tokens, draw_mask, mask_id))
-        chex.assert_rank(logits, 3)
-        return token_log_probs(logits, tokens)
-
-    token_logp = jax.lax.map(draw_log_probs, mask)
+    token_logp = masked_token_log_probs(logits_fn, tokens, mask, mask_id)
     return elbo_from_token_logprobs(token_logp, mask, completion_mask)
 
 
