@@ -1,0 +1,353 @@
+"""Jitted on-policy trainer for continuous control: PPO (Gaussian), FPO and FPO++ (flow), each with dipod_beta.
+
+`make_train(config)` returns pure functions of a `TrainState`:
+  init(key)                         -> state (runs self-distillation initialisation when configured)
+  train_iteration(state)            -> (state, metrics): rollout + every update epoch, one jittable function
+  train_iterations(state, n)        -> (state, metrics [n]): n iterations fused in one lax.scan (n static)
+  evaluate(state, key)              -> metrics of deterministic (zero-noise) evaluation episodes
+  self_distill(state, n)            -> (state, metrics [n])
+Every function is free of Python side effects, so `jax.vmap(init)(keys)` and
+`jax.vmap(lambda s: train_iterations(s, n))(states)` train several seeds at once.
+
+Per iteration: roll out `rollout_length` steps in `num_envs` environments with the current policy and the
+current observation statistics; compute GAE once with the pre-update critic (values of the observation reached
+before auto-reset, so time limits bootstrap); run `num_updates_per_batch` epochs of shuffled minibatches;
+then merge the rollout's observations into the running statistics. Updating the statistics after the epochs
+(Brax and the FPO reference update them before) keeps the first minibatch's ratio at 1 up to rounding.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from dipod_jax import losses
+from dipod_jax.control import normalization
+from dipod_jax.control.configs import TrainConfig, validate_config
+from dipod_jax.control.envs import Environment, make_environment
+from dipod_jax.control.rollout import RolloutState, evaluate_episodes, init_rollout_state, rollout
+from dipod_jax.models.critic import CriticMLP
+from dipod_jax.models.flow_policy import VelocityMLP, sample_actions
+from dipod_jax.models.gaussian_policy import GaussianPolicyMLP, gaussian_log_prob, squashed_entropy_estimate
+
+Metrics = Dict[str, chex.Array]
+
+
+class TrainState(NamedTuple):
+    """Everything the trainer carries between iterations (a pytree; vmappable over seeds).
+
+    Attributes:
+      params: {"actor": ..., "critic": ...}.
+      opt_state: Adam state of `params`.
+      obs_stats: running observation statistics.
+      rollout_state: batched environments.
+      key: PRNG key.
+      iteration: [] int32 RL iterations done.
+      env_steps: [] int32 environment steps taken (self-distillation rollouts included).
+    """
+
+    params: Any
+    opt_state: Any
+    obs_stats: normalization.RunningStats
+    rollout_state: RolloutState
+    key: chex.PRNGKey
+    iteration: chex.Array
+    env_steps: chex.Array
+
+
+class FlowExtras(NamedTuple):
+    """Stored with each flow action: tau [E, N], eps [E, N, D], l_old [E, N] (common random numbers)."""
+
+    tau: chex.Array
+    eps: chex.Array
+    l_old: chex.Array
+
+
+class GaussianExtras(NamedTuple):
+    """Stored with each Gaussian action: logp_old [E]."""
+
+    logp_old: chex.Array
+
+
+class Batch(NamedTuple):
+    """Flattened update data, leading axis the number of transitions: obs [.., S] (normalised), action [.., D],
+    advantages [..], returns [..], extras (FlowExtras or GaussianExtras)."""
+
+    obs: chex.Array
+    action: chex.Array
+    advantages: chex.Array
+    returns: chex.Array
+    extras: Any
+
+
+class Trainer(NamedTuple):
+    """The functions returned by `make_train` (see the module docstring) and the environment they use."""
+
+    init: Callable[[chex.PRNGKey], TrainState]
+    train_iteration: Callable[[TrainState], Tuple[TrainState, Metrics]]
+    train_iterations: Callable[[TrainState, int], Tuple[TrainState, Metrics]]
+    evaluate: Callable[[TrainState, chex.PRNGKey], Metrics]
+    self_distill: Callable[[TrainState, int], Tuple[TrainState, Metrics]]
+    env: Environment
+    config: TrainConfig
+
+
+def explained_variance(predictions: chex.Array, targets: chex.Array) -> chex.Array:
+    """1 - Var(targets - predictions) / Var(targets) over all elements of [...]-shaped arrays (0 if Var = 0)."""
+    chex.assert_equal_shape([predictions, targets])
+    target_variance = jnp.var(targets)
+    return jnp.where(target_variance > 0,
+                     1.0 - jnp.var(targets - predictions) / jnp.maximum(target_variance, 1e-12), 0.0)
+
+
+def values_from_next_values(next_values: chex.Array, start_values: chex.Array, reset_values: chex.Array,
+                            episode_ended: chex.Array) -> chex.Array:
+    """V(s_t) for a rollout from V(s'_t), saving one critic pass over the whole batch.
+
+    With auto-reset to each environment's cached first state, the observation at step t + 1 is the one reached
+    at step t unless the episode ended there, in which case it is that environment's reset observation.
+
+    Args:
+      next_values: [T, E] V of the observation reached by step t (pre-reset).
+      start_values: [E] V of the observation at step 0.
+      reset_values: [E] V of each environment's reset observation.
+      episode_ended: [T, E] 1 where step t terminated or truncated.
+
+    Returns:
+      [T, E] V(s_t).
+    """
+    chex.assert_rank(next_values, 2)
+    chex.assert_equal_shape([next_values, episode_ended])
+    chex.assert_shape([start_values, reset_values], next_values.shape[1:])
+    later = jnp.where(episode_ended[:-1] > 0, reset_values[None], next_values[:-1])
+    return jnp.concatenate([start_values[None], later])
+
+
+def make_train(config: TrainConfig, env: Optional[Environment] = None) -> Trainer:
+    """Build the trainer for `config` (validated first; `env` defaults to `make_environment(config.env_name)`)."""
+    validate_config(config)
+    if env is None:
+        env = make_environment(config.env_name)
+    obs_size, action_size = env.observation_size, env.action_size
+    episode_length = config.episode_length or env.default_episode_length
+    num_envs, rollout_length = config.num_envs, config.rollout_length
+    clip_eps = config.resolved_clip_eps
+    tau_schedule = config.resolved_tau_schedule
+
+    critic = CriticMLP(config.critic_hidden)
+    if config.is_flow:
+        actor = VelocityMLP(config.actor_hidden, action_size, config.time_embed_dim, config.output_scale)
+    else:
+        actor = GaussianPolicyMLP(config.actor_hidden, action_size)
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm) if config.max_grad_norm else optax.identity(),
+        optax.adam(config.learning_rate))
+
+    def velocity_fn(actor_params):
+        return functools.partial(actor.apply, actor_params)
+
+    def normalized(stats, obs):
+        return normalization.normalize(stats, obs) if config.normalize_observations else obs
+
+    def draw_tau_eps(key, batch_size):
+        return losses.draw_tau_eps(key, batch_size, config.num_cfm_samples, action_size, tau_schedule,
+                                   config.num_flow_steps, config.tau_beta_b)
+
+    def make_act(actor_params, stats, deterministic=False, with_extras=True):
+        """The rollout policy: raw obs [E, S] -> (unsquashed action [E, D], extras)."""
+        def act(obs, key):
+            obs_n = normalized(stats, obs)
+            key_action, key_samples = jax.random.split(key)
+            if config.is_flow:
+                velocity = velocity_fn(actor_params)
+                action = sample_actions(velocity, obs_n, key_action, action_size, config.num_flow_steps,
+                                        deterministic)
+                if not with_extras:
+                    return action, ()
+                tau, eps = draw_tau_eps(key_samples, obs.shape[0])
+                l_old = losses.cfm_loss(velocity, obs_n, action, tau, eps, config.cfm_variant)
+                return action, FlowExtras(tau, eps, l_old)
+            mean, std = actor.apply(actor_params, obs_n)
+            if deterministic:
+                return mean, ()
+            action = mean + std * jax.random.normal(key_action, mean.shape)
+            return action, GaussianExtras(gaussian_log_prob(action, mean, std))
+        return act
+
+    def policy_loss(actor_params, batch: Batch, key):
+        """Policy-gradient loss (DiPOD term included) and its diagnostics for one minibatch."""
+        advantages = losses.normalize_advantages(batch.advantages)
+        if config.algo == "ppo":
+            mean, std = actor.apply(actor_params, batch.obs)
+            logp_new = gaussian_log_prob(batch.action, mean, std)
+            entropy = squashed_entropy_estimate(mean, std, key)
+            return losses.ppo_loss(logp_new, batch.extras.logp_old, advantages, clip_eps, entropy=entropy,
+                                   entropy_coef=config.entropy_cost, dipod_beta=config.dipod_beta)
+        l_new = losses.cfm_loss(velocity_fn(actor_params), batch.obs, batch.action, batch.extras.tau,
+                                batch.extras.eps, config.cfm_variant)
+        if config.algo == "fpo":
+            return losses.fpo_loss(batch.extras.l_old, l_new, advantages, clip_eps,
+                                   config.resolved_trust_region, config.dipod_beta)
+        return losses.fpo_pp_loss(batch.extras.l_old, l_new, advantages, clip_eps, config.resolved_trust_region,
+                                  config.advantage_clamp, config.loss_clamp, config.log_ratio_clamp,
+                                  config.dipod_beta)
+
+    def total_loss(params, batch: Batch, key):
+        pg_total, aux = policy_loss(params["actor"], batch, key)
+        v_loss = losses.value_loss(critic.apply(params["critic"], batch.obs), batch.returns)
+        loss = pg_total + config.value_loss_coef * v_loss
+        return loss, {**aux, "value_loss": v_loss, "total_loss": loss}
+
+    def minibatch_step(carry, minibatch_and_key):
+        params, opt_state = carry
+        minibatch, key = minibatch_and_key
+        (_, aux), grads = jax.value_and_grad(total_loss, has_aux=True)(params, minibatch, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), {**aux, "grad_norm": optax.tree.norm(grads)}
+
+    def epoch(carry, key):
+        params, opt_state, batch = carry
+        key_perm, key_steps = jax.random.split(key)
+        num_transitions = batch.advantages.shape[0]
+        permutation = jax.random.permutation(key_perm, num_transitions)
+        minibatches = jax.tree.map(
+            lambda x: x[permutation].reshape((config.num_minibatches, -1) + x.shape[1:]), batch)
+        (params, opt_state), metrics = jax.lax.scan(
+            minibatch_step, (params, opt_state),
+            (minibatches, jax.random.split(key_steps, config.num_minibatches)))
+        return (params, opt_state, batch), metrics
+
+    def rl_update(state: TrainState, key) -> Tuple[TrainState, Metrics]:
+        """One iteration of rollout and update epochs (no self-distillation)."""
+        key_rollout, key_epochs = jax.random.split(key)
+        act = make_act(state.params["actor"], state.obs_stats)
+        rollout_state, transitions, episodes = rollout(env, act, state.rollout_state, key_rollout,
+                                                       rollout_length, episode_length)
+        obs_n = normalized(state.obs_stats, transitions.obs)
+        next_values = critic.apply(state.params["critic"], normalized(state.obs_stats, transitions.next_obs))
+        start_and_reset_obs = jnp.concatenate([transitions.obs[0], state.rollout_state.first_env_state.obs])
+        start_values, reset_values = jnp.split(
+            critic.apply(state.params["critic"], normalized(state.obs_stats, start_and_reset_obs)), 2)
+        values = values_from_next_values(next_values, start_values, reset_values,
+                                         jnp.maximum(transitions.termination, transitions.truncation))
+        advantages, returns = losses.gae(transitions.reward * config.reward_scaling, values, next_values,
+                                         transitions.termination, transitions.truncation, config.discounting,
+                                         config.gae_lambda)
+        flatten = lambda x: x.reshape((rollout_length * num_envs,) + x.shape[2:])  # noqa: E731
+        batch = jax.tree.map(flatten, Batch(obs_n, transitions.action, advantages, returns, transitions.extras))
+        (params, opt_state, _), update_metrics = jax.lax.scan(
+            epoch, (state.params, state.opt_state, batch),
+            jax.random.split(key_epochs, config.num_updates_per_batch))
+        obs_stats = state.obs_stats
+        if config.normalize_observations:
+            obs_stats = normalization.update_running_stats(obs_stats, transitions.obs)
+        env_steps = state.env_steps + rollout_length * num_envs
+        metrics = {name: jnp.mean(value) for name, value in update_metrics.items()}
+        metrics.update(
+            explained_variance=explained_variance(values, returns),
+            advantage_std=jnp.std(advantages),
+            reward_mean=jnp.mean(transitions.reward),
+            episode_return=episodes.return_sum / jnp.maximum(episodes.count, 1.0),
+            episode_length=episodes.length_sum / jnp.maximum(episodes.count, 1.0),
+            episodes_ended=episodes.count,
+        )
+        new_state = state._replace(params=params, opt_state=opt_state, obs_stats=obs_stats,
+                                   rollout_state=rollout_state, iteration=state.iteration + 1,
+                                   env_steps=env_steps)
+        return new_state, metrics
+
+    def self_distill(state: TrainState, num_iterations: int) -> Tuple[TrainState, Metrics]:
+        """Self-distillation: fit a student (started at the actor) to the frozen actor's own samples.
+
+        Each iteration rolls `sd_env_steps` steps of the teacher in the training environments into a ring buffer
+        of `sd_batch_size` (obs, action) pairs, then takes one AdamW step on `self_distillation_loss` over
+        `sd_batch_size` pairs drawn from the filled part, with fresh (tau, eps).
+        """
+        if not config.is_flow:
+            raise ValueError("self_distill needs a flow policy (algo fpo or fpo++)")
+        teacher = state.params["actor"]
+        teacher_act = make_act(teacher, state.obs_stats, with_extras=False)
+        capacity = config.sd_batch_size
+        sd_optimizer = optax.chain(optax.clip_by_global_norm(config.sd_max_grad_norm),
+                                   optax.adamw(config.sd_learning_rate, weight_decay=config.sd_weight_decay))
+        rows_per_iteration = config.sd_env_steps * num_envs
+
+        def sd_loss(student, obs, action, key):
+            tau, eps = draw_tau_eps(key, obs.shape[0])
+            l_student = losses.cfm_loss(velocity_fn(student), obs, action, tau, eps, config.cfm_variant)
+            return losses.self_distillation_loss(l_student)
+
+        def sd_iteration(carry, key):
+            student, opt_state, buffer_obs, buffer_action, filled, write_at, rollout_state = carry
+            key_rollout, key_index, key_loss = jax.random.split(key, 3)
+            rollout_state, transitions, _ = rollout(env, teacher_act, rollout_state, key_rollout,
+                                                    config.sd_env_steps, episode_length)
+            rows = (write_at + jnp.arange(rows_per_iteration)) % capacity
+            buffer_obs = buffer_obs.at[rows].set(
+                normalized(state.obs_stats, transitions.obs).reshape(rows_per_iteration, obs_size))
+            buffer_action = buffer_action.at[rows].set(transitions.action.reshape(rows_per_iteration, action_size))
+            filled = jnp.minimum(filled + rows_per_iteration, capacity)
+            index = jax.random.randint(key_index, (capacity,), 0, filled)
+            loss, grads = jax.value_and_grad(sd_loss)(student, buffer_obs[index], buffer_action[index], key_loss)
+            updates, opt_state = sd_optimizer.update(grads, opt_state, student)
+            student = optax.apply_updates(student, updates)
+            carry = (student, opt_state, buffer_obs, buffer_action, filled,
+                     (write_at + rows_per_iteration) % capacity, rollout_state)
+            return carry, {"sd_loss": loss}
+
+        key, key_sd = jax.random.split(state.key)
+        carry = (teacher, sd_optimizer.init(teacher), jnp.zeros((capacity, obs_size)),
+                 jnp.zeros((capacity, action_size)), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+                 state.rollout_state)
+        carry, metrics = jax.lax.scan(sd_iteration, carry, jax.random.split(key_sd, num_iterations))
+        student, rollout_state = carry[0], carry[-1]
+        new_state = state._replace(
+            params={**state.params, "actor": student}, rollout_state=rollout_state, key=key,
+            env_steps=state.env_steps + num_iterations * rows_per_iteration)
+        return new_state, metrics
+
+    def init(key) -> TrainState:
+        key_actor, key_critic, key_env, key_state = jax.random.split(key, 4)
+        dummy_obs = jnp.zeros((1, obs_size))
+        if config.is_flow:
+            actor_params = actor.init(key_actor, dummy_obs, jnp.zeros((1, action_size)), jnp.zeros((1,)))
+        else:
+            actor_params = actor.init(key_actor, dummy_obs)
+        params = {"actor": actor_params, "critic": critic.init(key_critic, dummy_obs)}
+        state = TrainState(params, optimizer.init(params), normalization.init_running_stats(obs_size),
+                           init_rollout_state(env, key_env, num_envs), key_state,
+                           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+        if config.sd_init_iterations:
+            state, _ = self_distill(state, config.sd_init_iterations)
+        return state
+
+    def train_iteration(state: TrainState) -> Tuple[TrainState, Metrics]:
+        key, key_iteration = jax.random.split(state.key)
+        state, metrics = rl_update(state._replace(key=key), key_iteration)
+        if config.sd_every:
+            def distill(s):
+                s, sd_metrics = self_distill(s, config.sd_interleaved_iterations)
+                return s, sd_metrics["sd_loss"][0], sd_metrics["sd_loss"][-1]
+
+            def skip(s):
+                return s, jnp.zeros(()), jnp.zeros(())
+
+            state, metrics["sd_loss_first"], metrics["sd_loss"] = jax.lax.cond(
+                state.iteration % config.sd_every == 0, distill, skip, state)
+        return state, metrics
+
+    def train_iterations(state: TrainState, num_iterations: int) -> Tuple[TrainState, Metrics]:
+        return jax.lax.scan(lambda s, _: train_iteration(s), state, None, length=num_iterations)
+
+    def evaluate(state: TrainState, key) -> Metrics:
+        act = make_act(state.params["actor"], state.obs_stats, deterministic=True, with_extras=False)
+        returns, lengths = evaluate_episodes(env, act, key, config.num_eval_envs, episode_length)
+        return {"eval_return_mean": jnp.mean(returns), "eval_return_std": jnp.std(returns),
+                "eval_length_mean": jnp.mean(lengths)}
+
+    return Trainer(init, train_iteration, train_iterations, evaluate, self_distill, env, config)
