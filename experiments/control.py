@@ -34,19 +34,24 @@ from dipod_jax.control.envs import make_environment
 from dipod_jax.control.train import make_train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("env", "CartpoleBalance", "Environment name (Playground DM Control, brax/<name>, tiny/...).")
-flags.DEFINE_enum("algo", "fpo", ["ppo", "fpo", "fpo++"], "Algorithm.")
-flags.DEFINE_float("dipod_beta", 0.0, "Weight of the DiPOD on-policy ELBO term (0 = baseline).")
-flags.DEFINE_integer("seed", 0, "First seed; seeds seed .. seed + num_seeds - 1 are trained together.")
-flags.DEFINE_integer("num_seeds", 1, "Seeds vmapped in one program.")
-flags.DEFINE_integer("num_timesteps", 5_000_000, "Environment steps per seed (rounded up to whole calls).")
-flags.DEFINE_string("workdir", None, "Output directory.")
-flags.DEFINE_integer("iterations_per_call", 1, "Training iterations fused into one jitted host call.")
-flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint period in iterations (multiple of iterations_per_call).")
-flags.DEFINE_integer("eval_every", 10, "Evaluation period in iterations (multiple of iterations_per_call).")
-flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
-flags.DEFINE_multi_string("set", [], "TrainConfig override field=value (Python literal), repeatable.")
-flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def define_flags() -> None:
+    """Register the command-line flags; called only when run as a program, so that importing this module
+    (tests, other experiments in the same process) defines no global flags."""
+    flags.DEFINE_string("env", "CartpoleBalance", "Environment name (Playground DM Control, brax/<name>, tiny/...).")
+    flags.DEFINE_enum("algo", "fpo", ["ppo", "fpo", "fpo++"], "Algorithm.")
+    flags.DEFINE_float("dipod_beta", 0.0, "Weight of the DiPOD on-policy ELBO term (0 = baseline).")
+    flags.DEFINE_integer("seed", 0, "First seed; seeds seed .. seed + num_seeds - 1 are trained together.")
+    flags.DEFINE_integer("num_seeds", 1, "Seeds vmapped in one program.")
+    flags.DEFINE_integer("num_timesteps", 5_000_000, "Environment steps per seed (rounded up to whole calls).")
+    flags.DEFINE_string("workdir", None, "Output directory.")
+    flags.DEFINE_integer("iterations_per_call", 1, "Training iterations fused into one jitted host call.")
+    flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint period in iterations (multiple of iterations_per_call).")
+    flags.DEFINE_integer("eval_every", 10, "Evaluation period in iterations (multiple of iterations_per_call).")
+    flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
+    flags.DEFINE_multi_string("set", [], "TrainConfig override field=value (Python literal), repeatable.")
+    flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
 def preset(env_name: str) -> ml_collections.ConfigDict:
@@ -308,4 +313,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -41,19 +41,24 @@ EXPERIMENTS = {
 }
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("experiment", "lm_rl", list(EXPERIMENTS), "Which experiment entry point to launch.")
-flags.DEFINE_string("out_root", None, "Root directory of the sweep (manifest.json and one folder per run).")
-flags.DEFINE_list("methods", ["fpo"], "Methods (lm_rl --method / control --algo).")
-flags.DEFINE_list("betas", ["0", "0.05"], "DiPOD betas.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-flags.DEFINE_multi_string("extra", [], "Argument passed to every run, e.g. --extra=--steps=100 (repeatable).")
-flags.DEFINE_integer("max_parallel", 1, "Runs at the same time on this machine.")
-flags.DEFINE_bool("dry_run", False, "Write the manifest and print the commands without launching anything.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-host runs (see docstring).")
-flags.DEFINE_integer("num_processes", 1, "Hosts taking part in every run (multi-host).")
-flags.DEFINE_integer("process_id", 0, "Index of this host among --num_processes.")
-flags.DEFINE_string("summarize", None, "Instead of launching: summarise this metric (e.g. eval/mean_reward) of the "
-                    "runs in --out_root's manifest into summary.json and curves.png.")
+
+
+def define_flags() -> None:
+    """Register the command-line flags; called only when run as a program, so that importing this module
+    (tests, other experiments in the same process) defines no global flags."""
+    flags.DEFINE_enum("experiment", "lm_rl", list(EXPERIMENTS), "Which experiment entry point to launch.")
+    flags.DEFINE_string("out_root", None, "Root directory of the sweep (manifest.json and one folder per run).")
+    flags.DEFINE_list("methods", ["fpo"], "Methods (lm_rl --method / control --algo).")
+    flags.DEFINE_list("betas", ["0", "0.05"], "DiPOD betas.")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+    flags.DEFINE_multi_string("extra", [], "Argument passed to every run, e.g. --extra=--steps=100 (repeatable).")
+    flags.DEFINE_integer("max_parallel", 1, "Runs at the same time on this machine.")
+    flags.DEFINE_bool("dry_run", False, "Write the manifest and print the commands without launching anything.")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-host runs (see docstring).")
+    flags.DEFINE_integer("num_processes", 1, "Hosts taking part in every run (multi-host).")
+    flags.DEFINE_integer("process_id", 0, "Index of this host among --num_processes.")
+    flags.DEFINE_string("summarize", None, "Instead of launching: summarise this metric (e.g. eval/mean_reward) of the "
+                        "runs in --out_root's manifest into summary.json and curves.png.")
 
 
 def build_runs(experiment: str, methods: Sequence[str], betas: Sequence[float], seeds: Sequence[int],
@@ -279,4 +284,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -34,7 +34,7 @@ class TrainConfig:
     num_updates_per_batch: int = 4
     episode_length: Optional[int] = None  # None: the environment's own time limit
     # Optimisation.
-    learning_rate: float = 3e-4
+    learning_rate: Optional[float] = None  # None: 1e-3 for ppo (Playground's tuned Brax PPO), 3e-4 for fpo / fpo++
     max_grad_norm: Optional[float] = None
     discounting: float = 0.995
     gae_lambda: float = 0.95
@@ -84,6 +84,12 @@ class TrainConfig:
         return self.batch_size * self.unroll_length
 
     @property
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-3 if self.algo == "ppo" else 3e-4
+
+    @property
     def resolved_clip_eps(self) -> float:
         if self.clip_eps is not None:
             return self.clip_eps
@@ -128,7 +134,7 @@ def validate_config(config: TrainConfig) -> None:
         fail("num_envs", f"must divide num_minibatches * batch_size * unroll_length = {transitions}")
     if config.episode_length is not None and config.episode_length < 1:
         fail("episode_length", "must be >= 1 or None")
-    for field in ("learning_rate", "output_scale", "loss_clamp", "log_ratio_clamp", "tau_beta_b",
+    for field in ("output_scale", "loss_clamp", "log_ratio_clamp", "tau_beta_b",
                   "sd_learning_rate", "sd_max_grad_norm", "reward_scaling"):
         if not getattr(config, field) > 0:
             fail(field, "must be > 0")
@@ -138,7 +144,7 @@ def validate_config(config: TrainConfig) -> None:
     for field in ("dipod_beta", "value_loss_coef", "entropy_cost", "sd_weight_decay"):
         if not getattr(config, field) >= 0.0:
             fail(field, "must be >= 0")
-    for field in ("clip_eps", "max_grad_norm", "advantage_clamp"):
+    for field in ("learning_rate", "clip_eps", "max_grad_norm", "advantage_clamp"):
         if getattr(config, field) is not None and not getattr(config, field) > 0:
             fail(field, "must be > 0 or None")
     if not config.actor_hidden or min(config.actor_hidden) < 1:

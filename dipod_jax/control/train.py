@@ -145,7 +145,7 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None) -> Traine
         actor = GaussianPolicyMLP(config.actor_hidden, action_size)
     optimizer = optax.chain(
         optax.clip_by_global_norm(config.max_grad_norm) if config.max_grad_norm else optax.identity(),
-        optax.adam(config.learning_rate))
+        optax.adam(config.resolved_learning_rate))
 
     def velocity_fn(actor_params):
         return functools.partial(actor.apply, actor_params)
