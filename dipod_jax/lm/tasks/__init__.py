@@ -36,27 +36,23 @@ def _sudoku_generate(rng: np.random.Generator, count: int, num_blanks: int | tup
     return sudoku.generate_puzzles(rng, count, num_blanks)
 
 
+def _sudoku_task(name: str, test_file: str) -> Task:
+    """Sudoku 4x4 evaluated on one of the shipped test sets (training data is generated either way)."""
+    return Task(
+        name=name,
+        templates=("compact", "d1"),
+        load_test=lambda path=None: sudoku.load_test_set(path or test_file),
+        generate=_sudoku_generate,
+        prompt_text=sudoku.prompt_text,
+        target_completion=sudoku.target_completion,
+        reward=sudoku.reward,
+        longest_item=sudoku.longest_item,
+    )
+
+
 TASKS: dict[str, Task] = {
-    "sudoku": Task(
-        name="sudoku",
-        templates=("compact", "d1"),
-        load_test=lambda path=None: sudoku.load_test_set(path or sudoku.SHIPPED_TEST_FILES[0]),
-        generate=_sudoku_generate,
-        prompt_text=sudoku.prompt_text,
-        target_completion=sudoku.target_completion,
-        reward=sudoku.reward,
-        longest_item=sudoku.longest_item,
-    ),
-    "sudoku_split_new": Task(
-        name="sudoku_split_new",
-        templates=("compact", "d1"),
-        load_test=lambda path=None: sudoku.load_test_set(path or sudoku.SHIPPED_TEST_FILES[1]),
-        generate=_sudoku_generate,
-        prompt_text=sudoku.prompt_text,
-        target_completion=sudoku.target_completion,
-        reward=sudoku.reward,
-        longest_item=sudoku.longest_item,
-    ),
+    "sudoku": _sudoku_task("sudoku", sudoku.SHIPPED_TEST_FILES[0]),
+    "sudoku_split_new": _sudoku_task("sudoku_split_new", sudoku.SHIPPED_TEST_FILES[1]),
     "countdown": Task(
         name="countdown",
         templates=("compact", "d1"),
