@@ -275,7 +275,10 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
     graphdef, params, frozen = rl.split_model(model, config.lora_only)
     if mesh is not None:
         params_sharding, frozen_sharding = rl.param_shardings(model, config.lora_only, mesh)
-        params, frozen = jax.device_put(params, params_sharding), jax.device_put(frozen, frozen_sharding)
+        # From host copies: each process then places only its own shards (a device-to-device put would be a
+        # cross-host transfer in a multi-process run).
+        params, frozen = jax.device_put(jax.tree.map(np.asarray, (params, frozen)),
+                                        (params_sharding, frozen_sharding))
     state = rl.init_train_state(params, config, mesh)
     manager = training_run.checkpoint_manager(settings.out_dir)
     config_path = os.path.join(settings.out_dir, RUN_CONFIG_FILE)

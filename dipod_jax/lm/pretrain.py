@@ -161,5 +161,10 @@ def load_pretrained(out_dir: str, step: int | None = None) -> tuple[LLaDA, Token
     if step is None or step not in manager.all_steps():
         raise ValueError(f"load_pretrained: no checkpoint {'' if step is None else step} in "
                          f"{out_dir}/{training_run.CHECKPOINT_DIR}")
-    params = training_run.restore_checkpoint(manager, step, {"params": nnx.to_pure_dict(state)})["params"]
+    # Restore onto this process's first device: the sharding saved with the checkpoint names the saving
+    # process's device, which another process of a multi-host run does not have.
+    local_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    template = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=local_device),
+                            nnx.to_pure_dict(state))
+    params = training_run.restore_checkpoint(manager, step, {"params": template})["params"]
     return bind_params(graphdef, state, params), tokenizer, run_config

@@ -141,8 +141,10 @@ def init_train_state(params: Params, config: RLConfig, mesh: Optional[Mesh] = No
     if mesh is None:
         return jax.device_put(state, jax.devices()[0])
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated),
-                        state)
+    # Via a host copy: the new scalars sit on this process's device, and a device-to-device put onto a mesh
+    # spanning several processes would be a cross-host transfer.
+    return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding)
+                        else jax.device_put(np.asarray(x), replicated), state)
 
 
 def check_batch_divisible(num_rows: int, config: RLConfig, mesh: Optional[Mesh]) -> None:
