@@ -38,14 +38,19 @@ from dipod_jax.models.llada import (BASE_FILTER, LORA_FILTER, LLaDA, LLaDAConfig
                                     masked_diffusion_logits_fn)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("devices", ["8", "32"], "Mesh sizes (number of fake CPU devices, all on the fsdp axis).")
-flags.DEFINE_integer("per_device_batch", 1, "Sequences per device.")
-flags.DEFINE_integer("seq_len", 512, "Prompt + completion length (paper: completions of 256 tokens).")
-flags.DEFINE_integer("num_draws", 4, "Forward masks M per sequence (d1-FPO: 4).")
-flags.DEFINE_integer("lora_rank", 128, "LoRA rank r.")
-flags.DEFINE_float("lora_alpha", 64.0, "LoRA alpha.")
-flags.DEFINE_integer("n_layers", 32, "Number of layers (LLaDA-8B: 32).")
-flags.DEFINE_bool("remat", True, "Recompute each block in the backward pass.")
+
+
+def define_flags() -> None:
+    """Register the command-line flags; called only when run as a program, so that importing this module
+    (tests, other experiments in the same process) defines no global flags."""
+    flags.DEFINE_list("devices", ["8", "32"], "Mesh sizes (number of fake CPU devices, all on the fsdp axis).")
+    flags.DEFINE_integer("per_device_batch", 1, "Sequences per device.")
+    flags.DEFINE_integer("seq_len", 512, "Prompt + completion length (paper: completions of 256 tokens).")
+    flags.DEFINE_integer("num_draws", 4, "Forward masks M per sequence (d1-FPO: 4).")
+    flags.DEFINE_integer("lora_rank", 128, "LoRA rank r.")
+    flags.DEFINE_float("lora_alpha", 64.0, "LoRA alpha.")
+    flags.DEFINE_integer("n_layers", 32, "Number of layers (LLaDA-8B: 32).")
+    flags.DEFINE_bool("remat", True, "Recompute each block in the backward pass.")
 
 GIB = 2.0 ** 30
 
@@ -56,8 +61,13 @@ def _abstract(state, shardings, dtype=None):
                         state, shardings)
 
 
-def plan_for_mesh(config: LLaDAConfig, num_devices: int) -> dict:
-    """Compile the training step for `num_devices` fake devices and return its memory analysis (bytes)."""
+def plan_for_mesh(config: LLaDAConfig, num_devices: int, per_device_batch: int = 1, seq_len: int = 512,
+                  num_draws: int = 4) -> dict:
+    """Compile the training step for `num_devices` fake devices and return its memory analysis (bytes).
+
+    The global batch is per_device_batch * num_devices sequences of `seq_len` tokens, each scored under
+    `num_draws` forward masks.
+    """
     if num_devices > len(jax.devices()):
         raise ValueError(f"--devices={num_devices} exceeds the {len(jax.devices())} devices XLA_FLAGS provides")
     mesh = sharding.make_mesh(data=1, fsdp=num_devices, tensor=1, devices=jax.devices()[:num_devices])
@@ -75,13 +85,13 @@ def plan_for_mesh(config: LLaDAConfig, num_devices: int) -> dict:
                                           transform_non_params=lambda _: replicated)
     opt_state = _abstract(opt_state_shapes, opt_shardings)
 
-    batch = FLAGS.per_device_batch * num_devices
+    batch = per_device_batch * num_devices
     rows = sharding.batch_sharding(mesh)
     draws = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"), None))
     vector = sharding.batch_sharding(mesh, ndim=1)
-    tokens = jax.ShapeDtypeStruct((batch, FLAGS.seq_len), jnp.int32, sharding=rows)
-    completion_mask = jax.ShapeDtypeStruct((batch, FLAGS.seq_len), jnp.bool_, sharding=rows)
-    masks = jax.ShapeDtypeStruct((FLAGS.num_draws, batch, FLAGS.seq_len), jnp.bool_, sharding=draws)
+    tokens = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32, sharding=rows)
+    completion_mask = jax.ShapeDtypeStruct((batch, seq_len), jnp.bool_, sharding=rows)
+    masks = jax.ShapeDtypeStruct((num_draws, batch, seq_len), jnp.bool_, sharding=draws)
     elbo_old = jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=vector)
     advantages = jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=vector)
 
@@ -135,10 +145,12 @@ def main(argv):
         "settings": settings | {"base_weight_dtype": "bfloat16", "adapter_and_adam_dtype": "float32",
                                 "mesh": "data=1, fsdp=devices, tensor=1"},
         "backend": jax.default_backend(),
-        "meshes": [plan_for_mesh(config, int(n)) for n in FLAGS.devices],
+        "meshes": [plan_for_mesh(config, int(n), FLAGS.per_device_batch, FLAGS.seq_len, FLAGS.num_draws)
+                   for n in FLAGS.devices],
     }
     print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
