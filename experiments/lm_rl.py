@@ -318,17 +318,10 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
     step = start_step
     while step < settings.steps:
         items = task.generate(np.random.default_rng([settings.seed, step, jax.process_index()]), local_prompts)
-        prompts = data.task_batch(task, items, tokenizer, info["template"], prompt_length, info["gen_length"],
-                                  with_completions=False)
-        item_rows = [item for item in items for _ in range(config.num_generations)]
-
-        def reward_fn(tokens, completion_mask):
-            texts = data.decode_completions(tokenizer, tokens, prompt_length)
-            return np.array([task.reward(text, item) for text, item in zip(texts, item_rows)])
-
+        prompt_tokens, prompt_mask, reward_fn = data.rl_prompts_and_reward(
+            task, items, tokenizer, info["template"], prompt_length, info["gen_length"], config.num_generations)
         step_started = time.time()
-        state, metrics, _ = rl.rl_step(state, frozen, prompts.tokens[:, :prompt_length],
-                                       prompts.prompt_mask[:, :prompt_length], reward_fn,
+        state, metrics, _ = rl.rl_step(state, frozen, prompt_tokens, prompt_mask, reward_fn,
                                        jax.random.fold_in(jax.random.fold_in(base_key, 0), step), config=config,
                                        sample_fn=sample_fn, update_fn=update_fn, eos_id=eos_id, mesh=mesh)
         metrics = {name: float(value) for name, value in metrics.items()}

@@ -262,18 +262,6 @@ def test_gradient_accumulation_matches_the_full_batch_update(model, trivial_task
 # ------------------------------------------------------------------------------------------- experiment
 
 
-@pytest.fixture(scope="module")
-def pretrained_dir(tmp_path_factory):
-    """A one-step experiments.lm_pretrain run of the tiny Sudoku model: the checkpoint format RL starts from."""
-    from experiments import lm_pretrain
-
-    out_dir = str(tmp_path_factory.mktemp("pretrain"))
-    lm_pretrain.train(lm_pretrain.PretrainSettings(out_dir=out_dir, task="sudoku", steps=1, batch=2,
-                                                   model_size="tiny", eval_interval=1, eval_items=2,
-                                                   warmup_steps=0), show_progress=False)
-    return out_dir
-
-
 def _rl_settings(pretrained_dir, out_dir, steps, resume=False):
     from experiments import lm_rl
 

@@ -94,33 +94,15 @@ def single_process_reference(init_dir: str, out_dir: str):
     for step in range(STEPS):
         items = [item for process in range(NUM_PROCESSES)
                  for item in task.generate(np.random.default_rng([SEED, step, process]), local_prompts)]
-        prompts = data.task_batch(task, items, tokenizer, info["template"], prompt_length, info["gen_length"],
-                                  with_completions=False)
-        item_rows = [item for item in items for _ in range(config.num_generations)]
-
-        def reward_fn(tokens, completion_mask):
-            texts = data.decode_completions(tokenizer, tokens, prompt_length)
-            return np.array([task.reward(text, item) for text, item in zip(texts, item_rows)])
+        prompt_tokens, prompt_mask, reward_fn = data.rl_prompts_and_reward(
+            task, items, tokenizer, info["template"], prompt_length, info["gen_length"], config.num_generations)
 
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(SEED), 0), step)
-        state, metrics, _ = rl.rl_step(state, frozen, prompts.tokens[:, :prompt_length],
-                                       prompts.prompt_mask[:, :prompt_length], reward_fn, key, config=config,
+        state, metrics, _ = rl.rl_step(state, frozen, prompt_tokens, prompt_mask, reward_fn, key, config=config,
                                        sample_fn=sample_fn, update_fn=update_fn, eos_id=tokenizer.eos_id,
                                        mesh=mesh)
         step_metrics.append({name: float(value) for name, value in metrics.items()})
     return jax.tree.map(np.asarray, state.params), step_metrics
-
-
-@pytest.fixture(scope="module")
-def pretrained_dir(tmp_path_factory):
-    """A one-step experiments.lm_pretrain run of the tiny Sudoku model (as in tests/test_lm_rl.py)."""
-    from experiments import lm_pretrain
-
-    out_dir = str(tmp_path_factory.mktemp("pretrain"))
-    lm_pretrain.train(lm_pretrain.PretrainSettings(out_dir=out_dir, task="sudoku", steps=1, batch=2,
-                                                   model_size="tiny", eval_interval=1, eval_items=2,
-                                                   warmup_steps=0), show_progress=False)
-    return out_dir
 
 
 @pytest.mark.slow

@@ -128,6 +128,21 @@ def task_batch(task, items: Sequence, tokenizer: Tokenizer, template: str, promp
     return encode_batch(tokenizer, prompts, completions, prompt_length, gen_length)
 
 
+def rl_prompts_and_reward(task, items: Sequence, tokenizer: Tokenizer, template: str, prompt_length: int,
+                          gen_length: int, num_generations: int):
+    """The RL step's host-side inputs for `items`: prompt tokens [P, prompt_length], prompt mask
+    [P, prompt_length], and `reward_fn(tokens [P * G, T], completion_mask) -> rewards [P * G]`, which decodes
+    each generated row (rows grouped p * G + g) and scores it against its item with the task reward."""
+    prompts = task_batch(task, items, tokenizer, template, prompt_length, gen_length, with_completions=False)
+    item_rows = [item for item in items for _ in range(num_generations)]
+
+    def reward_fn(tokens, completion_mask):
+        texts = decode_completions(tokenizer, tokens, prompt_length)
+        return np.array([task.reward(text, item) for text, item in zip(texts, item_rows)])
+
+    return prompts.tokens[:, :prompt_length], prompts.prompt_mask[:, :prompt_length], reward_fn
+
+
 def required_lengths(task, items: Sequence, tokenizer: Tokenizer, template: str,
                      with_completions: bool = True) -> tuple[int, int]:
     """(longest prompt, longest completion + eos) in tokens over `items`: the smallest valid P and G."""
