@@ -17,15 +17,20 @@ Each step draws --num_prompts training items from a generator seeded by (seed, s
 num_generations completions per prompt, scores them with the task reward on the host and runs
 dipod_jax.lm.rl.rl_step; all randomness derives from (seed, step), so a resumed run repeats an uninterrupted
 one exactly. Every --eval_interval steps the sampler (--temperature, default greedy) is scored on the first
---eval_items test items.
+--eval_items test items; at step 0 and at the last step the WHOLE test set is scored item by item, and
+paired_eval.json holds both and their paired difference (end - start, mean with a 95% t-interval over items,
+for the reward and for the solved fraction). --placebo trains on rewards shuffled within each group: the
+control that shows how far updates without information move the model.
 
 Devices: the batch is split over all local devices (mesh data x fsdp, parameters sharded over fsdp). Multi-host:
 with --distributed, or when JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID are set,
 `jax.distributed.initialize` runs first; each process then generates and scores only its own prompts.
 
-Outputs in --out_dir: rl_config.json, checkpoints/<step>/ (Orbax, atomic, newest two kept; every
+Outputs in --out_dir: rl_config.json, eval_start.json, paired_eval.json, checkpoints/<step>/ (Orbax, atomic, newest two kept; every
 --checkpoint_interval steps, default --eval_interval), metrics.jsonl (train/* every --log_interval steps:
-reward, ELBO, DiPOD term, KL, clip fraction, ratio mean, grad norm, tokens/s; eval/* at evaluations),
+reward, within-group reward std, zero-advantage group fraction, distinct completions per group, ELBO, DiPOD
+term, KL (loss term) and KL to the start model, clip fraction, ratio mean, pre-clip grad norm, tokens/s; eval/* at
+evaluations),
 tb/ (TensorBoard), curves.png (see `dipod_jax.lm.training_run`). A non-finite loss stops the run; its update
 is not checkpointed, and if the newest checkpoint holds the parameters that produced the loss it is deleted,
 so the newest checkpoint left is the last good state.
@@ -45,7 +50,7 @@ from absl import app, flags, logging
 from flax import nnx
 
 from dipod_jax.lm import data, rl, training_run, sharding
-from dipod_jax.lm.evaluation import evaluate
+from dipod_jax.lm.evaluation import item_rewards, paired_evaluation, reward_summary
 from dipod_jax.lm.pretrain import load_pretrained
 from dipod_jax.lm.rl_config import RLConfig, preset
 from dipod_jax.lm.tasks import get_task
@@ -53,6 +58,8 @@ from dipod_jax.lm.tokenizer import load_hf_tokenizer
 from dipod_jax.models.llada import LLaDA
 
 RUN_CONFIG_FILE = "rl_config.json"
+START_EVAL_FILE = "eval_start.json"
+PAIRED_EVAL_FILE = "paired_eval.json"
 PLOT_FILE = "curves.png"
 
 FLAGS = flags.FLAGS
@@ -73,6 +80,7 @@ CONFIG_FLAGS = {
     "temperature": ("rollout_temperature", float, "Sampling temperature of the rollouts."),
     "block_length": ("block_length", int, "Sampler block length (default gen_length)."),
     "diffusion_steps": ("diffusion_steps", int, "Sampler steps (default gen_length)."),
+    "placebo": ("placebo", bool, "Control run: shuffle the rewards within each group before the update."),
 }
 
 
@@ -211,10 +219,14 @@ def build_rl_config(settings: RLRunSettings, info: dict[str, Any]) -> RLConfig:
                   dipod_beta=settings.dipod_beta, gen_length=gen_length, **overrides)
 
 
+_OPTIONAL_PARTS = ("ref_params", "start_params")  # empty dicts when unused, which a checkpoint cannot hold
+
+
 def _state_tree(state: rl.TrainState) -> dict[str, Any]:
     tree = state._asdict()
-    if not jax.tree.leaves(tree["ref_params"]):
-        del tree["ref_params"]
+    for part in _OPTIONAL_PARTS:
+        if not jax.tree.leaves(tree[part]):
+            del tree[part]
     return tree
 
 
@@ -224,7 +236,7 @@ def _save(manager, state: rl.TrainState) -> None:
 
 def _restore(manager, step: int, template: rl.TrainState) -> rl.TrainState:
     restored = training_run.restore_checkpoint(manager, step, {"state": _state_tree(template)})["state"]
-    return rl.TrainState(**{"ref_params": template.ref_params, **restored})
+    return rl.TrainState(**{**{part: getattr(template, part) for part in _OPTIONAL_PARTS}, **restored})
 
 
 def plot_curves(out_dir: str) -> str:
@@ -295,8 +307,7 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
     update_fn = rl.make_update_fn(config, graphdef, mask_id, mesh)
     eval_sample = rl.make_sample_fn(dataclasses.replace(config, temperature=settings.temperature), graphdef, mask_id)
     test_items = task.load_test(settings.test_path)
-    if settings.eval_items:
-        test_items = test_items[: settings.eval_items]
+    curve_items = settings.eval_items or len(test_items)
     prompt_length, local_prompts = info["prompt_length"], config.num_prompts // num_processes
     base_key = jax.random.key(settings.seed)
     checkpoint_interval = settings.checkpoint_interval or settings.eval_interval
@@ -305,15 +316,22 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
     start_step = int(state.step)
     summary: dict[str, Any] = {"step": start_step, "stopped": "completed", "last_eval": None}
 
-    def evaluate_and_log(step: int) -> None:
-        result = evaluate(lambda p, prompt, mask, key: eval_sample(p, frozen, prompt, mask, key),
-                          state.params, info, tokenizer, test_items,
-                          jax.random.fold_in(jax.random.fold_in(base_key, 1), step))
+    def evaluate_and_log(step: int, whole_test_set: bool = False) -> np.ndarray:
+        """Per-item rewards of the first --eval_items test items (the logged curve) or of all of them."""
+        rewards = item_rewards(lambda p, prompt, mask, key: eval_sample(p, frozen, prompt, mask, key),
+                               state.params, info, tokenizer, test_items if whole_test_set else test_items[:curve_items],
+                               jax.random.fold_in(jax.random.fold_in(base_key, 1), step))
+        result = reward_summary(rewards[:curve_items])
         log.write({"step": step, **{f"eval/{k}": v for k, v in result.items()}, "elapsed_s": time.time() - started})
         summary["last_eval"] = result
+        return rewards
 
+    start_eval_path = os.path.join(settings.out_dir, START_EVAL_FILE)
     if start_step == 0:
-        evaluate_and_log(0)
+        # The whole test set at the start, kept per item for the paired start / end comparison.
+        start_rewards = evaluate_and_log(0, whole_test_set=True)
+        if is_main:
+            training_run.write_json_atomic(start_eval_path, {"step": 0, "rewards": start_rewards.tolist()})
     progress = training_run.progress_bar(settings.steps, start_step, show_progress and is_main, "rl")
     step = start_step
     while step < settings.steps:
@@ -341,7 +359,14 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
         over_budget = training_run.over_time_budget(started, settings.time_budget_min)
         if step % checkpoint_interval == 0 or step == settings.steps or over_budget:
             _save(manager, state)
-        if step % settings.eval_interval == 0 or step == settings.steps or over_budget:
+        if step == settings.steps:
+            end_rewards = evaluate_and_log(step, whole_test_set=True)
+            paired = paired_evaluation(training_run.read_json(start_eval_path)["rewards"], end_rewards)
+            if is_main:
+                training_run.write_json_atomic(os.path.join(settings.out_dir, PAIRED_EVAL_FILE),
+                                               {"step": step, **paired, "end_rewards": end_rewards.tolist()})
+            summary["paired_eval"] = paired["difference"]
+        elif step % settings.eval_interval == 0 or over_budget:
             evaluate_and_log(step)
         if over_budget and step < settings.steps:
             summary["stopped"] = "time_budget"

@@ -107,6 +107,56 @@ def test_rollout_batch_masks_and_reward_shape():
         rl.rollout_batch_from_tokens(tokens, prompt_mask, EOS_ID, lambda t, m: np.zeros((2,)))
 
 
+# ---------------------------------------------------------------------------- controls and monitoring
+
+
+def test_shuffle_within_groups_permutes_each_group_and_nothing_across():
+    """The placebo keeps every group's multiset of rewards (so its mean and spread), moves rewards only within
+    their group, is reproducible for a key, and actually reorders."""
+    rewards = jnp.arange(24, dtype=jnp.float32)
+    shuffled = np.asarray(rl.shuffle_within_groups(jax.random.key(0), rewards, 6)).reshape(4, 6)
+    np.testing.assert_array_equal(np.sort(shuffled, axis=-1), np.arange(24).reshape(4, 6))
+    assert not np.array_equal(shuffled, np.arange(24).reshape(4, 6))
+    np.testing.assert_array_equal(shuffled.ravel(), rl.shuffle_within_groups(jax.random.key(0), rewards, 6))
+
+
+def test_group_reward_statistics_known_values():
+    """Groups (1, 1, 1) and (0, 1, 0.5): one of two has all-equal rewards; mean within-group std is
+    (0 + std(0, 1, 0.5)) / 2."""
+    result = rl.group_reward_statistics(jnp.array([1.0, 1.0, 1.0, 0.0, 1.0, 0.5]), 3)
+    assert float(result["zero_advantage_group_fraction"]) == 0.5
+    assert float(result["reward_std_within_group"]) == pytest.approx(np.std([0.0, 1.0, 0.5]) / 2)
+
+
+def test_distinct_completions_per_group_ignores_tokens_outside_the_completion():
+    """Two groups of three rows: the first has two different completions (rows 0 and 1 differ only after their
+    EOS, outside the completion mask, so they count once); the second has three."""
+    tokens = np.array([[3, 4, 1, 5], [3, 4, 1, 6], [3, 5, 1, 0], [3, 3, 3, 1], [4, 3, 3, 1], [5, 3, 3, 1]])
+    completion_mask = np.array([[1, 1, 1, 0]] * 3 + [[1, 1, 1, 1]] * 3, bool)
+    assert rl.distinct_completions_per_group(tokens, completion_mask, 3) == pytest.approx(2.5)
+
+
+def test_kl_to_start_is_zero_at_the_start_and_equals_the_k3_estimate(model):
+    """With the start parameters themselves the KL is exactly 0; with perturbed parameters it equals the
+    per-token k3 estimate exp(s - c) - (s - c) - 1 averaged over the real completion tokens, recomputed here
+    from one forward pass per model with the whole generation region masked."""
+    graphdef, params, frozen = rl.split_model(model, lora_only=False)
+    batch = jax.tree.map(jnp.asarray, _hand_batch())
+    assert float(rl.kl_to_start(graphdef, params, params, frozen, batch, MASK_ID)) == 0.0
+    moved = jax.tree.map(lambda x: x + 0.05 * jnp.sin(jnp.arange(x.size).reshape(x.shape)), params)
+    noised = apply_mask(batch.tokens, batch.attention_mask & ~batch.prompt_mask, MASK_ID)
+
+    def logp(trainable):
+        logits = nnx.merge(graphdef, trainable, frozen)(noised, batch.attention_mask)
+        return np.asarray(token_log_probs(logits, batch.tokens), np.float64)
+
+    log_ratio = logp(params) - logp(moved)
+    mask = np.asarray(batch.completion_mask)
+    expected = np.sum((np.exp(log_ratio) - log_ratio - 1.0) * mask) / mask.sum()
+    result = float(rl.kl_to_start(graphdef, moved, params, frozen, batch, MASK_ID))
+    assert result > 0 and result == pytest.approx(expected, rel=1e-4)
+
+
 # ------------------------------------------------------------------------------------ loss composition
 
 
@@ -231,6 +281,42 @@ def test_rl_steps_raise_the_reward_on_a_trivial_task(trivial_task_run):
     assert all(np.isfinite(metrics["loss"]) for _, _, metrics in history)
 
 
+def test_step_metrics_monitor_the_signal_and_the_distance_to_the_start(trivial_task_run):
+    """Every step logs the group statistics, distinct completions and the pre-clip gradient norm; the KL of the
+    rollout policy to the start model is exactly 0 at the first step (nothing has moved) and positive once the
+    parameters have moved; the start copy never changes."""
+    initial, history = trivial_task_run
+    for _, after, metrics in history:
+        assert 0.0 <= metrics["zero_advantage_group_fraction"] <= 1.0 and metrics["reward_std_within_group"] >= 0
+        assert 1.0 <= metrics["distinct_completions_per_group"] <= TRIVIAL_TASK_CONFIG.num_generations
+        assert metrics["grad_norm"] > 0
+        chex.assert_trees_all_equal(after.start_params, jax.tree.map(np.asarray, initial))
+    assert history[0][2]["kl_to_start"] == 0.0
+    assert all(metrics["kl_to_start"] > 0 for _, _, metrics in history[1:])
+
+
+def test_placebo_update_is_the_update_on_rewards_shuffled_within_groups(model, trivial_task_run):
+    """The placebo switch changes nothing but the rewards the advantages are formed from: its update equals the
+    plain update on the batch whose rewards were shuffled within groups by the same key, it differs from the
+    plain update on the true rewards, and the logged rewards are the true ones.
+    (Uses the trivial-task fixture so that the plain update is already compiled.)"""
+    graphdef, params, frozen = rl.split_model(model, lora_only=False)
+    batch = jax.tree.map(jnp.asarray, _hand_batch())
+    key = jax.random.key(5)
+    config = TRIVIAL_TASK_CONFIG
+    plain = rl.make_update_fn(config, graphdef, MASK_ID)
+    placebo = rl.make_update_fn(dataclasses.replace(config, placebo=True), graphdef, MASK_ID)
+    shuffled = batch._replace(rewards=rl.shuffle_within_groups(jax.random.fold_in(key, 1), batch.rewards,
+                                                               config.num_generations))
+    placebo_state, placebo_metrics = placebo(rl.init_train_state(params, config), frozen, batch, key)
+    shuffled_state, _ = plain(rl.init_train_state(params, config), frozen, shuffled, key)
+    true_state, true_metrics = plain(rl.init_train_state(params, config), frozen, batch, key)
+    chex.assert_trees_all_close(placebo_state.params, shuffled_state.params, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(placebo_state.params["w_q"], true_state.params["w_q"])
+    for name in ("reward_mean", "reward_std", "reward_std_within_group"):
+        assert float(placebo_metrics[name]) == pytest.approx(float(true_metrics[name]))
+
+
 def test_reference_model_syncs_every_ref_sync_every_steps(trivial_task_run):
     """The reference copy equals the initial parameters until step 3, then equals the parameters right after
     steps 3 and 6, and is untouched by the steps in between."""
@@ -294,10 +380,22 @@ def test_experiment_resume_is_bit_exact(pretrained_dir, tmp_path):
     straight_records = training_run.read_metrics(str(tmp_path / "straight"))
     assert _without_timing(straight_records) == _without_timing(training_run.read_metrics(str(tmp_path / "resumed")))
     train_record = next(r for r in straight_records if "train/loss" in r)
-    for name in ("reward_mean", "elbo", "dipod_term", "kl", "clip_fraction", "ratio_mean", "tokens_per_s"):
+    for name in ("reward_mean", "elbo", "dipod_term", "kl", "clip_fraction", "ratio_mean", "tokens_per_s",
+                 "kl_to_start", "zero_advantage_group_fraction", "reward_std_within_group",
+                 "distinct_completions_per_group", "grad_norm"):
         assert np.isfinite(train_record[f"train/{name}"]), name
     assert [r["step"] for r in straight_records if "eval/mean_reward" in r] == [0, 2, 4]
     assert (tmp_path / "straight" / "rl_config.json").exists()
+    # The paired evaluation scores the whole test set at the start and the end, also across a resume; the
+    # logged curve (first 4 items) is the first 4 of those per-item rewards.
+    paired = {name: training_run.read_json(str(tmp_path / name / "paired_eval.json")) for name in ("straight", "resumed")}
+    assert paired["straight"] == paired["resumed"]
+    result = paired["straight"]
+    assert result["start"]["items"] == result["end"]["items"] == result["difference"]["n"] == 500
+    end_rewards = np.asarray(result["end_rewards"])
+    assert result["end"]["mean_reward"] == pytest.approx(end_rewards.mean())
+    assert straight_records[-1]["eval/mean_reward"] == pytest.approx(end_rewards[:4].mean())
+    assert straight["paired_eval"]["mean"] == pytest.approx(result["end"]["mean_reward"] - result["start"]["mean_reward"])
 
 
 def test_experiment_settings_are_validated():

@@ -9,17 +9,18 @@ import numpy as np
 from dipod_jax.lm import data
 from dipod_jax.lm.tasks import get_task
 from dipod_jax.lm.tokenizer import Tokenizer
+from dipod_jax.run.statistics import paired_difference
 
 # (params, prompt [B, P] int32, prompt_mask [B, P] bool, key) -> tokens [B, P + gen_length] int32
 SampleFn = Callable[[Any, Any, Any, Any], Any]
 
 
-def evaluate(sample_fn: SampleFn, params, run_config: dict[str, Any], tokenizer: Tokenizer, items, key,
-             task_name: str | None = None) -> dict[str, float]:
-    """Samples completions for `items` and scores them with the reward of `task_name` (default: the run's).
+def item_rewards(sample_fn: SampleFn, params, run_config: dict[str, Any], tokenizer: Tokenizer, items, key,
+                 task_name: str | None = None) -> np.ndarray:
+    """Samples one completion per item and scores it with the reward of `task_name` (default: the run's).
 
     run_config: {"task", "template", "prompt_length", "gen_length"} (the layout of the sampled rows).
-    Returns {"mean_reward", "exact_fraction" (reward == 1 for Sudoku/Countdown), "items"}.
+    Returns [len(items)] float64 rewards, in the order of `items`.
     """
     task = get_task(task_name or run_config["task"])
     prompt_length = run_config["prompt_length"]
@@ -28,6 +29,30 @@ def evaluate(sample_fn: SampleFn, params, run_config: dict[str, Any], tokenizer:
     tokens = sample_fn(params, jnp.asarray(batch.tokens[:, :prompt_length]),
                        jnp.asarray(batch.prompt_mask[:, :prompt_length]), key)
     texts = data.decode_completions(tokenizer, np.asarray(tokens), prompt_length)
-    rewards = np.array([task.reward(text, item) for text, item in zip(texts, items)])
+    return np.array([task.reward(text, item) for text, item in zip(texts, items)], dtype=np.float64)
+
+
+def reward_summary(rewards: np.ndarray) -> dict[str, float]:
+    """{"mean_reward", "exact_fraction" (reward == 1: solved, for Sudoku and Countdown), "items"}."""
+    rewards = np.asarray(rewards, dtype=np.float64)
     return {"mean_reward": float(rewards.mean()), "exact_fraction": float((rewards == 1.0).mean()),
-            "items": len(items)}
+            "items": int(rewards.size)}
+
+
+def evaluate(sample_fn: SampleFn, params, run_config: dict[str, Any], tokenizer: Tokenizer, items, key,
+             task_name: str | None = None) -> dict[str, float]:
+    """`reward_summary` of `item_rewards` (same arguments)."""
+    return reward_summary(item_rewards(sample_fn, params, run_config, tokenizer, items, key, task_name))
+
+
+def paired_evaluation(start_rewards: np.ndarray, end_rewards: np.ndarray) -> dict[str, Any]:
+    """Start and end of a training run scored on the same items: both summaries and the paired difference.
+
+    Returns {"start": reward_summary, "end": reward_summary, "difference": paired_difference of the per-item
+    rewards (mean, 95% half_width, low, high, n), "exact_difference": the same for the solved indicator}.
+    """
+    start_rewards = np.asarray(start_rewards, dtype=np.float64)
+    end_rewards = np.asarray(end_rewards, dtype=np.float64)
+    return {"start": reward_summary(start_rewards), "end": reward_summary(end_rewards),
+            "difference": paired_difference(start_rewards, end_rewards),
+            "exact_difference": paired_difference(start_rewards == 1.0, end_rewards == 1.0)}

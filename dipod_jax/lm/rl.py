@@ -45,6 +45,7 @@ from dipod_jax.lm.data import completion_mask_from_tokens
 from dipod_jax.lm.rl_config import RLConfig
 from dipod_jax.lm.sampler import generate
 from dipod_jax.losses.advantages import grpo_advantages
+from dipod_jax.losses.dipod import weighted_mean
 from dipod_jax.losses.lm import diffu_grpo_loss, fpo_dllm_loss, spg_loss
 from dipod_jax.losses.masked import (
     apply_mask,
@@ -81,11 +82,13 @@ class RolloutBatch(NamedTuple):
 
 class TrainState(NamedTuple):
     """params: trainable pure pytree; opt_state: its optax state; ref_params: the reference copy of params
-    (an empty dict when kl_beta == 0); step: int32 scalar, completed RL steps."""
+    (an empty dict when kl_beta == 0); start_params: the trainable parameters at step 0 (an empty dict unless
+    log_kl_to_start); step: int32 scalar, completed RL steps."""
 
     params: Params
     opt_state: Any
     ref_params: Params
+    start_params: Params
     step: chex.Array
 
 
@@ -128,7 +131,7 @@ def make_optimizer(config: RLConfig) -> optax.GradientTransformation:
 
 
 def init_train_state(params: Params, config: RLConfig, mesh: Optional[Mesh] = None) -> TrainState:
-    """Fresh optimizer state, the reference copy (when kl_beta > 0) and step 0 for a copy of `params`.
+    """Fresh optimizer state, the reference and start copies (when used) and step 0 for a copy of `params`.
 
     The copy keeps the caller's arrays (e.g. the model's own) alive when the update donates the state. Every
     array is committed to a device (the mesh, replicated, for the scalars; device 0 without a mesh) as the
@@ -136,8 +139,9 @@ def init_train_state(params: Params, config: RLConfig, mesh: Optional[Mesh] = No
     """
     params = jax.tree.map(jnp.copy, params)
     ref_params = jax.tree.map(jnp.copy, params) if config.kl_beta > 0 else {}
+    start_params = jax.tree.map(jnp.copy, params) if config.log_kl_to_start else {}
     state = TrainState(params=params, opt_state=make_optimizer(config).init(params), ref_params=ref_params,
-                       step=jnp.zeros((), jnp.int32))
+                       start_params=start_params, step=jnp.zeros((), jnp.int32))
     if mesh is None:
         return jax.device_put(state, jax.devices()[0])
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -257,6 +261,53 @@ def rl_loss(config: RLConfig, graphdef, mask_id: int, params: Params, frozen: Pa
     return loss, aux
 
 
+def shuffle_within_groups(key: chex.PRNGKey, rewards: chex.Array, num_generations: int) -> chex.Array:
+    """The placebo control: each group's rewards in a uniformly random order.
+
+    Args:
+      key: PRNG key.
+      rewards: [N] rewards of rows grouped p * G + g.
+      num_generations: G.
+
+    Returns:
+      [N] rewards, permuted within each group of G rows (group means and spreads unchanged, so the update sees
+      advantages of the right size that carry no information about which completion earned them).
+    """
+    groups = rewards.reshape(-1, num_generations)
+    order = jnp.argsort(jax.random.uniform(key, groups.shape), axis=-1)
+    return jnp.take_along_axis(groups, order, axis=-1).reshape(rewards.shape)
+
+
+def group_reward_statistics(rewards: chex.Array, num_generations: int) -> Dict[str, chex.Array]:
+    """How much learning signal a batch carries: rewards [N] grouped p * G + g ->
+    {"zero_advantage_group_fraction": fraction of groups whose G rewards are all equal (their GRPO advantages
+    are all zero), "reward_std_within_group": mean over groups of the rewards' standard deviation}."""
+    groups = rewards.reshape(-1, num_generations)
+    all_equal = jnp.all(groups == groups[:, :1], axis=-1)
+    return {"zero_advantage_group_fraction": jnp.mean(all_equal.astype(jnp.float32)),
+            "reward_std_within_group": jnp.mean(jnp.std(groups, axis=-1))}
+
+
+def kl_to_start(graphdef, params: Params, start_params: Params, frozen: Params, batch: RolloutBatch,
+                mask_id: int) -> chex.Array:
+    """KL(pi_params || pi_start) on the batch's own completions, a scalar >= 0.
+
+    The per-token k3 estimate exp(s - c) - (s - c) - 1 (c, s: log-probs of the sampled token under the current
+    and the start parameters) with d1's one-step likelihood (the whole generation region masked, the prompt
+    visible), averaged over the real completion tokens of the batch. The rows are samples of the current
+    policy, so this estimates KL(current || start) token by token.
+    """
+    mask = _generation_region(batch)
+    noised = apply_mask(batch.tokens, mask, mask_id)
+
+    def log_probs(trainable):
+        logits = _logits_fn(graphdef, jax.lax.stop_gradient(trainable), frozen, batch.attention_mask)(noised)
+        return token_log_probs(logits, batch.tokens)
+
+    log_ratio = log_probs(start_params) - log_probs(params)
+    return weighted_mean(jnp.exp(log_ratio) - log_ratio - 1.0, batch.completion_mask)
+
+
 def _micro_batches(tree, num_micro: int):
     """Split batch-first arrays [N, ...] into [A, N / A, ...]; micro-batch a takes rows a, a + A, ...
 
@@ -283,8 +334,9 @@ def rl_update(state: TrainState, frozen: Params, batch: RolloutBatch, key: chex.
     Returns:
       (new TrainState, metrics: dict of float32 scalars averaged over the mu inner iterations and
       micro-batches: loss, pg_loss, dipod_term, clip_fraction / ratio_mean (ratio methods), kl (kl_beta > 0),
-      elbo (when an ELBO is computed), grad_norm; plus reward_mean, reward_std, advantage_abs_mean,
-      completion_length_mean of the batch).
+      elbo (when an ELBO is computed), grad_norm (before clipping); plus reward_mean, reward_std,
+      advantage_abs_mean, completion_length_mean, zero_advantage_group_fraction, reward_std_within_group of the
+      batch (the true rewards, also under the placebo) and kl_to_start of the rollout policy when logged).
     """
     num_rows = batch.tokens.shape[0]
     chex.assert_rank([batch.tokens, batch.rewards], [2, 1])
@@ -294,7 +346,10 @@ def rl_update(state: TrainState, frozen: Params, batch: RolloutBatch, key: chex.
         raise ValueError(f"batch has {num_rows} rows, not a multiple of num_generations={config.num_generations}")
     check_batch_divisible(num_rows, config, mesh)
     rewards = batch.rewards.astype(jnp.float32)
-    advantages = grpo_advantages(rewards.reshape(-1, config.num_generations),
+    # Derived by fold_in, so the masks (from `key` itself) are the same with and without the placebo.
+    trained_rewards = shuffle_within_groups(jax.random.fold_in(key, 1), rewards, config.num_generations) \
+        if config.placebo else rewards
+    advantages = grpo_advantages(trained_rewards.reshape(-1, config.num_generations),
                                  scale_by_std=config.scale_rewards_by_std).reshape(num_rows)
     fixed, per_iteration = prepare_inputs(config, graphdef, mask_id, state, frozen, batch, advantages, key)
     params_sharding = None if mesh is None else _traced_param_shardings(graphdef, state.params, frozen,
@@ -327,7 +382,7 @@ def rl_update(state: TrainState, frozen: Params, batch: RolloutBatch, key: chex.
     metrics = jax.tree.map(jnp.mean, aux_per_iteration)
 
     step = state.step + 1
-    ref_params = state.ref_params
+    ref_params, start_params = state.ref_params, state.start_params
     if config.kl_beta > 0 and config.ref_sync_every > 0:
         sync = step % config.ref_sync_every == 0
         ref_params = jax.tree.map(lambda ref, new: jnp.where(sync, new, ref), ref_params, params)
@@ -340,10 +395,15 @@ def rl_update(state: TrainState, frozen: Params, batch: RolloutBatch, key: chex.
             (params, opt_state, step), (params_sharding, opt_sharding, replicated))
         if ref_params:
             ref_params = jax.lax.with_sharding_constraint(ref_params, params_sharding)
+        if start_params:
+            start_params = jax.lax.with_sharding_constraint(start_params, params_sharding)
     lengths = jnp.sum(batch.completion_mask, axis=-1).astype(jnp.float32)
     metrics.update(reward_mean=jnp.mean(rewards), reward_std=jnp.std(rewards),
-                   advantage_abs_mean=jnp.mean(jnp.abs(advantages)), completion_length_mean=jnp.mean(lengths))
-    return TrainState(params, opt_state, ref_params, step), metrics
+                   advantage_abs_mean=jnp.mean(jnp.abs(advantages)), completion_length_mean=jnp.mean(lengths),
+                   **group_reward_statistics(rewards, config.num_generations))
+    if config.log_kl_to_start:
+        metrics["kl_to_start"] = kl_to_start(graphdef, state.params, state.start_params, frozen, batch, mask_id)
+    return TrainState(params, opt_state, ref_params, start_params, step), metrics
 
 
 @functools.lru_cache(maxsize=None)
@@ -367,6 +427,14 @@ def make_sample_fn(config: RLConfig, graphdef, mask_id: int):
                         steps=config.diffusion_steps, temperature=config.temperature,
                         remasking=config.remasking, mask_id=mask_id, prompt_mask=prompt_mask)
     return jax.jit(sample)
+
+
+def distinct_completions_per_group(tokens: np.ndarray, completion_mask: np.ndarray, num_generations: int) -> float:
+    """Mean over groups of the number of different completions among its G rows (1 = all identical, G = all
+    different). tokens [N, T], completion_mask [N, T] bool (the compared tokens), rows grouped p * G + g."""
+    completions = np.where(np.asarray(completion_mask, bool), np.asarray(tokens), -1)
+    groups = completions.reshape(-1, num_generations, completions.shape[-1])
+    return float(np.mean([len(np.unique(group, axis=0)) for group in groups]))
 
 
 def rollout_batch_from_tokens(tokens: np.ndarray, prompt_mask: np.ndarray, eos_id: int,
@@ -430,7 +498,8 @@ def rl_step(state: TrainState, frozen: Params, prompts: np.ndarray, prompt_mask:
       mesh: optional Mesh (the batch is split over its data x fsdp axes).
 
     Returns:
-      (new state, metrics, this process's RolloutBatch as numpy).
+      (new state, metrics (`rl_update`'s, plus distinct_completions_per_group of this process's rows),
+      this process's RolloutBatch as numpy).
     """
     prompts = np.asarray(prompts)
     prompt_mask = np.asarray(prompt_mask, bool)
@@ -445,4 +514,6 @@ def rl_step(state: TrainState, frozen: Params, prompts: np.ndarray, prompt_mask:
     tokens = sample_fn(state.params, frozen, global_prompts, global_prompt_mask, sample_key)
     local_batch = rollout_batch_from_tokens(to_local(tokens, mesh), prompt_mask_rows, eos_id, reward_fn)
     state, metrics = update_fn(state, frozen, to_global(local_batch, mesh), update_key)
+    metrics = {**metrics, "distinct_completions_per_group": distinct_completions_per_group(
+        local_batch.tokens, local_batch.completion_mask, config.num_generations)}
     return state, metrics, local_batch

@@ -31,6 +31,10 @@ class RLConfig:
       diffu-GRPO); p_mask_prompt for diffu-GRPO's one-step estimate; spg_num_draws, spg_block_length,
       spg_min_t, spg_max_t, spg_beta_e, spg_mix_weight for SPG's block-random masks and EUBO.
     Sampler: gen_length, block_length, diffusion_steps, temperature, remasking (dipod_jax.lm.sampler).
+    Controls and monitoring: placebo shuffles the rewards within each group before the advantages are formed
+      (the same update machinery driven by uninformative advantages: the drift a real result must overcome);
+      log_kl_to_start keeps a copy of the starting trainable parameters and logs the KL of each step's rollout
+      policy to it.
     """
 
     method: str = "fpo"
@@ -64,6 +68,8 @@ class RLConfig:
     diffusion_steps: int = 128
     temperature: float = 0.3
     remasking: str = "low_confidence"
+    placebo: bool = False
+    log_kl_to_start: bool = True
 
     def __post_init__(self):
         validate_config(self)
@@ -101,6 +107,9 @@ def validate_config(config: RLConfig) -> None:
                   "spg_block_length", "gen_length", "block_length", "diffusion_steps"):
         value = getattr(config, field)
         _require(_is_int(value) and value >= 1, field, value, "an int >= 1")
+    for field in ("scale_rewards_by_std", "lora_only", "placebo", "log_kl_to_start"):
+        value = getattr(config, field)
+        _require(isinstance(value, bool), field, value, "True or False")
     for field in ("warmup_steps", "ref_sync_every"):
         value = getattr(config, field)
         _require(_is_int(value) and value >= 0, field, value, "an int >= 0")

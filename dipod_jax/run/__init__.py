@@ -1,0 +1,1 @@
+"""What every experiment run shares: result statistics (and, as it grows, the run harness)."""
