@@ -41,7 +41,7 @@ def last_answer(completion: str) -> str | None:
 def _digit_pattern() -> re.Pattern:
     """One character class matching exactly the characters with str.isdigit() true.
 
-    re.s `\\d` is exactly str.isdecimal; isdigit adds 128 characters (superscripts, circled digits, ...),
+    re's `\\d` is exactly str.isdecimal; isdigit adds 128 characters (superscripts, circled digits, ...),
     added here as runs of consecutive code points so that the class costs a few checks per character (a class
     listing all 788 digits one by one scans 10 MB in ~5 s, this one in ~0.15 s). Built on first use (~0.1 s).
     """

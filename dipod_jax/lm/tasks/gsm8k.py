@@ -93,7 +93,7 @@ def extract_answer(completion: str) -> str:
 
 
 def _is_strict_format(completion: str) -> bool:
-    """d1's strict layout: "<reasoning>\n" A "\n</reasoning>\n<answer>\n" B "\n</answer>\n" with any A and B,
+    r"""d1's strict layout: "<reasoning>\n" A "\n</reasoning>\n<answer>\n" B "\n</answer>\n" with any A and B,
     and optionally one more final newline."""
     if not completion.startswith(_STRICT_OPEN):
         return False
