@@ -54,9 +54,13 @@ def gae(
     return advantages, advantages + values
 
 
-def normalize_advantages(advantages: chex.Array, eps: float = 1e-8) -> chex.Array:
-    """(A - mean) / (std + eps) over every element of `advantages` [...]."""
-    return (advantages - jnp.mean(advantages)) / (jnp.std(advantages) + eps)
+def normalize_advantages(advantages: chex.Array, eps: float = 1e-8, unbiased: bool = False) -> chex.Array:
+    """(A - mean) / (std + eps) over every element of `advantages` [...].
+
+    unbiased=False divides the variance by n (Brax PPO and the FPO reference, per minibatch); True by n - 1,
+    as torch's `Tensor.std()` in the FPO++ release (rollout_storage.py `compute_returns`).
+    """
+    return (advantages - jnp.mean(advantages)) / (jnp.std(advantages, ddof=1 if unbiased else 0) + eps)
 
 
 def grpo_advantages(rewards: chex.Array, scale_by_std: bool = False, eps: float = 1e-4) -> chex.Array:
