@@ -219,6 +219,42 @@ class GaeTest(parameterized.TestCase):
             np.testing.assert_allclose(adv, want_adv, rtol=1e-12)
             np.testing.assert_allclose(ret, want_ret, rtol=1e-12)
 
+    def test_release_time_out_bootstrap_matches_the_release(self):
+        """truncation_bootstrap="current_value" equals the FPO++ release: fpo.py `process_env_step` adds
+        gamma * V(s_t) to a timed-out step's reward (lines 269-276), rollout_storage.py `compute_returns` (lines
+        181-200) recurses with dones = terminated or timed out and bootstraps the last step from last_values.
+        Our default differs exactly at time-outs (it bootstraps from the pre-reset V(s_{t+1}))."""
+        with jax.enable_x64(True):
+            T, nb, gamma, lam = 12, 4, 0.97, 0.9
+            rewards = RNG.normal(size=(T, nb))
+            values_ext = RNG.normal(size=(T + 1, nb))  # V(s_0) .. V(s_T) as stored by the release
+            term = (RNG.uniform(size=(T, nb)) < 0.15).astype(np.float64)
+            trunc = ((RNG.uniform(size=(T, nb)) < 0.2) & (term == 0)).astype(np.float64)
+            ended = np.maximum(term, trunc)
+            # Where a step ended, the next stored value is a reset state's; the pre-reset one is another number.
+            next_values = np.where(ended > 0, RNG.normal(size=(T, nb)), values_ext[1:])
+            values = values_ext[:T]
+
+            release_rewards = rewards + gamma * values * trunc
+            advantage, want_returns = 0.0, np.zeros((T, nb))
+            for step in reversed(range(T)):
+                following = values_ext[T] if step == T - 1 else values[step + 1]
+                not_terminal = 1.0 - ended[step]
+                delta = release_rewards[step] + not_terminal * gamma * following - values[step]
+                advantage = delta + not_terminal * gamma * lam * advantage
+                want_returns[step] = advantage + values[step]
+
+            args = [jnp.asarray(x) for x in (rewards, values, next_values, term, trunc)]
+            adv, ret = L.gae(*args, gamma, lam, truncation_bootstrap="current_value")
+            np.testing.assert_allclose(ret, want_returns, rtol=1e-12)
+            np.testing.assert_allclose(adv, want_returns - values, rtol=1e-10, atol=1e-12)
+            ours, _ = L.gae(*args, gamma, lam)
+            ours, adv = np.asarray(ours), np.asarray(adv)
+            self.assertFalse(np.any(np.isclose(ours, adv)[trunc > 0]))
+            np.testing.assert_allclose(ours[term > 0], adv[term > 0], rtol=1e-12)
+        with self.assertRaisesRegex(ValueError, "truncation_bootstrap"):
+            L.gae(*args, gamma, lam, truncation_bootstrap="previous")
+
     def test_gae_lambda_one_no_boundaries_is_discounted_return(self):
         """Identity: with lambda = 1 and no episode ends, returns are the discounted sums bootstrapped at T."""
         T = 6
