@@ -161,7 +161,8 @@ def test_values_from_next_values_matches_direct_evaluation():
     ended = jnp.maximum(transitions.termination, transitions.truncation)
     rebuilt = values_from_next_values(value(transitions.next_obs), value(transitions.obs[0]),
                                       value(state0.first_env_state.obs), ended)
-    np.testing.assert_array_equal(rebuilt, value(transitions.obs))
+    # The same function on the same observations, batched differently (tolerance for a GPU's kernel choice).
+    np.testing.assert_allclose(rebuilt, value(transitions.obs), rtol=1e-6, atol=1e-7)
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +212,7 @@ def test_fpo_dipod_term_and_baseline(fpo_runs):
     state1, metrics1 = fpo_runs[0.05][3:]
     assert float(metrics0["dipod_term"]) == 0.0
     np.testing.assert_allclose(metrics1["dipod_term"], 0.05 * metrics1["cfm_loss"], rtol=1e-5)
-    np.testing.assert_array_equal(metrics0["reward_mean"], metrics1["reward_mean"])
+    np.testing.assert_allclose(metrics0["reward_mean"], metrics1["reward_mean"], rtol=1e-6)
     assert not np.allclose(jax.tree.leaves(state0.params["actor"])[0], jax.tree.leaves(state1.params["actor"])[0])
 
 
