@@ -4,9 +4,11 @@
         --num_seeds=3 --num_timesteps=5000000 --workdir=/tmp/runs/fpo_dipod
     python -m experiments.control ... --resume          # continue bit-exactly from the last checkpoint
     python -m experiments.control ... --set=learning_rate=1e-3 --set=actor_hidden=(64,64)
+    python -m experiments.control --env=CartpoleBalance --preset=fpo++_base ...   # FPO++ as the release runs it
 
 The configuration is the ml_collections preset of the environment (dipod_jax.control.configs.ENV_PRESETS;
-the FPO reference layout when none is listed) with --set overrides of any TrainConfig field. Writes to
+the FPO reference layout when none is listed), then the --preset algorithm configuration (ALGORITHM_PRESETS:
+fpo++_base, fpo++_motion_tracking, the FPO++ release's values), then --set overrides of any TrainConfig field. Writes to
 --workdir: config.json, metrics.jsonl (one line per iteration and seed with the training metrics and the
 wall-clock env-steps/s of its host call, all seeds counted; eval lines marked "eval"),
 TensorBoard event files, orbax checkpoints (atomic) every --checkpoint_every iterations, learning_curve.png.
@@ -21,7 +23,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +31,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from dipod_jax.control.configs import ENV_PRESETS, TrainConfig, validate_config
+from dipod_jax.control.configs import ALGORITHM_PRESETS, TrainConfig, preset_fields, validate_config
 from dipod_jax.control.envs import make_environment
 from dipod_jax.control.train import make_train
 
@@ -40,7 +42,9 @@ def define_flags() -> None:
     """Register the command-line flags; called only when run as a program, so that importing this module
     (tests, other experiments in the same process) defines no global flags."""
     flags.DEFINE_string("env", "CartpoleBalance", "Environment name (Playground DM Control, brax/<name>, tiny/...).")
-    flags.DEFINE_enum("algo", "fpo", ["ppo", "fpo", "fpo++"], "Algorithm.")
+    flags.DEFINE_enum("algo", None, ["ppo", "fpo", "fpo++"], "Algorithm (default: the --preset's, else fpo).")
+    flags.DEFINE_enum("preset", None, sorted(ALGORITHM_PRESETS),
+                      "Algorithm configuration of a release (ALGORITHM_PRESETS), applied over the env preset.")
     flags.DEFINE_float("dipod_beta", 0.0, "Weight of the DiPOD on-policy ELBO term (0 = baseline).")
     flags.DEFINE_integer("seed", 0, "First seed; seeds seed .. seed + num_seeds - 1 are trained together.")
     flags.DEFINE_integer("num_seeds", 1, "Seeds vmapped in one program.")
@@ -54,16 +58,23 @@ def define_flags() -> None:
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
-def preset(env_name: str) -> ml_collections.ConfigDict:
-    """The ml_collections preset for `env_name`: TrainConfig defaults updated by ENV_PRESETS[env_name]."""
-    fields = dataclasses.asdict(TrainConfig(env_name=env_name, **ENV_PRESETS.get(env_name, {})))
+def preset(env_name: str, algorithm_preset: Optional[str] = None) -> ml_collections.ConfigDict:
+    """The ml_collections preset: TrainConfig defaults updated by ENV_PRESETS[env_name], then by
+    ALGORITHM_PRESETS[algorithm_preset] when given."""
+    fields = dataclasses.asdict(TrainConfig(env_name=env_name, **preset_fields(env_name, algorithm_preset)))
     return ml_collections.ConfigDict(fields)
 
 
-def build_config(env_name: str, algo: str, dipod_beta: float, overrides: Sequence[str]) -> TrainConfig:
-    """Preset + algo/beta + "field=value" overrides -> validated TrainConfig (ValueError names the bad item)."""
-    config = preset(env_name)
-    config.algo = algo
+def build_config(env_name: str, algo: Optional[str], dipod_beta: float, overrides: Sequence[str],
+                 algorithm_preset: Optional[str] = None) -> TrainConfig:
+    """Preset (env, then algorithm preset) + algo/beta + "field=value" overrides -> validated TrainConfig
+    (ValueError names the bad item). algo None: the algorithm preset's, else "fpo"; an algo that contradicts
+    the algorithm preset is refused."""
+    config = preset(env_name, algorithm_preset)
+    if algorithm_preset is not None and algo is not None and algo != config.algo:
+        raise ValueError(f"--algo={algo} contradicts --preset={algorithm_preset} (algo {config.algo})")
+    if algorithm_preset is None:
+        config.algo = algo or "fpo"
     config.dipod_beta = dipod_beta
     for item in overrides:
         field, sep, text = item.partition("=")
@@ -306,7 +317,7 @@ def main(argv):
         raise ValueError("--workdir is required")
     _validate_periods(FLAGS.iterations_per_call, FLAGS.checkpoint_every, FLAGS.eval_every, FLAGS.num_seeds,
                       FLAGS.num_timesteps)
-    config = build_config(FLAGS.env, FLAGS.algo, FLAGS.dipod_beta, FLAGS.set)
+    config = build_config(FLAGS.env, FLAGS.algo, FLAGS.dipod_beta, FLAGS.set, FLAGS.preset)
     env = make_environment(config.env_name)
     run(config, FLAGS.workdir, FLAGS.seed, FLAGS.num_seeds, FLAGS.num_timesteps, FLAGS.iterations_per_call,
         FLAGS.checkpoint_every, FLAGS.eval_every, FLAGS.resume, FLAGS.progress, env)

@@ -30,6 +30,20 @@ def test_build_config_overrides_and_errors():
         control._validate_periods(2, 3, 2, 1, 10)
 
 
+def test_build_config_with_a_release_preset():
+    """--preset applies the release's FPO++ configuration over the env preset (algo from the preset), --set
+    still overrides it (tuples included), and an --algo contradicting the preset is refused."""
+    config = control.build_config(TINY, None, 0.05, ["num_envs=16", "batch_size=16", "advantage_clamp=(3.0, 1.0)"],
+                                  "fpo++_motion_tracking")
+    assert (config.algo, config.clip_eps, config.log_ratio_clamp, config.cfm_loss_clamp) == ("fpo++", 0.01, 3.0, -1.0)
+    assert (config.num_envs, config.rollout_length, config.advantage_clamp) == (16, 48, (3.0, 1.0))
+    assert control.build_config(TINY, None, 0.0, []).algo == "fpo"
+    with pytest.raises(ValueError, match="contradicts --preset"):
+        control.build_config(TINY, "fpo", 0.0, [], "fpo++_base")
+    with pytest.raises(ValueError, match="unknown algorithm preset"):
+        control.build_config(TINY, None, 0.0, [], "fpo++_humanoid")
+
+
 def test_checkpoint_round_trip_with_keys_and_empty_arrays(tmp_path):
     """Round trip: a state with a typed PRNG key and a zero-size array (as in MJX data) is restored exactly."""
     state = {"key": jax.random.key(3), "empty": jnp.zeros((4, 0)), "params": jnp.arange(6.0).reshape(2, 3),

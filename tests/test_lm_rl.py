@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from dipod_jax.lm import rl, training_run
-from dipod_jax.lm.rl_config import RLConfig, preset
+from dipod_jax.lm.rl_config import PAPER_PRESETS, RLConfig, paper_preset, preset
 from dipod_jax.losses.lm import diffu_grpo_loss, fpo_dllm_loss
 from dipod_jax.losses.masked import apply_mask, elbo_masked, token_log_probs
 from dipod_jax.models.llada import LLaDA, LLaDAConfig
@@ -53,6 +53,9 @@ def target_fraction_reward(tokens, completion_mask):
     (dict(clip_eps=0.0), "clip_eps"),
     (dict(spg_min_t=0.8, spg_max_t=0.2), "spg_min_t"),
     (dict(num_generations=2.0), "num_generations"),
+    (dict(method="spg", gen_length=16, block_length=16, diffusion_steps=16, spg_block_length=16, spg_num_draws=2),
+     "spg_num_draws"),
+    (dict(spg_use_mask_prompt=1), "spg_use_mask_prompt"),
 ])
 def test_invalid_config_raises_naming_the_field(overrides, field):
     """Each invalid value raises ValueError at construction, and the message names the offending field."""
@@ -71,6 +74,37 @@ def test_presets_are_valid_and_keep_the_paper_structure():
         preset("chess")
     with pytest.raises(ValueError, match="unknown RLConfig fields"):
         preset("sudoku", beta=0.1)
+
+
+def test_paper_presets_carry_the_release_values():
+    """The release's launch settings: 16 prompts x 6 completions; d1-FPO (language/d1/diffu-grpo train.yaml +
+    slurm_scripts: NUM_ITER=8, beta 0.04, epsilon 0.5, 4 ELBO draws, dipod_beta 0.05, temperature 0.9 because
+    the Sudoku scripts' --temperature line is cut off, 0.3 in the "@t0.3" variant); SPG (spg_mix/*.sbatch:
+    NUM_ITER=4, block_random num_t 2, min_t 0, max_t 1, mix 0.5, eubo beta 1.0 Sudoku / 1.5 otherwise, prompt
+    masking with p 0.15, temperature 0.3 only for Sudoku). Unknown names are refused."""
+    for name in PAPER_PRESETS:
+        config = paper_preset(name)
+        assert (config.num_prompts, config.num_generations, config.learning_rate, config.max_grad_norm) == \
+            (16, 6, 3e-6, 0.2)
+        assert (config.gen_length, config.block_length, config.diffusion_steps, config.dipod_beta) == \
+            (256, 32, 128, 0.05)
+        assert config.lora_only and config.p_mask_prompt == 0.15
+    fpo = paper_preset("fpo/sudoku")
+    assert (fpo.method, fpo.num_inner_iterations, fpo.kl_beta, fpo.clip_eps, fpo.num_elbo_draws) == \
+        ("fpo", 8, 0.04, 0.5, 4)
+    assert fpo.temperature == 0.9 and paper_preset("fpo/sudoku@t0.3").temperature == 0.3
+    spg = paper_preset("spg/countdown")
+    assert (spg.method, spg.spg_estimator, spg.num_inner_iterations, spg.kl_beta) == ("spg", "mix", 4, 0.0)
+    assert (spg.spg_num_draws, spg.spg_min_t, spg.spg_max_t, spg.spg_mix_weight, spg.spg_block_length) == \
+        (2, 0.0, 1.0, 0.5, 32)
+    assert spg.spg_use_mask_prompt and spg.spg_beta_e == 1.5 and spg.temperature == 0.9
+    sudoku = paper_preset("spg/sudoku_split_new")
+    assert sudoku.spg_beta_e == 1.0 and sudoku.temperature == 0.3
+    assert paper_preset("spg/gsm8k", dipod_beta=0.0).dipod_beta == 0.0
+    with pytest.raises(ValueError, match="no paper preset"):
+        paper_preset("grpo/sudoku")
+    with pytest.raises(ValueError, match="unknown RLConfig fields"):
+        paper_preset("fpo/gsm8k", beta=0.04)
 
 
 # ------------------------------------------------------------------------------------------ model split
@@ -242,6 +276,33 @@ def test_loss_composition_baseline_and_dipod_term(composition_inputs, method, es
         assert float(losses[0.0][1]["clip_fraction"]) == 0.0
     assert float(losses[0.0][1]["dipod_term"]) == 0.0
     np.testing.assert_allclose(losses[0.05][0] - losses[0.0][0], -0.05 * dipod_mean, rtol=1e-4, atol=1e-6)
+
+
+def test_spg_draws_fresh_block_random_masks_per_inner_iteration(model):
+    """As the release (one mask seed per inner iteration): SPG's masks and t_emp are per-iteration inputs
+    [mu, N, M, T] / [mu, N, M], different between iterations; each hides the window's padding after the EOS and
+    satisfies t_emp = masked real tokens / L; prompt positions are hidden only with spg_use_mask_prompt."""
+    graphdef, params, frozen = rl.split_model(model, lora_only=False)
+    batch = jax.tree.map(jnp.asarray, _hand_batch())
+    advantages = jnp.asarray(np.linspace(-1.0, 1.0, 8), jnp.float32)
+    completion = np.asarray(batch.completion_mask)
+    prompt_region = np.zeros_like(completion)
+    prompt_region[:, :2] = True
+    hidden_prompt = {}
+    for use_mask_prompt in (True, False):
+        config = RLConfig(method="spg", spg_use_mask_prompt=use_mask_prompt, **TINY)
+        fixed, per_iteration = rl.prepare_inputs(config, graphdef, MASK_ID, rl.init_train_state(params, config),
+                                                 frozen, batch, advantages, jax.random.key(4))
+        assert "spg_masks" not in fixed
+        masks, t_emp = np.asarray(per_iteration["spg_masks"]), np.asarray(per_iteration["t_emp"])
+        assert masks.shape == (2, 8, 2, 6) and t_emp.shape == (2, 8, 2)
+        assert not np.array_equal(masks[0], masks[1])
+        padding = ~completion & ~prompt_region
+        assert np.all(masks[:, padding[:, None].repeat(2, 1)])
+        real = completion[None, :, None]
+        np.testing.assert_allclose(t_emp, (masks & real).sum(-1) / real.sum(-1))
+        hidden_prompt[use_mask_prompt] = masks[..., :2].any()
+    assert hidden_prompt == {True: True, False: False}
 
 
 # ------------------------------------------------------------------------------------ training dynamics

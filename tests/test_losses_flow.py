@@ -144,14 +144,18 @@ class RatioTest(parameterized.TestCase):
                                    lo.mean(-1) - ln.mean(-1), rtol=1e-5)
 
     def test_fpo_pp_clamps_forward_values(self):
-        """FPO++: l_new is capped at loss_clamp only where A < 0; the log-ratio is capped at +-c."""
+        """FPO++: l_new is capped at loss_clamp only where A < 0; the log-ratio is capped from above only (a
+        sample whose loss rose keeps its true ratio, as fpo.py's `clamp_ste(log_ratio, max=c)`, line 478)."""
         lo = jnp.array([[0.0, 0.0], [0.0, 50.0]])
         ln = jnp.array([[30.0, 0.0], [30.0, 0.0]])
         adv = jnp.array([-1.0, 1.0])
         got = L.fpo_pp_log_ratio(lo, ln, adv, loss_clamp=20.0, log_ratio_clamp=10.0)
-        np.testing.assert_allclose(got, [[-10.0, 0.0], [-10.0, 10.0]])
-        got_unclamped = L.fpo_pp_log_ratio(lo, ln, adv, loss_clamp=100.0, log_ratio_clamp=100.0)
+        np.testing.assert_allclose(got, [[-20.0, 0.0], [-30.0, 10.0]])
+        got_unclamped = L.fpo_pp_log_ratio(lo, ln, adv, loss_clamp=None, log_ratio_clamp=100.0)
         np.testing.assert_allclose(got_unclamped, [[-30.0, 0.0], [-30.0, 50.0]])
+        got_cfm_clamped = L.fpo_pp_log_ratio(lo, ln, adv, loss_clamp=None, log_ratio_clamp=100.0,
+                                             cfm_loss_clamp=25.0)
+        np.testing.assert_allclose(got_cfm_clamped, [[-25.0, 0.0], [-25.0, 25.0]])
 
     def test_straight_through_clamp_has_identity_gradient(self):
         """The log-ratio clamp passes the identity gradient even where the forward value is clamped."""
@@ -214,6 +218,42 @@ class GaeTest(parameterized.TestCase):
             want_adv, want_ret = _np_gae(rewards, values, next_values, term, trunc, 0.97, 0.9)
             np.testing.assert_allclose(adv, want_adv, rtol=1e-12)
             np.testing.assert_allclose(ret, want_ret, rtol=1e-12)
+
+    def test_release_time_out_bootstrap_matches_the_release(self):
+        """truncation_bootstrap="current_value" equals the FPO++ release: fpo.py `process_env_step` adds
+        gamma * V(s_t) to a timed-out step's reward (lines 269-276), rollout_storage.py `compute_returns` (lines
+        181-200) recurses with dones = terminated or timed out and bootstraps the last step from last_values.
+        Our default differs exactly at time-outs (it bootstraps from the pre-reset V(s_{t+1}))."""
+        with jax.enable_x64(True):
+            T, nb, gamma, lam = 12, 4, 0.97, 0.9
+            rewards = RNG.normal(size=(T, nb))
+            values_ext = RNG.normal(size=(T + 1, nb))  # V(s_0) .. V(s_T) as stored by the release
+            term = (RNG.uniform(size=(T, nb)) < 0.15).astype(np.float64)
+            trunc = ((RNG.uniform(size=(T, nb)) < 0.2) & (term == 0)).astype(np.float64)
+            ended = np.maximum(term, trunc)
+            # Where a step ended, the next stored value is a reset state's; the pre-reset one is another number.
+            next_values = np.where(ended > 0, RNG.normal(size=(T, nb)), values_ext[1:])
+            values = values_ext[:T]
+
+            release_rewards = rewards + gamma * values * trunc
+            advantage, want_returns = 0.0, np.zeros((T, nb))
+            for step in reversed(range(T)):
+                following = values_ext[T] if step == T - 1 else values[step + 1]
+                not_terminal = 1.0 - ended[step]
+                delta = release_rewards[step] + not_terminal * gamma * following - values[step]
+                advantage = delta + not_terminal * gamma * lam * advantage
+                want_returns[step] = advantage + values[step]
+
+            args = [jnp.asarray(x) for x in (rewards, values, next_values, term, trunc)]
+            adv, ret = L.gae(*args, gamma, lam, truncation_bootstrap="current_value")
+            np.testing.assert_allclose(ret, want_returns, rtol=1e-12)
+            np.testing.assert_allclose(adv, want_returns - values, rtol=1e-10, atol=1e-12)
+            ours, _ = L.gae(*args, gamma, lam)
+            ours, adv = np.asarray(ours), np.asarray(adv)
+            self.assertFalse(np.any(np.isclose(ours, adv)[trunc > 0]))
+            np.testing.assert_allclose(ours[term > 0], adv[term > 0], rtol=1e-12)
+        with self.assertRaisesRegex(ValueError, "truncation_bootstrap"):
+            L.gae(*args, gamma, lam, truncation_bootstrap="previous")
 
     def test_gae_lambda_one_no_boundaries_is_discounted_return(self):
         """Identity: with lambda = 1 and no episode ends, returns are the discounted sums bootstrapped at T."""
@@ -371,3 +411,137 @@ class PolicyGradientTest(chex.TestCase, parameterized.TestCase):
         w = jnp.array([1.0, 0.0, 3.0])
         self.assertAlmostEqual(float(L.dipod_regularizer(elbo, 0.5, w)), -0.5 * 13.0 / 4.0, places=6)
         self.assertEqual(float(L.dipod_regularizer(elbo, 0.5, jnp.zeros(3))), 0.0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The FPO++ release (Astro-Eric/DiPOD-release, fpo-control/fpo_rsl_rl/fpo_rsl_rl) transcribed in NumPy.
+
+
+def _np_release_cfm_error(predictions, targets, use_huber, huber_delta, reduction):
+    """modules/actor_critic.py `ActorCritic._compute_squared_error`, lines 316-343."""
+    diff = predictions - targets
+    if use_huber:
+        error = np.where(np.abs(diff) <= huber_delta, diff ** 2, 2 * huber_delta * np.abs(diff) - huber_delta ** 2)
+    else:
+        error = diff ** 2
+    if reduction == "mean":
+        return error.mean(-1)
+    if reduction == "sum":
+        return error.sum(-1)
+    return error.sum(-1) / error.shape[-1] ** 0.5
+
+
+def _np_release_surrogate(old_cfm, cfm, advantages, clip, mode, cfm_loss_clamp=-1.0, negative_clamp=True,
+                          negative_clamp_max=20.0, diff_clamp_max=10.0, advantage_clamp=(100.0, 100.0)):
+    """algorithms/fpo.py `FPO.update`: advantage clamp (lines 350-355), CFM-loss clamps and the per-sample
+    straight-through log-ratio (457-479), surrogate (485-516). Returns (loss, d loss / d cfm): the gradient
+    follows the code's autograd (clamps cut it, clamp_ste passes the identity)."""
+    positive_clamp, negative_clamp_value = advantage_clamp
+    adv = np.clip(advantages, -negative_clamp_value, positive_clamp)[:, None]
+    dcfm = np.ones_like(cfm)
+    if cfm_loss_clamp > 0:
+        old_cfm = np.minimum(old_cfm, cfm_loss_clamp)
+        dcfm = dcfm * (cfm < cfm_loss_clamp)
+        cfm = np.minimum(cfm, cfm_loss_clamp)
+    if negative_clamp:
+        clamped = (adv < 0) & (cfm > negative_clamp_max)
+        dcfm = dcfm * ~clamped
+        cfm = np.where(adv < 0, np.minimum(cfm, negative_clamp_max), cfm)
+    ratio = np.exp(np.minimum(old_cfm - cfm, diff_clamp_max))  # clamp_ste: forward value clamped
+    ppo = np.maximum(-adv * ratio, -adv * np.clip(ratio, 1 - clip, 1 + clip))
+    ppo_dratio = np.where(-adv * ratio >= -adv * np.clip(ratio, 1 - clip, 1 + clip), -adv, 0.0)
+    spo = -(ratio * adv - np.abs(adv) / (2 * clip) * (ratio - 1) ** 2)
+    spo_dratio = -(adv - np.abs(adv) / clip * (ratio - 1))
+    if mode == "ppo":
+        per_sample, dratio = ppo, ppo_dratio
+    elif mode == "spo":
+        per_sample, dratio = spo, spo_dratio
+    else:
+        per_sample, dratio = np.where(adv > 0, ppo, spo), np.where(adv > 0, ppo_dratio, spo_dratio)
+    # d ratio / d cfm = ratio * d log_ratio / d cfm = -ratio (identity through clamp_ste).
+    return per_sample.mean(), dratio * ratio * -dcfm / per_sample.size
+
+
+def _release_case(seed):
+    """Per-sample losses and advantages that exercise every clamp: log-ratios far below -c and above c,
+    losses above the CFM clamp, and advantages beyond an asymmetric advantage clamp."""
+    rng = np.random.default_rng(seed)
+    l_old = rng.uniform(0.0, 6.0, size=(8, 6))
+    l_new = l_old + rng.normal(0.0, 2.5, size=l_old.shape)
+    l_new[0, :3] = [30.0, 0.2, 12.0]
+    l_old[1, :2] = [26.0, 4.0]
+    advantages = rng.normal(0.0, 1.5, size=8)
+    advantages[:3] = [-3.0, 2.5, -0.5]
+    return l_old, l_new, advantages
+
+
+class ReleaseFpoPlusPlusTest(parameterized.TestCase):
+
+    @parameterized.product(reduction=["mean", "sum", "sqrt"], huber=[None, 0.7])
+    def test_cfm_loss_reduction_and_huber_match_the_release(self, reduction, huber):
+        """Per-sample CFM loss ("u" mode = our velocity variant) with each reduction over action dimensions and
+        the Huber option equals actor_critic.py's get_cfm_loss (lines 227-256) / _compute_squared_error."""
+        with jax.enable_x64(True):
+            w_obs, w_x, w_t = RNG.normal(size=(S, D)), RNG.normal(size=(D, D)), RNG.normal(size=(D,))
+            obs, act = RNG.normal(size=(B, S)), 2.0 * RNG.normal(size=(B, D))
+            tau, eps = RNG.uniform(size=(B, N)), RNG.normal(size=(B, N, D))
+            got = L.cfm_loss(_linear_velocity_fn(*map(jnp.asarray, (w_obs, w_x, w_t))), jnp.asarray(obs),
+                             jnp.asarray(act), jnp.asarray(tau), jnp.asarray(eps), "velocity", reduction, huber)
+            x_t = tau[..., None] * eps + (1.0 - tau[..., None]) * act[:, None, :]
+            velocity_pred = obs[:, None] @ w_obs + x_t @ w_x + tau[..., None] * w_t
+            want = _np_release_cfm_error(velocity_pred, eps - act[:, None, :], huber is not None, huber, reduction)
+            if huber is not None:
+                self.assertTrue(np.any(np.abs(velocity_pred - (eps - act[:, None, :])) > huber))
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12)
+
+    @parameterized.parameters(
+        dict(mode="aspo", clip=0.01, diff_clamp_max=3.0, cfm_loss_clamp=-1.0, advantage_clamp=(100.0, 100.0)),
+        dict(mode="aspo", clip=0.05, diff_clamp_max=10.0, cfm_loss_clamp=20.0, advantage_clamp=(100.0, 100.0)),
+        dict(mode="ppo", clip=0.2, diff_clamp_max=1.0, cfm_loss_clamp=5.0, advantage_clamp=(2.0, 0.25)),
+        dict(mode="spo", clip=0.05, diff_clamp_max=2.0, cfm_loss_clamp=-1.0, advantage_clamp=(1.0, 2.0)),
+    )
+    def test_fpo_pp_loss_and_gradient_match_the_release(self, mode, clip, diff_clamp_max, cfm_loss_clamp,
+                                                         advantage_clamp):
+        """fpo_pp_loss's value and its gradient in l_new equal fpo.py's surrogate (release clamps: CFM-loss clamp
+        on old and new, negative-advantage clamp at 20, upper-only straight-through log-ratio clamp,
+        asymmetric advantage clamp) in float64; the first case is the motion-tracking setting (c = 3, clip
+        0.01, ASPO) where the old two-sided clamp was off by about 9% in loss."""
+        l_old, l_new, advantages = _release_case(0)
+        want, want_grad = _np_release_surrogate(l_old, l_new, advantages, clip, mode, cfm_loss_clamp,
+                                                diff_clamp_max=diff_clamp_max, advantage_clamp=advantage_clamp)
+        self.assertTrue(np.any(l_old - l_new < -diff_clamp_max) and np.any(l_old - l_new > diff_clamp_max))
+        with jax.enable_x64(True):
+            def loss(ln):
+                return L.fpo_pp_loss(jnp.asarray(l_old), ln, jnp.asarray(advantages), clip, mode,
+                                     advantage_clamp=advantage_clamp, loss_clamp=20.0,
+                                     log_ratio_clamp=diff_clamp_max, cfm_loss_clamp=cfm_loss_clamp)[0]
+            value, grad = jax.value_and_grad(loss)(jnp.asarray(l_new))
+            np.testing.assert_allclose(float(value), want, rtol=1e-12)
+            np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-10, atol=1e-15)
+
+    def test_disabled_negative_advantage_clamp_matches_the_release(self):
+        """loss_clamp=None is the release's cfm_loss_clamp_negative_advantages=False."""
+        l_old, l_new, advantages = _release_case(1)
+        want, _ = _np_release_surrogate(l_old, l_new, advantages, 0.05, "aspo", negative_clamp=False)
+        with jax.enable_x64(True):
+            got, _ = L.fpo_pp_loss(jnp.asarray(l_old), jnp.asarray(l_new), jnp.asarray(advantages), 0.05,
+                                   advantage_clamp=(100.0, 100.0), loss_clamp=None)
+            np.testing.assert_allclose(float(got), want, rtol=1e-12)
+
+    def test_advantage_clamp_forms_and_errors(self):
+        """A number c clips to [-c, c]; a pair (positive_max, negative_max) to [-negative_max, positive_max];
+        non-positive bounds are refused naming the argument."""
+        adv = jnp.array([-5.0, -1.0, 0.5, 4.0])
+        np.testing.assert_allclose(L.clamp_advantages(adv, 2.0), [-2.0, -1.0, 0.5, 2.0])
+        np.testing.assert_allclose(L.clamp_advantages(adv, (3.0, 0.5)), [-0.5, -0.5, 0.5, 3.0])
+        for bad in (0.0, (1.0, -1.0), (1.0, 2.0, 3.0)):
+            with self.assertRaisesRegex(ValueError, "advantage_clamp"):
+                L.clamp_advantages(adv, bad)
+
+    def test_release_advantage_normalization_is_unbiased_over_the_rollout(self):
+        """normalize_advantages(unbiased=True) is rollout_storage.py's (A - mean) / (std + 1e-8) with torch's
+        unbiased std (lines 201-204)."""
+        adv = RNG.normal(1.0, 3.0, size=(7, 5))
+        with jax.enable_x64(True):
+            got = L.normalize_advantages(jnp.asarray(adv), unbiased=True)
+            np.testing.assert_allclose(got, (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8), rtol=1e-12)

@@ -3,6 +3,7 @@ import functools
 
 import chex
 import jax
+import jax.extend.core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
@@ -130,26 +131,49 @@ def spg_total(new, elbo, x, dipod_beta):
 class DipodAndGradientTest(chex.TestCase):
 
     def test_beta_zero_is_the_baseline_bit_for_bit_and_beta_positive_adds_the_term(self):
-        """beta = 0: loss and gradients identical whether or not an ELBO is given; beta > 0 adds -beta mean ELBO."""
+        """beta = 0 (a Python number): the DiPOD term does not enter the computation at all. The traced program
+        of the loss and its gradient with an ELBO given is identical to the one without (so the compiled
+        program, and its bits, are the same on every backend), the compiled values agree bit for bit and the
+        ELBO's gradient is exactly 0. beta > 0 adds -beta * mean ELBO (tolerances: a different program)."""
         x = {k: jnp.asarray(v, jnp.float32) if v.dtype != bool else jnp.asarray(v) for k, v in make_inputs(4).items()}
         for total in (grpo_total, fpo_total, spg_total):
-            grad_fn = jax.jit(jax.value_and_grad(total, argnums=(0, 1)), static_argnums=(3,))
-            base_value, base_grad = jax.jit(jax.value_and_grad(lambda n: total(n, None, x, 0.0)))(x["new"])
-            value, (grad_new, grad_elbo) = grad_fn(x["new"], x["elbo"], x, 0.0)
+            with_elbo = jax.value_and_grad(lambda new, inputs: total(new, inputs["elbo"], inputs, 0.0))
+            without_elbo = jax.value_and_grad(lambda new, inputs: total(new, None, inputs, 0.0))
+            self.assertEqual(str(jax.make_jaxpr(with_elbo)(x["new"], x)),
+                             str(jax.make_jaxpr(without_elbo)(x["new"], x)), total.__name__)
+            value, grad_new = jax.jit(with_elbo)(x["new"], x)
+            base_value, base_grad = jax.jit(without_elbo)(x["new"], x)
             np.testing.assert_array_equal(value, base_value, err_msg=total.__name__)
             np.testing.assert_array_equal(grad_new, base_grad, err_msg=total.__name__)
-            np.testing.assert_array_equal(grad_elbo, 0.0)
+            grad_fn = jax.jit(jax.value_and_grad(total, argnums=(0, 1)), static_argnums=(3,))
+            np.testing.assert_array_equal(grad_fn(x["new"], x["elbo"], x, 0.0)[1][1], 0.0)
             value_beta, (grad_new_beta, grad_elbo_beta) = grad_fn(x["new"], x["elbo"], x, 0.5)
             self.assertFalse(np.allclose(value_beta, value), total.__name__)
             if total is fpo_total:  # the term reuses elbo_new, so it moves the policy gradient
                 self.assertFalse(np.allclose(grad_new_beta, grad_new), total.__name__)
+                # ... and at beta = 0 the loss is the PPO loss itself (the same traced value, no added term).
+                pg_only = jax.value_and_grad(lambda new, inputs: lm.fpo_dllm_loss(
+                    new[:, 0], inputs["old"][:, 0], inputs["advantages"], 0.5)[1]["pg_loss"])
+                self.assertEqual(str(jax.make_jaxpr(with_elbo)(x["new"], x)), str(jax.make_jaxpr(pg_only)(x["new"], x)))
                 continue
             # GRPO: plain mean over the batch; SPG: weighted by completion lengths.
             weights = np.ones(BATCH) if total is grpo_total else np.asarray(x["completion"].sum(-1), np.float64)
             weights = weights / weights.sum()
             np.testing.assert_allclose(value_beta - value, -0.5 * weights @ np.asarray(x["elbo"]), rtol=1e-5)
             np.testing.assert_allclose(grad_elbo_beta, -0.5 * weights, rtol=1e-6)
-            np.testing.assert_array_equal(grad_new_beta, grad_new)
+            np.testing.assert_allclose(grad_new_beta, grad_new, rtol=1e-6, atol=1e-7)
+
+    def test_dipod_term_diagnostic_adds_nothing_at_python_zero(self):
+        """At a Python beta of 0 the aux "dipod_term" is a constant 0 (no operation on the baseline's loss); at a
+        traced beta of 0 the term is computed and is 0 too."""
+        x = {k: jnp.asarray(v, jnp.float32) if v.dtype != bool else jnp.asarray(v) for k, v in make_inputs(6).items()}
+        _, aux = lm.fpo_dllm_loss(x["new"][:, 0], x["old"][:, 0], x["advantages"], 0.5, dipod_beta=0.0)
+        self.assertIsInstance(aux["dipod_term"], jax.Array)
+        jaxpr = jax.make_jaxpr(lambda n: lm.fpo_dllm_loss(n, x["old"][:, 0], x["advantages"], 0.5)[1]["dipod_term"])
+        self.assertIsInstance(jaxpr(x["new"][:, 0]).jaxpr.outvars[0], jax_core.Literal)
+        traced = jax.jit(lambda beta: lm.fpo_dllm_loss(x["new"][:, 0], x["old"][:, 0], x["advantages"], 0.5,
+                                                       dipod_beta=beta)[1]["dipod_term"])(jnp.float32(0.0))
+        self.assertEqual(float(traced), 0.0)
 
     def test_ppo_clipping_zeroes_gradients_where_it_should(self):
         """d loss / d logp_new is 0 exactly where the clip is active (A > 0, r > 1 + eps or A < 0, r < 1 - eps)."""

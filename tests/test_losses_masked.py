@@ -21,10 +21,15 @@ _MODEL_WEIGHTS = np.random.default_rng(0).normal(size=(SEQ_LEN * (VOCAB + 1), SE
 
 
 def toy_logits(noised, xp=jnp):
-    """A fixed random bidirectional 'model': logits = one_hot(noised sequence) @ W. [B, T] -> [B, T, V]."""
+    """A fixed random bidirectional 'model': logits = one_hot(noised sequence) @ W. [B, T] -> [B, T, V].
+
+    The product runs at full float32 precision on every backend (a GPU would otherwise use TF32), so the tests
+    that compare it with float64 NumPy check the estimators, not the hardware's matmul precision."""
     one_hot = (noised[..., None] == xp.arange(VOCAB + 1)).astype(xp.float32 if xp is jnp else np.float64)
     flat = one_hot.reshape(noised.shape[0], -1)
-    return (flat @ xp.asarray(_MODEL_WEIGHTS, flat.dtype)).reshape(noised.shape[0], SEQ_LEN, VOCAB)
+    weights = xp.asarray(_MODEL_WEIGHTS, flat.dtype)
+    product = jnp.matmul(flat, weights, precision=jax.lax.Precision.HIGHEST) if xp is jnp else flat @ weights
+    return product.reshape(noised.shape[0], SEQ_LEN, VOCAB)
 
 
 def np_log_softmax(logits):
@@ -67,52 +72,86 @@ class MaskingTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_block_random_structure(self):
-        """Later blocks fully masked, earlier blocks visible, chosen block count in SPG's range, t_emp exact."""
-        block_length, min_t, max_t = 4, 0.3, 0.8
-        completion = np.zeros((4, 16), bool)
-        completion[0, 2:15] = True  # 13 tokens: blocks of 4, 4, 4, 1
-        completion[1, 0:16] = True
-        completion[2, 3:6] = True  # a single short block
-        completion[3, 1:9] = True
+        """Release structure (spg_trainer.py forward_process "block_random", lines 338-382) without prompt
+        masking: in each draw the window blocks after the chosen one and the window's padding after the
+        completion are fully masked, earlier blocks and the prompt region visible, the chosen block's masked
+        count in SPG's range; t_emp is the release's empirical_t (line 538)."""
+        block_length, min_t, max_t, prompt_length, window = 4, 0.3, 0.8, 3, 16
+        lengths = [13, 16, 3, 8]  # blocks of 4, 4, 4, 1 | four full | one short | two full
+        completion = np.zeros((4, prompt_length + window), bool)
+        for row, length in enumerate(lengths):
+            completion[row, prompt_length:prompt_length + length] = True
         num_draws = 3
         draw = self.variant(functools.partial(masked.mask_block_random, num_draws=num_draws,
-                                              block_length=block_length, min_t=min_t, max_t=max_t))
+                                              block_length=block_length, window_length=window, min_t=min_t,
+                                              max_t=max_t, p_mask_prompt=0.0))
         for seed in range(2):
             mask, t_emp = draw(jax.random.PRNGKey(seed), jnp.asarray(completion))
             mask, t_emp = np.asarray(mask), np.asarray(t_emp)
-            self.assertFalse(np.any(mask & ~completion[None]))
-            for row in range(completion.shape[0]):
-                positions = np.flatnonzero(completion[row])
-                blocks = np.arange(len(positions)) // block_length
-                num_blocks = blocks.max() + 1
-                chosen = []
+            for row, length in enumerate(lengths):
+                window_block = np.arange(window) // block_length
                 for m in range(num_draws):
-                    hidden = mask[m, row, positions]
-                    first = blocks[np.argmax(hidden)]
-                    chosen.append(first)
-                    self.assertTrue(np.all(hidden[blocks > first]))
-                    self.assertFalse(np.any(hidden[blocks < first]))
-                    n = np.sum(blocks == first)
-                    count = hidden[blocks == first].sum()
+                    hidden = mask[m, row, prompt_length:]
+                    chosen = window_block[np.argmax(hidden)]
+                    self.assertFalse(np.any(mask[m, row, :prompt_length]))
+                    self.assertTrue(np.all(hidden[window_block > chosen]))
+                    self.assertTrue(np.all(hidden[length:]))
+                    self.assertFalse(np.any(hidden[window_block < chosen]))
+                    in_block = (window_block == chosen) & (np.arange(window) < length)
+                    n, count = in_block.sum(), hidden[in_block].sum()
                     low = max(1, int(np.floor(min_t * n)))
                     high = max(low, min(int(np.floor(max_t * n)), n))
                     self.assertTrue(low <= count <= high, (count, low, high))
-                    np.testing.assert_allclose(t_emp[m, row], hidden.sum() / len(positions), rtol=1e-6)
-                if num_draws <= num_blocks:
-                    self.assertEqual(len(set(chosen)), num_draws)
+                    real = completion[row]
+                    np.testing.assert_allclose(t_emp[m, row], (mask[m, row] & real).sum() / real.sum(), rtol=1e-6)
 
-    def test_block_random_chosen_block_is_uniform(self):
-        """Each draw's block is uniform over the real blocks (frequency 1/3 each for three blocks)."""
-        completion = np.zeros((1, 12), bool)
-        completion[0, :11] = True  # blocks of 4, 4, 3
-        # With min_t = max_t = 1 the chosen block and all later ones are fully masked, so the masked count
-        # (11, 7 or 3) identifies the block. Rows are independent, so 6000 copies of the row give 6000 draws.
-        draw = jax.jit(functools.partial(masked.mask_block_random, num_draws=1, block_length=4, min_t=1.0,
-                                         max_t=1.0))
-        mask, _ = draw(jax.random.PRNGKey(6), jnp.asarray(np.repeat(completion, 6000, 0)))
-        hidden_count = np.asarray(mask)[0, :, :11].sum(-1)
-        counts = np.array([np.mean(hidden_count == c) for c in (11, 7, 3)])
-        np.testing.assert_allclose(counts, 1 / 3, atol=0.025)
+    def test_block_random_block_choice_follows_the_release_permutation(self):
+        """The joint law of the two draws' blocks is the release's (spg_trainer.py lines 344-349): a random
+        permutation of the W = 4 window blocks, reduced modulo the completion's n_b blocks, first num_t = 2
+        entries. Exact law by enumerating the 24 permutations; for n_b < W it is not uniform and repeats blocks."""
+        block_length, window, prompt_length, copies = 2, 8, 1, 4000
+        lengths = [2, 3, 5, 8]  # n_b = 1, 2, 3, 4
+        completion = np.zeros((len(lengths), prompt_length + window), bool)
+        for row, length in enumerate(lengths):
+            completion[row, prompt_length:prompt_length + length] = True
+        # min_t = max_t = 1: the chosen block and everything after it are fully masked.
+        draw = jax.jit(functools.partial(masked.mask_block_random, num_draws=2, block_length=block_length,
+                                         window_length=window, min_t=1.0, max_t=1.0, p_mask_prompt=0.0))
+        mask, _ = draw(jax.random.PRNGKey(6), jnp.asarray(np.repeat(completion, copies, 0)))
+        chosen = np.argmax(np.asarray(mask)[:, :, prompt_length:], axis=-1) // block_length  # [2, rows]
+        for row, length in enumerate(lengths):
+            num_blocks = (length - 1) // block_length + 1
+            exact = np.zeros((4, 4))
+            for permutation in itertools.permutations(range(window // block_length)):
+                indices = np.array(permutation) % num_blocks
+                exact[indices[0], indices[1]] += 1 / 24
+            picks = chosen[:, row * copies:(row + 1) * copies]
+            empirical = np.zeros((4, 4))
+            np.add.at(empirical, (picks[0], picks[1]), 1 / copies)
+            np.testing.assert_allclose(empirical, exact, atol=0.035, err_msg=f"n_b = {num_blocks}")
+        self.assertAlmostEqual(exact[0, 0], 0.0)  # n_b = 4 = W: two distinct blocks
+
+    def test_block_random_prompt_masking(self):
+        """use_mask_prompt (release lines 375-379): every position before the chosen block (prompt region,
+        left padding included, and earlier blocks' real tokens) is masked with probability p_mask_prompt,
+        independently; masked earlier-block tokens count in t_emp (line 538), masked prompt positions do not."""
+        block_length, window, prompt_length, copies = 2, 6, 3, 3000
+        completion = np.zeros((1, prompt_length + window), bool)
+        completion[0, prompt_length:prompt_length + 6] = True
+        # min_t = max_t = 0.5: exactly one of the chosen block's two tokens is masked, so a last block with one
+        # masked token identifies draws that chose it, whatever was masked before it.
+        draw = jax.jit(functools.partial(masked.mask_block_random, num_draws=2, block_length=block_length,
+                                         window_length=window, min_t=0.5, max_t=0.5, p_mask_prompt=0.15))
+        completion_rows = np.repeat(completion, copies, 0)
+        mask, t_emp = draw(jax.random.PRNGKey(8), jnp.asarray(completion_rows))
+        mask, t_emp = np.asarray(mask), np.asarray(t_emp)
+        np.testing.assert_allclose(mask[:, :, :prompt_length].mean(), 0.15, atol=0.01)
+        chose_last = mask[:, :, prompt_length + 4:].sum(-1) == 1
+        earlier = mask[:, :, prompt_length:prompt_length + 4][chose_last]
+        self.assertGreater(earlier.shape[0], 1500)
+        np.testing.assert_allclose(earlier.mean(), 0.15, atol=0.015)
+        np.testing.assert_allclose(t_emp, (mask & completion_rows[None]).sum(-1) / 6, rtol=1e-6)
+        self.assertTrue(np.any(t_emp[chose_last] > 1 / 6))
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_completion_and_prompt_masking_rate(self):
@@ -135,11 +174,19 @@ class MaskingTest(chex.TestCase):
         with self.assertRaisesRegex(ValueError, "completion_mask"):
             masked.mask_uniform_count(key, completion.at[1].set(False), 2)
         with self.assertRaisesRegex(ValueError, "block_length"):
-            masked.mask_block_random(key, completion, 2, 0)
+            masked.mask_block_random(key, completion, 2, 0, 4)
         with self.assertRaisesRegex(ValueError, "min_t"):
-            masked.mask_block_random(key, completion, 2, 2, min_t=0.9, max_t=0.5)
+            masked.mask_block_random(key, completion, 2, 2, 4, min_t=0.9, max_t=0.5)
         with self.assertRaisesRegex(ValueError, "max_t"):
-            masked.mask_block_random(key, completion, 2, 2, max_t=1.5)
+            masked.mask_block_random(key, completion, 2, 2, 4, max_t=1.5)
+        with self.assertRaisesRegex(ValueError, "p_mask_prompt"):
+            masked.mask_block_random(key, completion, 2, 2, 4, p_mask_prompt=-0.1)
+        with self.assertRaisesRegex(ValueError, "window_length"):
+            masked.mask_block_random(key, completion, 2, 2, 6)
+        with self.assertRaisesRegex(ValueError, "first position of the generation window"):
+            masked.mask_block_random(key, completion, 2, 2, 3)
+        with self.assertRaisesRegex(ValueError, "num_draws"):
+            masked.mask_block_random(key, completion, 3, 2, 4)
         with self.assertRaisesRegex(ValueError, "p_mask_prompt"):
             masked.mask_completion_and_prompt(key, ~completion, completion, 1.5)
         with self.assertRaisesRegex(ValueError, "overlap"):
@@ -254,7 +301,7 @@ class EstimatorTest(chex.TestCase):
         for draw in range(4):
             logits = np.asarray(toy_logits(np.where(mask[draw], MASK_ID, TOKENS), np), np.float64)
             expected = np.take_along_axis(np_log_softmax(logits), TOKENS[..., None], -1)[..., 0]
-            np.testing.assert_allclose(got[draw], expected, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(got[draw], expected, rtol=1e-5, atol=1e-5)
         with self.assertRaises(AssertionError):
             masked.masked_token_log_probs(toy_logits, jnp.asarray(TOKENS), jnp.asarray(mask[0]), MASK_ID)
 
@@ -265,7 +312,7 @@ class EstimatorTest(chex.TestCase):
         per_draw = np.stack([np_log_softmax(np.asarray(toy_logits(np.where(m, MASK_ID, TOKENS), np), np.float64))
                              for m in np.asarray(mask)])
         token_logp = np.take_along_axis(per_draw, np.broadcast_to(TOKENS, per_draw.shape[:3])[..., None], -1)[..., 0]
-        np.testing.assert_allclose(got, np_elbo(token_logp, np.asarray(mask), COMPLETION), rtol=1e-5)
+        np.testing.assert_allclose(got, np_elbo(token_logp, np.asarray(mask), COMPLETION), rtol=1e-5, atol=1e-5)
 
     def test_estimators_reject_bad_arguments(self):
         """beta_e <= 0, mix weight outside [0, 1] and mismatched shapes are rejected."""
@@ -370,7 +417,7 @@ class ExactLikelihoodTest(chex.TestCase, parameterized.TestCase):
 
         @jax.jit
         def both(key):
-            mask, t_emp = masked.mask_block_random(key, completion, 1, 2)
+            mask, t_emp = masked.mask_block_random(key, completion, 1, 2, window_length=4)
             token_logp = masked.token_log_probs(toy_logits(masked.apply_mask(tokens, mask[0], MASK_ID)), tokens)
             return (masked.spg_elbo_from_token_logprobs(token_logp[None], mask, completion),
                     masked.spg_eubo_from_token_logprobs(token_logp[None], mask, completion, t_emp, 1.5), t_emp[0])

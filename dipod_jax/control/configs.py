@@ -8,12 +8,15 @@ minibatches of batch_size * unroll_length transitions.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 ALGORITHMS = ("ppo", "fpo", "fpo++")
 CFM_VARIANTS = ("velocity", "eps")
+CFM_REDUCTIONS = ("mean", "sum", "sqrt")
 TAU_SCHEDULES = ("grid", "uniform", "beta")
 TRUST_REGIONS = ("ppo", "spo", "aspo")
+ADVANTAGE_NORMALIZATIONS = ("minibatch", "rollout", "none")
+TIMEOUT_BOOTSTRAPS = ("next_value", "current_value")  # dipod_jax.losses.gae's truncation_bootstrap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +43,21 @@ class TrainConfig:
     gae_lambda: float = 0.95
     reward_scaling: float = 10.0
     normalize_observations: bool = True
-    value_loss_coef: float = 0.5  # times 0.5 * MSE: the reference's 0.25 * MSE
+    # The critic adds value_loss_coef * 0.5 * mean (V - R)^2 to the loss: the default 0.5 is 0.25 * MSE (Brax /
+    # the FPO reference); the FPO++ release adds value_loss_coef * MSE, so its coefficient c is 2c here.
+    value_loss_coef: float = 0.5
     clip_eps: Optional[float] = None  # None: 0.3 for ppo (reference PPO), 0.05 for fpo / fpo++
     entropy_cost: float = 1e-2  # ppo only
+    adam_betas: Tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0  # > 0: AdamW (decoupled), as the FPO++ release
+    # "minibatch": (A - mean) / (std + 1e-8) within each minibatch (Brax PPO, the FPO reference); "rollout": over
+    # the whole rollout with the unbiased std, once per iteration (the FPO++ release); "none". None: "rollout"
+    # for fpo++, "minibatch" otherwise.
+    advantage_normalization: Optional[str] = None
+    # Time limits: "next_value" bootstraps from V of the observation actually reached, recorded before the
+    # auto-reset (correct); "current_value" adds gamma * V(s_t) to the reward of a timed-out step and ends the
+    # recursion there (the FPO++ release, rsl_rl's approximation).
+    timeout_bootstrap: str = "next_value"
     # Networks.
     actor_hidden: Tuple[int, ...] = (32, 32, 32, 32)
     critic_hidden: Tuple[int, ...] = (256, 256, 256, 256, 256)
@@ -52,12 +67,18 @@ class TrainConfig:
     time_embed_dim: int = 8
     output_scale: float = 0.25
     cfm_variant: str = "eps"
+    cfm_reduction: str = "mean"  # over action dimensions: "mean" | "sum" | "sqrt" (sum / sqrt(D))
+    cfm_huber_delta: Optional[float] = None  # the FPO++ release's Huber error (None: squared error)
     tau_schedule: Optional[str] = None  # None: "grid" for fpo, "beta" for fpo++
     tau_beta_b: float = 2.0
     trust_region: Optional[str] = None  # None: "ppo" for fpo, "aspo" for fpo++
-    advantage_clamp: Optional[float] = None  # fpo++ only
-    loss_clamp: float = 20.0
+    # FPO++ clamps (fpo++ only; see dipod_jax.losses.fpo_pp_loss). advantage_clamp: c or (positive_max,
+    # negative_max); loss_clamp: l_new where A < 0 (None: off); log_ratio_clamp: straight-through, from above;
+    # cfm_loss_clamp: l_old and l_new for every sample (<= 0: off).
+    advantage_clamp: Optional[Union[float, Tuple[float, float]]] = None
+    loss_clamp: Optional[float] = 20.0
     log_ratio_clamp: float = 10.0
+    cfm_loss_clamp: float = -1.0
     # Self-distillation (release defaults); 0 iterations disables it.
     sd_init_iterations: int = 0
     sd_every: int = 0  # interleave sd_interleaved_iterations of self-distillation every k RL iterations
@@ -108,6 +129,12 @@ class TrainConfig:
         return "aspo" if self.algo == "fpo++" else "ppo"
 
     @property
+    def resolved_advantage_normalization(self) -> str:
+        if self.advantage_normalization is not None:
+            return self.advantage_normalization
+        return "rollout" if self.algo == "fpo++" else "minibatch"
+
+    @property
     def is_flow(self) -> bool:
         return self.algo in ("fpo", "fpo++")
 
@@ -134,25 +161,39 @@ def validate_config(config: TrainConfig) -> None:
         fail("num_envs", f"must divide num_minibatches * batch_size * unroll_length = {transitions}")
     if config.episode_length is not None and config.episode_length < 1:
         fail("episode_length", "must be >= 1 or None")
-    for field in ("output_scale", "loss_clamp", "log_ratio_clamp", "tau_beta_b",
+    for field in ("output_scale", "log_ratio_clamp", "tau_beta_b",
                   "sd_learning_rate", "sd_max_grad_norm", "reward_scaling"):
         if not getattr(config, field) > 0:
             fail(field, "must be > 0")
     for field in ("discounting", "gae_lambda"):
         if not 0.0 <= getattr(config, field) <= 1.0:
             fail(field, "must be in [0, 1]")
-    for field in ("dipod_beta", "value_loss_coef", "entropy_cost", "sd_weight_decay"):
+    for field in ("dipod_beta", "value_loss_coef", "entropy_cost", "sd_weight_decay", "weight_decay"):
         if not getattr(config, field) >= 0.0:
             fail(field, "must be >= 0")
-    for field in ("learning_rate", "clip_eps", "max_grad_norm", "advantage_clamp"):
+    for field in ("learning_rate", "clip_eps", "max_grad_norm", "loss_clamp", "cfm_huber_delta"):
         if getattr(config, field) is not None and not getattr(config, field) > 0:
             fail(field, "must be > 0 or None")
+    if config.advantage_clamp is not None:
+        bounds = config.advantage_clamp if isinstance(config.advantage_clamp, tuple) else (config.advantage_clamp,)
+        if len(bounds) not in (1, 2) or not all(isinstance(b, (int, float)) and b > 0 for b in bounds):
+            fail("advantage_clamp", "must be None, a number > 0 or a pair (positive_max, negative_max) of numbers > 0")
+    if not isinstance(config.cfm_loss_clamp, (int, float)):
+        fail("cfm_loss_clamp", "must be a number (<= 0: off)")
+    if len(config.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in config.adam_betas):
+        fail("adam_betas", "must be a pair of numbers in [0, 1)")
     if not config.actor_hidden or min(config.actor_hidden) < 1:
         fail("actor_hidden", "must be a non-empty tuple of positive widths")
     if not config.critic_hidden or min(config.critic_hidden) < 1:
         fail("critic_hidden", "must be a non-empty tuple of positive widths")
     if config.cfm_variant not in CFM_VARIANTS:
         fail("cfm_variant", f"must be one of {CFM_VARIANTS}")
+    if config.cfm_reduction not in CFM_REDUCTIONS:
+        fail("cfm_reduction", f"must be one of {CFM_REDUCTIONS}")
+    if config.advantage_normalization is not None and config.advantage_normalization not in ADVANTAGE_NORMALIZATIONS:
+        fail("advantage_normalization", f"must be one of {ADVANTAGE_NORMALIZATIONS} or None")
+    if config.timeout_bootstrap not in TIMEOUT_BOOTSTRAPS:
+        fail("timeout_bootstrap", f"must be one of {TIMEOUT_BOOTSTRAPS}")
     if config.tau_schedule is not None and config.tau_schedule not in TAU_SCHEDULES:
         fail("tau_schedule", f"must be one of {TAU_SCHEDULES} or None")
     if config.trust_region is not None and config.trust_region not in TRUST_REGIONS:
@@ -175,9 +216,46 @@ ENV_PRESETS = {
 }
 
 
-def preset_config(env_name: str, **overrides) -> TrainConfig:
-    """The preset for `env_name` (reference layout when none is listed), with `overrides`, validated."""
+# FPO++ as the authors run it (DiPOD release, fpo-control/isaaclab_fpo): "fpo++_base" is rl_cfg.py's defaults
+# (FpoRslRlPpoAlgorithmCfg, FpoRslRlPpoActorCriticCfg) with the locomotion networks of task_cfgs.py (Go2, H1,
+# G1: actor 3 x 256, critic 3 x 768; H1 / G1 / Spot raise epochs and samples to 32); "fpo++_motion_tracking" is
+# G1FlatMotionTrackingFlowPPORunnerCfg. Layout: num_steps_per_env steps per environment = num_minibatches *
+# unroll_length with batch_size = num_envs (override num_envs and batch_size together); 4096 environments is
+# Isaac Lab's scene size for these tasks (set by the environment, not by rl_cfg.py). value_loss_coef is the
+# release's 1.0 x MSE, i.e. 2.0 here. What the release has and TrainConfig lacks (ELU networks, clip_actions 2
+# instead of tanh, action_perturb_std 0.02, EMA weights, motion tracking's kNN entropy bonus and KL-adaptive
+# learning rate, one minibatch partition for all epochs) is listed in README.md.
+_FPO_PP_RELEASE = dict(
+    algo="fpo++", num_envs=4096, batch_size=4096, num_minibatches=4, unroll_length=6, num_updates_per_batch=16,
+    learning_rate=1e-4, max_grad_norm=1.0, adam_betas=(0.9, 0.999), weight_decay=1e-4, discounting=0.99,
+    gae_lambda=0.95, reward_scaling=1.0, normalize_observations=True, value_loss_coef=2.0,
+    advantage_normalization="rollout", clip_eps=0.05, trust_region="aspo", actor_hidden=(256, 256, 256),
+    critic_hidden=(768, 768, 768), num_flow_steps=64, num_cfm_samples=16, time_embed_dim=8, output_scale=1.0,
+    cfm_variant="velocity", cfm_reduction="sqrt", cfm_huber_delta=None, tau_schedule="beta", tau_beta_b=1.0,
+    advantage_clamp=(100.0, 100.0), loss_clamp=20.0, log_ratio_clamp=10.0, cfm_loss_clamp=20.0)
+ALGORITHM_PRESETS = {
+    "fpo++_base": _FPO_PP_RELEASE,
+    "fpo++_motion_tracking": dict(
+        _FPO_PP_RELEASE, num_minibatches=6, unroll_length=8, adam_betas=(0.9, 0.95), clip_eps=0.01,
+        actor_hidden=(1024, 512, 256), critic_hidden=(1024, 512, 256), cfm_reduction="mean", cfm_loss_clamp=-1.0,
+        log_ratio_clamp=3.0),
+}
+
+
+def preset_fields(env_name: str, algorithm_preset: Optional[str] = None) -> dict:
+    """TrainConfig fields: ENV_PRESETS[env_name] (the reference layout when none is listed), then
+    ALGORITHM_PRESETS[algorithm_preset] when given (ValueError naming the known presets otherwise)."""
     fields = dict(ENV_PRESETS.get(env_name, {}))
+    if algorithm_preset is not None:
+        if algorithm_preset not in ALGORITHM_PRESETS:
+            raise ValueError(f"unknown algorithm preset {algorithm_preset!r}; known: {sorted(ALGORITHM_PRESETS)}")
+        fields.update(ALGORITHM_PRESETS[algorithm_preset])
+    return fields
+
+
+def preset_config(env_name: str, algorithm_preset: Optional[str] = None, **overrides) -> TrainConfig:
+    """The preset for `env_name` (and `algorithm_preset`, see `preset_fields`) with `overrides`, validated."""
+    fields = preset_fields(env_name, algorithm_preset)
     fields.update(overrides)
     config = TrainConfig(env_name=env_name, **fields)
     validate_config(config)

@@ -11,9 +11,12 @@ Every function is free of Python side effects, so `jax.vmap(init)(keys)` and
 
 Per iteration: roll out `rollout_length` steps in `num_envs` environments with the current policy and the
 current observation statistics; compute GAE once with the pre-update critic (values of the observation reached
-before auto-reset, so time limits bootstrap); run `num_updates_per_batch` epochs of shuffled minibatches;
-then merge the rollout's observations into the running statistics. Updating the statistics after the epochs
-(Brax and the FPO reference update them before) keeps the first minibatch's ratio at 1 up to rounding.
+before auto-reset, so time limits bootstrap; `timeout_bootstrap="current_value"` is the FPO++ release's
+approximation) and normalise the advantages over the rollout or per minibatch (`advantage_normalization`);
+run `num_updates_per_batch` epochs of shuffled minibatches (reshuffled every epoch; the FPO++ release keeps one
+partition for all epochs); then merge the rollout's observations into the running statistics. Updating the
+statistics after the epochs (Brax and the FPO reference update them before) keeps the first minibatch's ratio
+at 1 up to rounding.
 """
 from __future__ import annotations
 
@@ -143,9 +146,12 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None) -> Traine
         actor = VelocityMLP(config.actor_hidden, action_size, config.time_embed_dim, config.output_scale)
     else:
         actor = GaussianPolicyMLP(config.actor_hidden, action_size)
+    b1, b2 = config.adam_betas
+    adam = optax.adamw(config.resolved_learning_rate, b1, b2, weight_decay=config.weight_decay) \
+        if config.weight_decay else optax.adam(config.resolved_learning_rate, b1, b2)
     optimizer = optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm) if config.max_grad_norm else optax.identity(),
-        optax.adam(config.resolved_learning_rate))
+        optax.clip_by_global_norm(config.max_grad_norm) if config.max_grad_norm else optax.identity(), adam)
+    advantage_normalization = config.resolved_advantage_normalization
 
     def velocity_fn(actor_params):
         return functools.partial(actor.apply, actor_params)
@@ -156,6 +162,10 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None) -> Traine
     def draw_tau_eps(key, batch_size):
         return losses.draw_tau_eps(key, batch_size, config.num_cfm_samples, action_size, tau_schedule,
                                    config.num_flow_steps, config.tau_beta_b)
+
+    def cfm_loss(velocity, obs, action, tau, eps):
+        return losses.cfm_loss(velocity, obs, action, tau, eps, config.cfm_variant, config.cfm_reduction,
+                               config.cfm_huber_delta)
 
     def make_act(actor_params, stats, deterministic=False, with_extras=True):
         """The rollout policy: raw obs [E, S] -> (unsquashed action [E, D], extras)."""
@@ -169,7 +179,7 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None) -> Traine
                 if not with_extras:
                     return action, ()
                 tau, eps = draw_tau_eps(key_samples, obs.shape[0])
-                l_old = losses.cfm_loss(velocity, obs_n, action, tau, eps, config.cfm_variant)
+                l_old = cfm_loss(velocity, obs_n, action, tau, eps)
                 return action, FlowExtras(tau, eps, l_old)
             mean, std = actor.apply(actor_params, obs_n)
             if deterministic:
@@ -180,21 +190,23 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None) -> Traine
 
     def policy_loss(actor_params, batch: Batch, key):
         """Policy-gradient loss (DiPOD term included) and its diagnostics for one minibatch."""
-        advantages = losses.normalize_advantages(batch.advantages)
+        advantages = batch.advantages
+        if advantage_normalization == "minibatch":
+            advantages = losses.normalize_advantages(advantages)
         if config.algo == "ppo":
             mean, std = actor.apply(actor_params, batch.obs)
             logp_new = gaussian_log_prob(batch.action, mean, std)
             entropy = squashed_entropy_estimate(mean, std, key)
             return losses.ppo_loss(logp_new, batch.extras.logp_old, advantages, clip_eps, entropy=entropy,
                                    entropy_coef=config.entropy_cost, dipod_beta=config.dipod_beta)
-        l_new = losses.cfm_loss(velocity_fn(actor_params), batch.obs, batch.action, batch.extras.tau,
-                                batch.extras.eps, config.cfm_variant)
+        l_new = cfm_loss(velocity_fn(actor_params), batch.obs, batch.action, batch.extras.tau, batch.extras.eps)
         if config.algo == "fpo":
             return losses.fpo_loss(batch.extras.l_old, l_new, advantages, clip_eps,
                                    config.resolved_trust_region, config.dipod_beta)
         return losses.fpo_pp_loss(batch.extras.l_old, l_new, advantages, clip_eps, config.resolved_trust_region,
-                                  config.advantage_clamp, config.loss_clamp, config.log_ratio_clamp,
-                                  config.dipod_beta)
+                                  advantage_clamp=config.advantage_clamp, loss_clamp=config.loss_clamp,
+                                  log_ratio_clamp=config.log_ratio_clamp, dipod_beta=config.dipod_beta,
+                                  cfm_loss_clamp=config.cfm_loss_clamp)
 
     def total_loss(params, batch: Batch, key):
         pg_total, aux = policy_loss(params["actor"], batch, key)
@@ -237,9 +249,13 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None) -> Traine
                                          jnp.maximum(transitions.termination, transitions.truncation))
         advantages, returns = losses.gae(transitions.reward * config.reward_scaling, values, next_values,
                                          transitions.termination, transitions.truncation, config.discounting,
-                                         config.gae_lambda)
+                                         config.gae_lambda, truncation_bootstrap=config.timeout_bootstrap)
+        trained_advantages = advantages
+        if advantage_normalization == "rollout":
+            trained_advantages = losses.normalize_advantages(advantages, unbiased=True)
         flatten = lambda x: x.reshape((rollout_length * num_envs,) + x.shape[2:])  # noqa: E731
-        batch = jax.tree.map(flatten, Batch(obs_n, transitions.action, advantages, returns, transitions.extras))
+        batch = jax.tree.map(flatten, Batch(obs_n, transitions.action, trained_advantages, returns,
+                                            transitions.extras))
         (params, opt_state, _), update_metrics = jax.lax.scan(
             epoch, (state.params, state.opt_state, batch),
             jax.random.split(key_epochs, config.num_updates_per_batch))
@@ -279,7 +295,7 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None) -> Traine
 
         def sd_loss(student, obs, action, key):
             tau, eps = draw_tau_eps(key, obs.shape[0])
-            l_student = losses.cfm_loss(velocity_fn(student), obs, action, tau, eps, config.cfm_variant)
+            l_student = cfm_loss(velocity_fn(student), obs, action, tau, eps)
             return losses.self_distillation_loss(l_student)
 
         def sd_iteration(carry, key):

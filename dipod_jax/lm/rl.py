@@ -5,12 +5,13 @@ A step on a batch of prompts (each repeated G times, rows grouped as p * G + g):
   2. Host side: the completion mask (up to and including the first EOS) and the task reward, a Python
      function of the generated tokens (`rollout_batch_from_tokens`); this keeps decoding out of the jit.
   3. `make_update_fn` (the pure, jitted core; arrays in, arrays out): GRPO advantages r - mean_group(r),
-     forward masks drawn once per batch, old and reference quantities frozen at the start of the batch, then
+     forward masks (once per batch, or per inner iteration where the method's release draws them so), old and
+     reference quantities frozen at the start of the batch, then
      mu inner iterations of the chosen loss (ALGORITHMS.md section 3), each an AdamW step (after global-norm
      clipping) on the gradient averaged over grad_accum_steps micro-batches:
        diffu_grpo  per-token ratio from one forward pass of a fresh one-step mask per iteration, k3 KL
        fpo         sequence ratio exp(ELBO_new - ELBO_old) over M stored uniform-count masks, ELBO KL
-       spg         sandwiched ELBO / EUBO log-likelihood over block-random masks, no ratio
+       spg         sandwiched ELBO / EUBO log-likelihood over fresh block-random masks per iteration, no ratio
      Every loss comes from dipod_jax.losses.lm and carries `dipod_beta` (0 = the baseline bit for bit).
      With kl_beta > 0 a reference copy of the trainable parameters is kept and re-synchronised to the current
      ones every `ref_sync_every` steps.
@@ -177,7 +178,8 @@ def prepare_inputs(config: RLConfig, graphdef, mask_id: int, state: TrainState, 
 
     Returns (fixed, per_iteration): fixed is a dict of batch-first arrays [N, ...] used by every inner
     iteration (mask stacks stored as [N, M, T]); per_iteration a dict of [mu, N, ...] arrays, one slice per
-    inner iteration (diffu-GRPO's fresh one-step masks and their old / reference log-probs).
+    inner iteration (diffu-GRPO's fresh one-step masks and their old / reference log-probs; SPG's fresh
+    block-random masks [mu, N, M, T] and t_emp [mu, N, M]).
     """
     tokens, completion_mask = batch.tokens, batch.completion_mask
     mask_key, iteration_key = jax.random.split(key)
@@ -211,13 +213,18 @@ def prepare_inputs(config: RLConfig, graphdef, mask_id: int, state: TrainState, 
             per_iteration["token_logp_ref"] = jax.lax.stop_gradient(
                 masked_token_log_probs(ref_logits, tokens, one_step_masks, mask_id))
     if config.method == "spg":
-        spg_masks, t_emp = mask_block_random(mask_key, completion_mask, config.spg_num_draws,
-                                             config.spg_block_length, config.spg_min_t, config.spg_max_t)
-        # As SPG, the padding after the first EOS is hidden from the model too; the estimators count only
-        # real completion tokens, so OR-ing it in changes no score.
-        hidden = spg_masks | (_generation_region(batch) & ~completion_mask)[None]
-        fixed["spg_masks"] = jnp.swapaxes(hidden, 0, 1)
-        fixed["t_emp"] = jnp.swapaxes(t_emp, 0, 1)
+        # As the release: a fresh block-random draw per inner iteration (SPG has no old or reference
+        # quantities, so nothing else shares it); the blocks cut the sampler's gen_length window.
+        p_mask_prompt = config.p_mask_prompt if config.spg_use_mask_prompt else 0.0
+
+        def spg_draw(iteration):
+            masks, t_emp = mask_block_random(iteration, completion_mask, config.spg_num_draws,
+                                             config.spg_block_length, config.gen_length, config.spg_min_t,
+                                             config.spg_max_t, p_mask_prompt)
+            return jnp.swapaxes(masks, 0, 1), jnp.swapaxes(t_emp, 0, 1)
+
+        iteration_keys = jax.random.split(iteration_key, config.num_inner_iterations)
+        per_iteration["spg_masks"], per_iteration["t_emp"] = jax.vmap(spg_draw)(iteration_keys)
     return fixed, per_iteration
 
 

@@ -2,7 +2,8 @@
 
 `RLConfig` is a frozen dataclass validated on construction: every bad value raises ValueError naming the
 field, before anything is compiled. `preset(task)` gives the paper's settings (ALGORITHMS.md section 3)
-scaled down for a CPU and a tiny character-level model; `PAPER_SETTINGS` keeps the paper's own values.
+scaled down for a CPU and a tiny character-level model; `paper_preset(name)` gives the authors' release
+configurations (`PAPER_PRESETS`, built on the shared `PAPER_SETTINGS`).
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ class RLConfig:
       global-norm clipping at max_grad_norm; lora_only trains only the LoRA adapters.
     Estimators: num_elbo_draws M masks per completion for the sequence ELBO (FPO ratio, DiPOD term of
       diffu-GRPO); p_mask_prompt for diffu-GRPO's one-step estimate; spg_num_draws, spg_block_length,
-      spg_min_t, spg_max_t, spg_beta_e, spg_mix_weight for SPG's block-random masks and EUBO.
+      spg_min_t, spg_max_t, spg_beta_e, spg_mix_weight for SPG's block-random masks and EUBO (a fresh draw per
+      inner iteration; the blocks cut the gen_length window, at most ceil(gen_length / spg_block_length) draws);
+      spg_use_mask_prompt masks SPG's prompt and earlier-block tokens with probability p_mask_prompt too.
     Sampler: gen_length, block_length, diffusion_steps, temperature, remasking (dipod_jax.lm.sampler).
     Controls and monitoring: placebo shuffles the rewards within each group before the advantages are formed
       (the same update machinery driven by uninformative advantages: the drift a real result must overcome);
@@ -63,6 +66,7 @@ class RLConfig:
     spg_max_t: float = 1.0
     spg_beta_e: float = 1.0
     spg_mix_weight: float = 0.5
+    spg_use_mask_prompt: bool = True
     gen_length: int = 256
     block_length: int = 32
     diffusion_steps: int = 128
@@ -129,6 +133,12 @@ def validate_config(config: RLConfig) -> None:
              "0 for method 'spg' (SPG has no reference-model KL term)")
     _require(config.spg_min_t <= config.spg_max_t, "spg_min_t", config.spg_min_t,
              f"<= spg_max_t={config.spg_max_t}")
+    _require(isinstance(config.spg_use_mask_prompt, bool), "spg_use_mask_prompt", config.spg_use_mask_prompt,
+             "a bool")
+    if config.method == "spg":
+        window_blocks = -(-config.gen_length // config.spg_block_length)
+        _require(config.spg_num_draws <= window_blocks, "spg_num_draws", config.spg_num_draws,
+                 f"<= ceil(gen_length / spg_block_length) = {window_blocks} (as the release asserts num_t <= blocks)")
     _require(config.rollout_batch_size % config.grad_accum_steps == 0, "grad_accum_steps",
              config.grad_accum_steps, f"a divisor of num_prompts * num_generations = {config.rollout_batch_size}")
     _require(config.gen_length % config.block_length == 0, "block_length", config.block_length,
@@ -138,11 +148,48 @@ def validate_config(config: RLConfig) -> None:
              f"a multiple of gen_length / block_length = {num_blocks}")
 
 
-# The paper's language settings (LLaDA-8B-Instruct, ALGORITHMS.md section 3), for reference and GPU runs.
-PAPER_SETTINGS = dict(num_generations=6, num_inner_iterations=8, clip_eps=0.5, learning_rate=3e-6,
-                      adam_b1=0.9, adam_b2=0.99, weight_decay=0.1, max_grad_norm=0.2, num_elbo_draws=4,
-                      p_mask_prompt=0.15, spg_num_draws=2, spg_block_length=32, gen_length=256, block_length=32,
-                      diffusion_steps=128, temperature=0.3, lora_only=True)
+# The authors' release (Astro-Eric/DiPOD-release: LLaDA-8B-Instruct, LoRA r = 128, alpha = 64, bf16, 8 GPUs), read
+# from its train.yaml files and launch scripts. Every paper run: 16 prompts x 6 completions per optimizer step
+# (6 rows per GPU x 8 GPUs x 2 accumulation steps, SPG Sudoku 3 x 8 x 4), AdamW lr 3e-6 (constant after a
+# negligible warm-up), betas (0.9, 0.99), weight decay 0.1, gradient clip 0.2, 256 tokens in blocks of 32,
+# 128 sampler steps, low-confidence remasking, p_mask_prompt 0.15.
+PAPER_SETTINGS = dict(num_prompts=16, num_generations=6, learning_rate=3e-6, adam_b1=0.9, adam_b2=0.99,
+                      weight_decay=0.1, max_grad_norm=0.2, gen_length=256, block_length=32, diffusion_steps=128,
+                      remasking="low_confidence", p_mask_prompt=0.15, lora_only=True)
+# d1-FPO (language/d1/diffu-grpo: train.yaml with fpo true, NUM_ITER=8 in the launch scripts): clip 0.5, ELBO KL
+# 0.04 to a reference (train.yaml: ref_model_sync_steps 64), 4 ELBO draws, DiPOD beta 0.05. The scripts set
+# no temperature, so the config default 0.9 samples; the Sudoku scripts' `--temperature 0.3` sits on a line
+# after one without its continuation backslash, so it never reached the trainer: "fpo/sudoku" is what ran
+# (0.9), "fpo/sudoku@t0.3" what the script meant.
+_PAPER_FPO = dict(PAPER_SETTINGS, method="fpo", num_inner_iterations=8, clip_eps=0.5, kl_beta=0.04,
+                  ref_sync_every=64, num_elbo_draws=4, dipod_beta=0.05, temperature=0.9)
+# SPG (language/SPG/spg/slurm_scripts/spg_mix): NUM_ITER=4, block_random masks with num_t 2, min_t 0, max_t 1,
+# prompt masking on, "mix" with weight 0.5, EUBO beta 1.0 (Sudoku) / 1.5 (Countdown, GSM8K, MATH), no KL,
+# DiPOD beta 0.05; temperature 0.9 (config default) except Sudoku's 0.3.
+_PAPER_SPG = dict(PAPER_SETTINGS, method="spg", spg_estimator="mix", num_inner_iterations=4, kl_beta=0.0,
+                  spg_num_draws=2, spg_block_length=32, spg_min_t=0.0, spg_max_t=1.0, spg_mix_weight=0.5,
+                  spg_use_mask_prompt=True, dipod_beta=0.05, temperature=0.9)
+PAPER_PRESETS = {
+    "fpo/sudoku": _PAPER_FPO,
+    "fpo/sudoku@t0.3": dict(_PAPER_FPO, temperature=0.3),
+    "fpo/countdown": _PAPER_FPO,
+    "fpo/gsm8k": _PAPER_FPO,
+    "fpo/math": _PAPER_FPO,
+    "spg/sudoku_split_new": dict(_PAPER_SPG, spg_beta_e=1.0, temperature=0.3),
+    "spg/countdown": dict(_PAPER_SPG, spg_beta_e=1.5),
+    "spg/gsm8k": dict(_PAPER_SPG, spg_beta_e=1.5),
+    "spg/math": dict(_PAPER_SPG, spg_beta_e=1.5),
+}
+
+
+def paper_preset(name: str, **overrides) -> RLConfig:
+    """The release's configuration `name` ("<method>/<task>", a key of PAPER_PRESETS) with `overrides`
+    (e.g. dipod_beta=0.0 for the baseline runs), validated."""
+    if name not in PAPER_PRESETS:
+        raise ValueError(f"no paper preset {name!r}; known: {sorted(PAPER_PRESETS)}")
+    _check_fields(overrides)
+    return RLConfig(**{**PAPER_PRESETS[name], **overrides})
+
 
 # CPU-scale presets for the tiny character-level models of experiments/lm_pretrain.py. The structure (G, mu,
 # clip, betas, masks, estimators) is the paper's; lengths, the learning rate (a tiny fully fine-tuned model,
@@ -160,11 +207,15 @@ _TASK_PRESETS = {
 }
 
 
+def _check_fields(overrides) -> None:
+    unknown = set(overrides) - {field.name for field in dataclasses.fields(RLConfig)}
+    if unknown:
+        raise ValueError(f"unknown RLConfig fields {sorted(unknown)}")
+
+
 def preset(task: str, **overrides) -> RLConfig:
     """The CPU-scale RLConfig for `task` (a key of _TASK_PRESETS), with `overrides` applied and validated."""
     if task not in _TASK_PRESETS:
         raise ValueError(f"no RL preset for task {task!r}; known: {sorted(_TASK_PRESETS)}")
-    unknown = set(overrides) - {field.name for field in dataclasses.fields(RLConfig)}
-    if unknown:
-        raise ValueError(f"unknown RLConfig fields {sorted(unknown)}")
+    _check_fields(overrides)
     return RLConfig(**{**_CPU_COMMON, **_TASK_PRESETS[task], **overrides})

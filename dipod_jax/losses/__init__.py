@@ -36,7 +36,13 @@ from dipod_jax.losses.masked import (
     spg_mix,
     token_log_probs,
 )
-from dipod_jax.losses.policy_gradient import fpo_loss, fpo_pp_loss, ppo_loss, self_distillation_loss
+from dipod_jax.losses.policy_gradient import (
+    clamp_advantages,
+    fpo_loss,
+    fpo_pp_loss,
+    ppo_loss,
+    self_distillation_loss,
+)
 from dipod_jax.losses.trust_region import (
     aspo_objective,
     clip_fraction,
@@ -51,6 +57,7 @@ __all__ = [
     "aspo_objective",
     "cfm_loss",
     "cfm_loss_from_velocity",
+    "clamp_advantages",
     "clip_fraction",
     "diffu_grpo_loss",
     "dipod_regularizer",

@@ -7,6 +7,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+TRUNCATION_BOOTSTRAPS = ("next_value", "current_value")
+
 
 def gae(
     rewards: chex.Array,
@@ -16,12 +18,16 @@ def gae(
     truncations: chex.Array,
     gamma: float,
     gae_lambda: float,
+    truncation_bootstrap: str = "next_value",
 ) -> Tuple[chex.Array, chex.Array]:
     """Generalised advantage estimation over a rollout with auto-reset environments.
 
     An episode ends at step t when it terminates or is truncated. A termination bootstraps nothing; a
     truncation bootstraps from the value of the observation actually reached, `next_values[t]`, which the
     rollout records before the auto-reset. Either way the recursion does not carry across the boundary.
+    truncation_bootstrap="current_value" is the FPO++ release's (rsl_rl's) approximation instead: a truncated
+    step's reward gets gamma * V(s_t), the value of the state it started from, and the step is then treated as
+    terminal (fpo.py `process_env_step`); it is exact only when V(s_{t+1}) = V(s_t).
 
     Args:
       rewards: [T, B] reward of step t.
@@ -32,15 +38,22 @@ def gae(
       gamma: discount in [0, 1].
       gae_lambda: lambda in [0, 1].
 
+      truncation_bootstrap: "next_value" (correct) or "current_value" (the FPO++ release).
+
     Returns:
       advantages [T, B] and value targets returns = advantages + values, [T, B].
     """
+    if truncation_bootstrap not in TRUNCATION_BOOTSTRAPS:
+        raise ValueError(f"truncation_bootstrap must be one of {TRUNCATION_BOOTSTRAPS}, got {truncation_bootstrap!r}")
     for name, value in (("gamma", gamma), ("gae_lambda", gae_lambda)):
         if isinstance(value, (int, float)) and not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value!r}")
     chex.assert_rank(rewards, 2)
     chex.assert_equal_shape([rewards, values, next_values, terminations, truncations])
     terminations = terminations.astype(rewards.dtype)
+    if truncation_bootstrap == "current_value":
+        rewards = rewards + gamma * values * truncations.astype(rewards.dtype)
+        terminations = jnp.maximum(terminations, truncations.astype(rewards.dtype))
     episode_end = jnp.maximum(terminations, truncations.astype(rewards.dtype))
     deltas = rewards + gamma * (1.0 - terminations) * next_values - values
     carry_discount = gamma * gae_lambda * (1.0 - episode_end)
@@ -54,9 +67,13 @@ def gae(
     return advantages, advantages + values
 
 
-def normalize_advantages(advantages: chex.Array, eps: float = 1e-8) -> chex.Array:
-    """(A - mean) / (std + eps) over every element of `advantages` [...]."""
-    return (advantages - jnp.mean(advantages)) / (jnp.std(advantages) + eps)
+def normalize_advantages(advantages: chex.Array, eps: float = 1e-8, unbiased: bool = False) -> chex.Array:
+    """(A - mean) / (std + eps) over every element of `advantages` [...].
+
+    unbiased=False divides the variance by n (Brax PPO and the FPO reference, per minibatch); True by n - 1,
+    as torch's `Tensor.std()` in the FPO++ release (rollout_storage.py `compute_returns`).
+    """
+    return (advantages - jnp.mean(advantages)) / (jnp.std(advantages, ddof=1 if unbiased else 0) + eps)
 
 
 def grpo_advantages(rewards: chex.Array, scale_by_std: bool = False, eps: float = 1e-4) -> chex.Array:

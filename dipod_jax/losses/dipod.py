@@ -23,6 +23,11 @@ def check_dipod_beta(beta) -> None:
             raise ValueError(f"dipod_beta must be a finite number >= 0, got {beta!r}")
 
 
+def is_zero_beta(beta) -> bool:
+    """True when `beta` is a concrete Python number equal to 0: the DiPOD term is then left out entirely."""
+    return isinstance(beta, numbers.Real) and beta == 0
+
+
 def weighted_mean(values: chex.Array, weights: Optional[chex.Array] = None) -> chex.Array:
     """Mean of `values` [...], or sum(w * v) / sum(w) with `weights` of the same shape.
 
@@ -68,6 +73,17 @@ def with_dipod(pg_loss: chex.Array, elbo: chex.Array, beta, weights: Optional[ch
     """
     check_dipod_beta(beta)
     chex.assert_rank(pg_loss, 0)
-    if isinstance(beta, numbers.Real) and beta == 0:
+    if is_zero_beta(beta):
         return pg_loss
     return pg_loss + dipod_regularizer(elbo, beta, weights)
+
+
+def dipod_term_metric(loss: chex.Array, pg_loss: chex.Array, beta) -> chex.Array:
+    """The DiPOD term's value for diagnostics: loss - pg_loss, or a constant 0 when beta is a Python 0.
+
+    The constant keeps the diagnostic from adding any operation on the baseline's loss at beta = 0, so the
+    compiled baseline is the same program (and hence the same bits) on every backend.
+    """
+    if is_zero_beta(beta):
+        return jnp.zeros((), pg_loss.dtype)
+    return loss - pg_loss

@@ -7,19 +7,27 @@ The flow ELBO of an action is -E_{tau, eps}[l_theta] up to a positive weight and
 """
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import chex
 import jax
 import jax.numpy as jnp
 
 CFM_VARIANTS = ("velocity", "eps")
+CFM_REDUCTIONS = ("mean", "sum", "sqrt")
 TAU_SCHEDULES = ("grid", "uniform", "beta")
 
 
 def _check_variant(variant: str) -> None:
     if variant not in CFM_VARIANTS:
         raise ValueError(f"variant must be one of {CFM_VARIANTS}, got {variant!r}")
+
+
+def _check_reduction(reduction: str, huber_delta) -> None:
+    if reduction not in CFM_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {CFM_REDUCTIONS}, got {reduction!r}")
+    if huber_delta is not None and not huber_delta > 0:
+        raise ValueError(f"huber_delta must be > 0 or None, got {huber_delta!r}")
 
 
 def flow_path(actions: chex.Array, eps: chex.Array, tau: chex.Array) -> chex.Array:
@@ -46,6 +54,8 @@ def cfm_loss_from_velocity(
     eps: chex.Array,
     tau: chex.Array,
     variant: str = "velocity",
+    reduction: str = "mean",
+    huber_delta: Optional[float] = None,
 ) -> chex.Array:
     """Per-sample conditional flow-matching loss from a predicted velocity.
 
@@ -54,21 +64,34 @@ def cfm_loss_from_velocity(
       actions: [..., D] clean actions a.
       eps: [..., D] the noise that produced x_tau.
       tau: [...] path times.
-      variant: "velocity": mean_D (v - (eps - a))^2.
-        "eps" (FPO's default, "u supervised as eps"): eps_hat = x_tau + (1 - tau) * v, mean_D (eps_hat - eps)^2,
-        which equals (1 - tau)^2 times the velocity loss.
+      variant: "velocity" (FPO++'s "u" mode): residual r = v - (eps - a).
+        "eps" (FPO's default, "u supervised as eps"): eps_hat = x_tau + (1 - tau) * v, r = eps_hat - eps,
+        which is (1 - tau) times the velocity residual.
+      reduction: over the D action dimensions of the per-dimension error e_d: "mean" (sum / D), "sum", or
+        "sqrt" (sum / sqrt(D), the FPO++ release's IsaacLab default: actor_critic.py `_compute_squared_error`).
+      huber_delta: None for e_d = r_d^2; delta > 0 for the FPO++ release's Huber variant
+        e_d = r_d^2 where |r_d| <= delta, else 2 delta |r_d| - delta^2 (quadratic inside, the tangent line
+        outside: twice the textbook Huber loss).
 
     Returns:
-      [...] per-sample loss (mean over the action dimension).
+      [...] per-sample loss.
     """
     _check_variant(variant)
+    _check_reduction(reduction, huber_delta)
     chex.assert_equal_shape([velocity, actions, eps])
     if variant == "velocity":
         residual = velocity - (eps - actions)
     else:
         x_tau = flow_path(actions, eps, tau)
         residual = x_tau + (1.0 - tau[..., None]) * velocity - eps
-    return jnp.mean(jnp.square(residual), axis=-1)
+    error = jnp.square(residual)
+    if huber_delta is not None:
+        magnitude = jnp.abs(residual)
+        error = jnp.where(magnitude <= huber_delta, error, 2.0 * huber_delta * magnitude - huber_delta ** 2)
+    if reduction == "mean":
+        return jnp.mean(error, axis=-1)
+    summed = jnp.sum(error, axis=-1)
+    return summed if reduction == "sum" else summed / jnp.sqrt(float(error.shape[-1]))
 
 
 def cfm_loss(
@@ -78,6 +101,8 @@ def cfm_loss(
     tau: chex.Array,
     eps: chex.Array,
     variant: str = "velocity",
+    reduction: str = "mean",
+    huber_delta: Optional[float] = None,
 ) -> chex.Array:
     """Per-sample CFM losses l_theta(a; s, tau_n, eps_n) for N stored (tau, eps) pairs per action.
 
@@ -87,12 +112,13 @@ def cfm_loss(
       actions: [B, D] actions.
       tau: [B, N] stored path times.
       eps: [B, N, D] stored noise.
-      variant: see `cfm_loss_from_velocity`.
+      variant, reduction, huber_delta: see `cfm_loss_from_velocity`.
 
     Returns:
       [B, N] per-sample losses. Their negated mean over N is the (unnormalised) flow ELBO.
     """
     _check_variant(variant)
+    _check_reduction(reduction, huber_delta)
     chex.assert_rank([obs, actions, tau, eps], [2, 2, 2, 3])
     batch, num_samples = tau.shape
     chex.assert_shape(eps, (batch, num_samples, actions.shape[-1]))
@@ -103,7 +129,7 @@ def cfm_loss(
     x_tau = flow_path(actions_n, eps, tau)
     velocity = velocity_fn(obs_n, x_tau, tau)
     chex.assert_equal_shape([velocity, eps])
-    return cfm_loss_from_velocity(velocity, actions_n, eps, tau, variant)
+    return cfm_loss_from_velocity(velocity, actions_n, eps, tau, variant, reduction, huber_delta)
 
 
 def draw_tau_eps(
@@ -168,8 +194,8 @@ def fpo_log_ratio(l_old: chex.Array, l_new: chex.Array) -> chex.Array:
     return jnp.mean(l_old, axis=-1) - jnp.mean(l_new, axis=-1)
 
 
-def straight_through_clip(x: chex.Array, low: float, high: float) -> chex.Array:
-    """Clip in the forward pass, identity in the backward pass."""
+def straight_through_clip(x: chex.Array, low: Optional[float], high: Optional[float]) -> chex.Array:
+    """Clip to [low, high] in the forward pass (None: no bound on that side), identity in the backward pass."""
     return x + jax.lax.stop_gradient(jnp.clip(x, low, high) - x)
 
 
@@ -177,32 +203,42 @@ def fpo_pp_log_ratio(
     l_old: chex.Array,
     l_new: chex.Array,
     advantages: chex.Array,
-    loss_clamp: float = 20.0,
+    loss_clamp: Optional[float] = 20.0,
     log_ratio_clamp: float = 10.0,
+    cfm_loss_clamp: float = -1.0,
 ) -> chex.Array:
-    """FPO++'s per-sample log-ratios with its two clamps.
+    """FPO++'s per-sample log-ratios with the release's clamps, in its order (fpo.py `FPO.update`).
 
-    For negative-advantage actions the current loss is clamped at `loss_clamp` (pushing an action away can
-    otherwise blow its CFM loss up without bound); every log-ratio is clamped to [-c, c] with a straight-through
-    estimator, so the forward value is bounded while the gradient is that of the identity.
+    1. cfm_loss_clamp > 0: both l_old and l_new are clamped from above at cfm_loss_clamp, whatever the
+       advantage's sign (<= 0 disables it; the release's IsaacLab base configuration uses 20).
+    2. Where A < 0, l_new is clamped from above at `loss_clamp` (pushing an action away can otherwise blow its
+       CFM loss up without bound; the clamped sample gets no gradient).
+    3. log r = l_old - l_new is clamped from above only at `log_ratio_clamp` with a straight-through
+       estimator (`clamp_ste(log_ratio, max=c)`): the forward value is min(log r, c), the gradient is the
+       identity's. A sample whose loss rose keeps its true, small ratio.
 
     Args:
       l_old: [B, N] stored per-sample losses.
       l_new: [B, N] current per-sample losses.
       advantages: [B].
-      loss_clamp: upper clamp on l_new where A < 0 (> 0).
+      loss_clamp: upper clamp on l_new where A < 0 (> 0), or None to disable it.
       log_ratio_clamp: c > 0.
+      cfm_loss_clamp: upper clamp on l_old and l_new for every sample; <= 0 disables it.
 
     Returns:
-      [B, N] log r_n = l_old,n - l_new,n (clamped as above).
+      [B, N] log r_n (clamped as above).
     """
-    if not loss_clamp > 0:
-        raise ValueError(f"loss_clamp must be > 0, got {loss_clamp!r}")
+    if loss_clamp is not None and not loss_clamp > 0:
+        raise ValueError(f"loss_clamp must be > 0 or None, got {loss_clamp!r}")
     if not log_ratio_clamp > 0:
         raise ValueError(f"log_ratio_clamp must be > 0, got {log_ratio_clamp!r}")
     chex.assert_rank([l_old, advantages], [2, 1])
     chex.assert_equal_shape([l_old, l_new])
     chex.assert_equal_shape_prefix([l_old, advantages], 1)
-    negative = (advantages < 0)[:, None]
-    l_new = jnp.where(negative, jnp.minimum(l_new, loss_clamp), l_new)
-    return straight_through_clip(l_old - l_new, -log_ratio_clamp, log_ratio_clamp)
+    if cfm_loss_clamp > 0:
+        l_old = jnp.minimum(l_old, cfm_loss_clamp)
+        l_new = jnp.minimum(l_new, cfm_loss_clamp)
+    if loss_clamp is not None:
+        negative = (advantages < 0)[:, None]
+        l_new = jnp.where(negative, jnp.minimum(l_new, loss_clamp), l_new)
+    return straight_through_clip(l_old - l_new, None, log_ratio_clamp)

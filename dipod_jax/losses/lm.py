@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dipod_jax.losses.dipod import check_dipod_beta, weighted_mean, with_dipod
+from dipod_jax.losses.dipod import check_dipod_beta, dipod_term_metric, is_zero_beta, weighted_mean, with_dipod
 from dipod_jax.losses.masked import is_concrete, spg_mix
 from dipod_jax.losses.trust_region import check_clip_eps, clip_fraction, ppo_objective
 
@@ -44,8 +44,7 @@ def _check_not_all_empty(name: str, mask: chex.Array) -> None:
 
 def _needs_elbo(dipod_beta, elbo) -> None:
     check_dipod_beta(dipod_beta)
-    is_zero = isinstance(dipod_beta, numbers.Real) and dipod_beta == 0
-    if elbo is None and not is_zero:
+    if elbo is None and not is_zero_beta(dipod_beta):
         raise ValueError("elbo is required when dipod_beta is not 0")
 
 
@@ -105,7 +104,7 @@ def grpo_loss(token_logp_new: chex.Array, token_logp_old: chex.Array, advantages
     else:
         baseline = pg_loss
     loss = with_dipod(baseline, elbo, dipod_beta)
-    aux["dipod_term"] = loss - baseline
+    aux["dipod_term"] = dipod_term_metric(loss, baseline, dipod_beta)
     return loss, aux
 
 
@@ -168,7 +167,7 @@ def fpo_dllm_loss(elbo_new: chex.Array, elbo_old: chex.Array, advantages: chex.A
         aux["kl"] = jnp.mean(elbo_new - jax.lax.stop_gradient(elbo_ref))
         baseline = pg_loss + kl_beta * aux["kl"]
     loss = with_dipod(baseline, elbo_new, dipod_beta)
-    aux["dipod_term"] = loss - baseline
+    aux["dipod_term"] = dipod_term_metric(loss, baseline, dipod_beta)
     return loss, aux
 
 
@@ -222,6 +221,6 @@ def spg_loss(logp_lower: chex.Array, logp_upper: Optional[chex.Array], advantage
     lengths = lengths.astype(logp.dtype)
     baseline = weighted_mean(-advantages.astype(logp.dtype) * logp, lengths)
     loss = with_dipod(baseline, logp_lower if elbo is None else elbo, dipod_beta, weights=lengths)
-    aux = {"pg_loss": baseline, "dipod_term": loss - baseline,
+    aux = {"pg_loss": baseline, "dipod_term": dipod_term_metric(loss, baseline, dipod_beta),
            "positive_fraction": jnp.mean(positive.astype(logp.dtype))}
     return loss, aux

@@ -4,9 +4,9 @@ Conventions (WORKSPACE.md): tokens [B, T] int32 hold prompt and completion side 
 [B, T] bool marks the real completion tokens (up to and including the first end-of-sequence token); forward
 masks are bool [M, B, T] for M independent draws; the mask token id is always an argument.
 
-Every estimator scores only positions that are both masked and real completion tokens, so a caller may OR
-extra positions into a mask (SPG also hides the padding after the first EOS from the model) without changing
-which tokens are counted.
+Every estimator scores only positions that are both masked and real completion tokens, so a mask may hide
+other positions too (SPG's also hides the padding after the first EOS and, with probability p_mask_prompt,
+prompt positions) without changing which tokens are counted.
 
 Common random numbers: draw the masks once per generated batch and pass the SAME mask arrays when scoring
 the old, current and reference models, so that ratios and KL terms compare like with like.
@@ -109,53 +109,80 @@ def _check_time_range(min_t, max_t) -> None:
         raise ValueError(f"min_t must be <= max_t, got min_t={min_t!r}, max_t={max_t!r}")
 
 
-def mask_block_random(key: chex.PRNGKey, completion_mask: chex.Array, num_draws: int, block_length: int,
-                      min_t: float = 0.0, max_t: float = 1.0) -> Tuple[chex.Array, chex.Array]:
-    """SPG's "block_random" masking of the real completion tokens.
+def _check_block_window(completion_mask: chex.Array, window_length: int) -> None:
+    """The real completion tokens of every concrete row must start at the window's first position and run
+    contiguously (the sampler writes them there; the mask after the first EOS is the padding)."""
+    length = completion_mask.shape[-1]
+    if not isinstance(window_length, (int, np.integer)) or not 1 <= window_length <= length:
+        raise ValueError(f"window_length must be an int in [1, T={length}], got {window_length!r}")
+    if not is_concrete(completion_mask):
+        return
+    rows = np.asarray(completion_mask, bool)
+    window = rows[:, length - window_length:].astype(np.int8)
+    if rows[:, :length - window_length].any() or not window[:, 0].all() or np.any(np.diff(window, axis=-1) > 0):
+        raise ValueError("completion_mask must mark, in every row, a contiguous run of real tokens starting at "
+                         f"the first position of the generation window (the last window_length={window_length} "
+                         "positions)")
 
-    Blocks are consecutive runs of `block_length` real completion tokens counted from the first one (the
-    sampler's semi-autoregressive blocks). Each draw picks a block b among the n_b = ceil(L / block_length)
-    blocks holding real tokens: blocks after b are fully masked, blocks before b fully visible, and in b a
-    count uniform on [max(1, floor(min_t * n)), min(floor(max_t * n), n)] of its n real tokens is masked
-    uniformly without replacement (the upper end is raised to the lower one if it is smaller).
-    Block choice: SPG permutes all blocks of the fixed generation window and reduces the index modulo n_b;
-    the window length is not known from `completion_mask`, so here the n_b real blocks are permuted and
-    draw m takes entry m mod n_b. Both give distinct blocks across draws while M <= n_b; here each draw's
-    block is exactly uniform.
+
+def mask_block_random(key: chex.PRNGKey, completion_mask: chex.Array, num_draws: int, block_length: int,
+                      window_length: int, min_t: float = 0.0, max_t: float = 1.0,
+                      p_mask_prompt: float = 0.15) -> Tuple[chex.Array, chex.Array]:
+    """SPG's "block_random" forward process, as the release runs it (spg_trainer.py `forward_process`).
+
+    Rows are [prompt region | generation window]: the window is the last `window_length` positions, the real
+    completion tokens (L of them, through the first EOS) start at its first position, and the window is cut into
+    W = ceil(window_length / block_length) blocks of `block_length` positions (the release requires
+    block_length to divide the window; here the last block may be shorter). n_b = ceil(L / block_length)
+    blocks hold real tokens. Per row, one uniformly random permutation pi of the W window blocks is drawn, and
+    draw m takes block b_m = pi[m] mod n_b: distinct blocks while n_b = W, but for a short completion the
+    choice is not uniform and two draws can pick the same block. In draw m:
+      - every window position after block b_m is masked, and so is the window's padding after the completion;
+      - in block b_m, a count uniform on [max(1, floor(min_t * n)), min(floor(max_t * n), n)] of its n real
+        tokens is masked, uniformly without replacement (the upper end is raised to the lower one if smaller);
+      - every position before block b_m (the prompt region, its left padding included, and the real tokens of
+        earlier blocks) is masked independently with probability p_mask_prompt (the release's use_mask_prompt;
+        0 turns it off).
+    The estimators score only masked real completion tokens, so masked prompt positions are hidden from the
+    model but never scored, while masked earlier-block tokens are scored and counted in t_emp.
 
     Args:
-      key: PRNG key.
-      completion_mask: [B, T] bool; real completion tokens, contiguous per row.
-      num_draws: M >= 1 (SPG: num_t = 2), static.
-      block_length: tokens per block >= 1, static.
+      key: PRNG key (the release draws a fresh mask per inner iteration, shared by that iteration only).
+      completion_mask: [B, T] bool; real completion tokens, contiguous from the window's first position.
+      num_draws: M (SPG: num_t = 2), static, at most W (the release asserts num_t <= num_blocks).
+      block_length: positions per block >= 1, static (SPG: the sampler's block length, 32).
+      window_length: the generation window's length (the sampler's gen_length), static.
       min_t, max_t: 0 <= min_t <= max_t <= 1, the masked fraction range inside the chosen block.
+      p_mask_prompt: probability in [0, 1] (the release: 0.15 from train.yaml, use_mask_prompt true).
 
     Returns:
-      mask [M, B, T] bool (only real completion tokens), and t_emp [M, B] float32, the masked fraction of
-      the real completion tokens of each draw.
+      mask [M, B, T] bool (every hidden position), and t_emp [M, B] float32: the fraction of the L real
+      completion tokens masked in each draw (the release's empirical_t).
     """
     _check_num_draws(num_draws)
     if not isinstance(block_length, (int, np.integer)) or block_length < 1:
         raise ValueError(f"block_length must be a positive int, got {block_length!r}")
     _check_time_range(min_t, max_t)
+    if not isinstance(p_mask_prompt, (int, float)) or not 0.0 <= p_mask_prompt <= 1.0:
+        raise ValueError(f"p_mask_prompt must be a number in [0, 1], got {p_mask_prompt!r}")
     check_completion_mask(completion_mask)
+    _check_block_window(completion_mask, window_length)
+    window_blocks = -(-window_length // block_length)
+    if num_draws > window_blocks:
+        raise ValueError(f"num_draws={num_draws} must be <= the window's {window_blocks} blocks "
+                         f"(window_length={window_length}, block_length={block_length})")
     completion_mask = completion_mask.astype(bool)
     batch, length = completion_mask.shape
-    block_key, count_key, order_key = jax.random.split(key, 3)
+    order_key, count_key, position_key, prompt_key = jax.random.split(key, 4)
 
     num_real = jnp.sum(completion_mask, axis=-1)  # [B]
-    num_blocks = (num_real + block_length - 1) // block_length  # [B]
-    # Index of each real token within its completion, and hence its block.
-    token_index = jnp.cumsum(completion_mask, axis=-1) - 1  # [B, T]
-    token_block = jnp.where(completion_mask, token_index // block_length, -1)
+    num_blocks = jnp.maximum((num_real + block_length - 1) // block_length, 1)  # [B]
+    window_index = jnp.arange(length) - (length - window_length)  # [T], negative in the prompt region
+    position_block = jnp.where(window_index >= 0, window_index // block_length, -1)  # [T]
 
-    # A random permutation of each row's real blocks; draw m takes entry m mod n_b.
-    max_blocks = -(-length // block_length)
-    block_scores = jax.random.uniform(block_key, (batch, max_blocks))
-    block_ids = jnp.arange(max_blocks)
-    block_ranks = _rank_among(block_scores, block_ids[None] < num_blocks[:, None])  # [B, max_blocks]
-    wanted_rank = jnp.arange(num_draws)[:, None] % jnp.maximum(num_blocks, 1)[None]  # [M, B]
-    chosen_block = jnp.argmax(block_ranks[None] == wanted_rank[..., None], axis=-1)  # [M, B]
+    window_order = jax.random.permutation(
+        order_key, jnp.broadcast_to(jnp.arange(window_blocks), (batch, window_blocks)), axis=1, independent=True)
+    chosen_block = (window_order[:, :num_draws] % num_blocks[:, None]).T  # [M, B]
 
     tokens_in_block = jnp.minimum(block_length, num_real[None] - chosen_block * block_length)  # [M, B]
     low = jnp.maximum(1, jnp.floor(min_t * tokens_in_block)).astype(jnp.int32)
@@ -163,12 +190,16 @@ def mask_block_random(key: chex.PRNGKey, completion_mask: chex.Array, num_draws:
     high = jnp.maximum(high, low)
     count = jax.random.randint(count_key, (num_draws, batch), low, high + 1)
 
-    in_chosen = token_block[None] == chosen_block[..., None]  # [M, B, T]
-    scores = jax.random.uniform(order_key, (num_draws, batch, length))
-    ranks = _rank_among(scores, in_chosen)
-    after_chosen = token_block[None] > chosen_block[..., None]
-    mask = completion_mask[None] & (after_chosen | (in_chosen & (ranks < count[..., None])))
-    t_emp = jnp.sum(mask, axis=-1) / jnp.maximum(num_real, 1)[None]
+    block_of = position_block[None, None, :]  # [1, 1, T]
+    chosen = chosen_block[..., None]  # [M, B, 1]
+    in_chosen = (block_of == chosen) & completion_mask[None]
+    ranks = _rank_among(jax.random.uniform(position_key, (num_draws, batch, length)), in_chosen)
+    window_padding = (window_index >= 0)[None] & ~completion_mask  # [B, T]
+    mask = (block_of > chosen) | (in_chosen & (ranks < count[..., None])) | window_padding[None]
+    if p_mask_prompt > 0:
+        hide_before = jax.random.uniform(prompt_key, (num_draws, batch, length)) < p_mask_prompt
+        mask = mask | ((block_of < chosen) & hide_before)
+    t_emp = jnp.sum(mask & completion_mask[None], axis=-1) / jnp.maximum(num_real, 1)[None]
     chex.assert_shape(mask, (num_draws, batch, length))
     return mask, t_emp.astype(jnp.float32)
 

@@ -5,16 +5,18 @@ Each returns `(loss, aux)`: a scalar to minimise and a dict of scalar diagnostic
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+import numbers
+from typing import Dict, Optional, Tuple, Union
 
 import chex
 import jax.numpy as jnp
 
-from dipod_jax.losses.dipod import check_dipod_beta, with_dipod
+from dipod_jax.losses.dipod import check_dipod_beta, dipod_term_metric, with_dipod
 from dipod_jax.losses.flow import fpo_log_ratio, fpo_pp_log_ratio
 from dipod_jax.losses.trust_region import check_clip_eps, clip_fraction, ppo_objective, trust_region_objective
 
 LossAndAux = Tuple[chex.Array, Dict[str, chex.Array]]
+AdvantageClamp = Union[float, Tuple[float, float]]
 
 
 def _ratio_stats(ratio: chex.Array, clip_eps: float) -> Dict[str, chex.Array]:
@@ -55,7 +57,8 @@ def ppo_loss(
         chex.assert_equal_shape([entropy, logp_new])
         pg = pg - entropy_coef * jnp.mean(entropy)
     loss = with_dipod(pg, logp_new, dipod_beta)
-    return loss, {"pg_loss": pg, "dipod_term": loss - pg, **_ratio_stats(ratio, clip_eps)}
+    return loss, {"pg_loss": pg, "dipod_term": dipod_term_metric(loss, pg, dipod_beta),
+                  **_ratio_stats(ratio, clip_eps)}
 
 
 def fpo_loss(
@@ -89,8 +92,20 @@ def fpo_loss(
     ratio = jnp.exp(fpo_log_ratio(l_old, l_new))
     pg = -jnp.mean(trust_region_objective(ratio, advantages, clip_eps, trust_region))
     loss = with_dipod(pg, -l_new, dipod_beta)
-    return loss, {"pg_loss": pg, "dipod_term": loss - pg, "cfm_loss": jnp.mean(l_new),
+    return loss, {"pg_loss": pg, "dipod_term": dipod_term_metric(loss, pg, dipod_beta), "cfm_loss": jnp.mean(l_new),
                   **_ratio_stats(ratio, clip_eps)}
+
+
+def clamp_advantages(advantages: chex.Array, advantage_clamp: AdvantageClamp) -> chex.Array:
+    """Clip advantages to [-c, c] (a number c) or to [-negative_max, positive_max] (a pair
+    (positive_max, negative_max), the FPO++ release's `advantage_clamp` order); every bound must be > 0."""
+    bounds = (advantage_clamp, advantage_clamp) if isinstance(advantage_clamp, numbers.Real) \
+        else tuple(advantage_clamp)
+    if len(bounds) != 2 or not all(isinstance(b, numbers.Real) and b > 0 for b in bounds):
+        raise ValueError(f"advantage_clamp must be a number > 0 or a pair (positive_max, negative_max) of "
+                         f"numbers > 0, got {advantage_clamp!r}")
+    positive_max, negative_max = bounds
+    return jnp.clip(advantages, -negative_max, positive_max)
 
 
 def fpo_pp_loss(
@@ -99,12 +114,17 @@ def fpo_pp_loss(
     advantages: chex.Array,
     clip_eps: float = 0.05,
     trust_region: str = "aspo",
-    advantage_clamp: Optional[float] = None,
-    loss_clamp: float = 20.0,
+    advantage_clamp: Optional[AdvantageClamp] = None,
+    loss_clamp: Optional[float] = 20.0,
     log_ratio_clamp: float = 10.0,
     dipod_beta: float = 0.0,
+    cfm_loss_clamp: float = -1.0,
 ) -> LossAndAux:
     """FPO++: a ratio per (tau, eps) sample, each under the trust region, averaged over samples and actions.
+
+    The clamps follow the release (fpo.py `FPO.update`): advantages clipped first, then `fpo_pp_log_ratio`'s
+    CFM-loss clamps and its upper-only straight-through log-ratio clamp. The defaults are the release's code
+    defaults (FPO's constructor); its IsaacLab configurations are `dipod_jax.control.configs.ALGORITHM_PRESETS`.
 
     Args:
       l_old: [B, N] stored per-sample CFM losses.
@@ -112,10 +132,12 @@ def fpo_pp_loss(
       advantages: [B].
       clip_eps: eps > 0.
       trust_region: "aspo" (FPO++ default) | "ppo" | "spo".
-      advantage_clamp: if given, advantages are clipped to [-c, c] first.
-      loss_clamp: l_new is clamped at this value where A < 0.
-      log_ratio_clamp: straight-through clamp of each log-ratio.
+      advantage_clamp: None, a number c (clip to [-c, c]) or a pair (positive_max, negative_max) (clip to
+        [-negative_max, positive_max]; the release's (100, 100)).
+      loss_clamp: l_new is clamped at this value where A < 0; None disables it.
+      log_ratio_clamp: straight-through upper clamp of each log-ratio.
       dipod_beta: >= 0; the term uses the unclamped l_new.
+      cfm_loss_clamp: l_old and l_new are both clamped at this value for every sample; <= 0 disables it.
 
     Returns:
       (loss, aux).
@@ -123,15 +145,13 @@ def fpo_pp_loss(
     check_clip_eps(clip_eps)
     check_dipod_beta(dipod_beta)
     if advantage_clamp is not None:
-        if not advantage_clamp > 0:
-            raise ValueError(f"advantage_clamp must be > 0, got {advantage_clamp!r}")
-        advantages = jnp.clip(advantages, -advantage_clamp, advantage_clamp)
-    log_ratio = fpo_pp_log_ratio(l_old, l_new, advantages, loss_clamp, log_ratio_clamp)
+        advantages = clamp_advantages(advantages, advantage_clamp)
+    log_ratio = fpo_pp_log_ratio(l_old, l_new, advantages, loss_clamp, log_ratio_clamp, cfm_loss_clamp)
     ratio = jnp.exp(log_ratio)
     per_sample_adv = jnp.broadcast_to(advantages[:, None], ratio.shape)
     pg = -jnp.mean(trust_region_objective(ratio, per_sample_adv, clip_eps, trust_region))
     loss = with_dipod(pg, -l_new, dipod_beta)
-    return loss, {"pg_loss": pg, "dipod_term": loss - pg, "cfm_loss": jnp.mean(l_new),
+    return loss, {"pg_loss": pg, "dipod_term": dipod_term_metric(loss, pg, dipod_beta), "cfm_loss": jnp.mean(l_new),
                   **_ratio_stats(ratio, clip_eps)}
 
 

@@ -89,6 +89,10 @@ def check_config(config: SequenceConfig) -> None:
             raise ValueError(f"{name} must be > 0, got {getattr(config, name)!r}")
     if not 0.0 <= config.spg_mix_weight <= 1.0:
         raise ValueError(f"spg_mix_weight must be in [0, 1], got {config.spg_mix_weight!r}")
+    window_blocks = -(-config.completion_length // config.spg_block_length)
+    if config.method == "spg" and config.spg_num_draws > window_blocks:
+        raise ValueError(f"spg_num_draws must be <= the completion's {window_blocks} blocks of spg_block_length, "
+                         f"got {config.spg_num_draws!r}")
 
 
 def mask_id(config: SequenceConfig) -> int:
@@ -222,7 +226,10 @@ def train_step(state: SequenceState, config: SequenceConfig, dipod_beta: float) 
             return fpo_dllm_loss(elbo_estimate(params), elbo_estimate_old, advantages, config.clip_eps,
                                  dipod_beta=beta)[0]
     else:
-        spg_masks, spg_t = mask_block_random(key_spg, row_mask, config.spg_num_draws, config.spg_block_length)
+        # The prompt stays visible (p_mask_prompt = 0): the exact ELBO the laboratory compares with conditions
+        # on it, so hiding it would measure a different bound.
+        spg_masks, spg_t = mask_block_random(key_spg, row_mask, config.spg_num_draws, config.spg_block_length,
+                                             window_length=config.completion_length, p_mask_prompt=0.0)
         lengths = jnp.full((tokens.shape[0],), float(config.completion_length))
 
         def method_loss(params, beta):
