@@ -75,6 +75,8 @@ CONFIG_FLAGS = {
     "kl_beta": ("kl_beta", float, "Reference-model KL coefficient."),
     "ref_sync_every": ("ref_sync_every", int, "Reset the reference every this many steps (0 = never)."),
     "max_grad_norm": ("max_grad_norm", float, "Global gradient-norm clip."),
+    "weight_decay": ("weight_decay", float, "AdamW decoupled weight decay."),
+    "scale_rewards_by_std": ("scale_rewards_by_std", bool, "Divide group advantages by the group's reward std."),
     "num_elbo_draws": ("num_elbo_draws", int, "Masks per completion for the sequence ELBO."),
     "lora_only": ("lora_only", bool, "Train only the LoRA adapters."),
     "temperature": ("rollout_temperature", float, "Sampling temperature of the rollouts."),
