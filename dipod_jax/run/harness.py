@@ -191,9 +191,13 @@ class Run:
                              f"(unreadable ones were moved to {self.out_dir}/checkpoints_unreadable)")
         return step, trees
 
-    def start(self, step: int) -> MetricsLog:
-        """Begins (or continues after `step`) the logged part of the run: metrics.jsonl keeps only records of
-        steps <= `step` (none for a restarted run), the log is opened and stop signals are caught."""
+    def start(self, step: int, log: bool = True) -> MetricsLog | None:
+        """Begins (or continues after `step`) the run's loop: stop signals are caught from now on and, with
+        `log`, metrics.jsonl keeps only the records of steps <= `step` (none for a restarted run) and is
+        opened for appending (returned)."""
+        self.signals.__enter__()
+        if not log:
+            return None
         continues_after = None
         if self.mode != run_record.FRESH:
             continues_after = step if self.resuming else -1
@@ -203,7 +207,6 @@ class Run:
                     logging.warning("%s: removed %d metrics records logged after step %d", self.out_dir, removed,
                                     continues_after)
         self.log = MetricsLog(self.out_dir, self.tensorboard_dir, self.step_key, continues_after, self.is_main)
-        self.signals.__enter__()
         return self.log
 
     def save(self, step: int, trees: dict[str, Any]) -> None:
