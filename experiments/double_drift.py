@@ -311,7 +311,6 @@ def run_experiment(settings: List[str], beta: float, sequence_beta: float, num_s
 def _run_plan(harness_run: Run, plan, toys, num_seeds: int, steps: int, output_dir: str,
               settings: List[str]) -> Dict:
     # A run part-way is checkpointed (on a stop signal) at the global step index * steps + steps done.
-    harness_run.start(0, log=False)
     runs = {}
     with tqdm(total=len(plan) * steps, desc="double drift", unit="step") as progress:
         for index, (setting, variant, variant_beta) in enumerate(plan):

@@ -1,9 +1,9 @@
 """One training run: its claimed directory, checkpoints, metrics log, stop signals and stopping rules.
 
     run = Run(out_dir, experiment="lm_rl", record_file="rl_config.json", record=record, resume=resume)
-    with run:
+    with run:                                 # claimed; SIGTERM / SIGINT now request a stop
         step, trees = run.restore({"state": template}) if run.resuming else (0, None)
-        log = run.start(step)                 # metrics truncated to `step`, SIGTERM / SIGINT caught
+        log = run.start(step)                 # metrics truncated to `step`
         while step < steps:
             ... one step -> new state, loss, grad_norm ...
             problem = non_finite(loss=loss, grad_norm=grad_norm, parameters=new_params)
@@ -147,6 +147,8 @@ class Run:
       tensorboard_dir: sub-directory of the TensorBoard events.
       progress_paths, other_run_files: see `dipod_jax.run.record.claim_output_dir`.
 
+    Stop signals are caught from construction until `close`.
+
     Raises:
       UsageError: the claim is refused (see `claim_output_dir`).
     """
@@ -173,7 +175,8 @@ class Run:
         self.step_key = step_key
         self.tensorboard_dir = tensorboard_dir
         self.log: MetricsLog | None = None
-        self.signals = StopSignals()
+        # From the claim on, a stop signal (also one during compilation) ends the run after its next step.
+        self.signals = StopSignals().__enter__()
         self.stopped_by: int | None = None
         self.started = time.time()
 
@@ -191,13 +194,9 @@ class Run:
                              f"(unreadable ones were moved to {self.out_dir}/checkpoints_unreadable)")
         return step, trees
 
-    def start(self, step: int, log: bool = True) -> MetricsLog | None:
-        """Begins (or continues after `step`) the run's loop: stop signals are caught from now on and, with
-        `log`, metrics.jsonl keeps only the records of steps <= `step` (none for a restarted run) and is
-        opened for appending (returned)."""
-        self.signals.__enter__()
-        if not log:
-            return None
+    def start(self, step: int) -> MetricsLog:
+        """Begins (or continues after `step`) the logged part of the run: metrics.jsonl keeps only the records
+        of steps <= `step` (none for a restarted run) and is opened for appending (returned)."""
         continues_after = None
         if self.mode != run_record.FRESH:
             continues_after = step if self.resuming else -1
