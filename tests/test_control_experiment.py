@@ -3,9 +3,6 @@ import json
 import os
 
 import chex
-import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from dipod_jax.control.envs import make_point_target

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from dipod_jax.lm import data, pretrain
-from dipod_jax.run.files import CHECKPOINT_DIR, read_json, read_metrics
+from dipod_jax.run.files import CHECKPOINT_DIR, read_metrics
 from dipod_jax.lm.evaluation import evaluate
 from dipod_jax.lm.tasks import get_task
 from dipod_jax.lm.tokenizer import char_tokenizer

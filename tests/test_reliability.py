@@ -16,7 +16,6 @@ The signal tests run the interrupted part as a subprocess (real signals, real ex
 uninterrupted and resumed parts in this process, on tiny configurations; one tiny pre-training run is the
 starting checkpoint of every RL test.
 """
-import dataclasses
 import json
 import logging
 import os
