@@ -1,11 +1,12 @@
 """Task registry: each language task as a record of plain functions.
 
 `get_task(name)` returns a `Task` with
-  load_test(path_or_name | None) -> list of items   (None = the shipped test set / bundled sample)
+  load_test(path_or_name | None) -> list of items   (None = the shipped test set / bundled sample; ValueError
+                                                     naming file:line on malformed input, or the file when empty)
   generate(rng, count) -> list of items              (None for GSM8K, whose training data is a JSONL file)
   prompt_text(item, template) -> str
   target_completion(item, template) -> str           (the supervised completion, d1 answer format)
-  reward(completion_text, item) -> float             (ALGORITHMS.md section 3)
+  reward(completion_text, item) -> float             (ALGORITHMS.md section 3; linear time in the text)
   longest_item() -> item                             (as long as any generated item; None for GSM8K)
 and `templates`, the prompt templates it supports (the first is its default).
 """

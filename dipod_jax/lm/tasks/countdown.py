@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from fractions import Fraction
 
 import numpy as np
 
 from dipod_jax.lm.tasks.arith_parser import ArithmeticSyntaxError, parse_arithmetic
-from dipod_jax.lm.tasks.files import jsonl_objects, open_task_file
+from dipod_jax.lm.tasks.completion_text import last_answer
+from dipod_jax.lm.tasks.files import excerpt, jsonl_objects, read_task_file
 
 SHIPPED_TEST_FILE = "countdown_cd3_test.jsonl"
 NUMBER_RANGE = (1, 100)
 TARGET_RANGE = (1, 100)
 CORRECT_REWARD, FORMAT_REWARD = 1.0, 0.1
-_ANSWER_PATTERN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 
 
@@ -111,24 +110,27 @@ def longest_item() -> CountdownItem:
 
 
 def load_test_set(name_or_path: str = SHIPPED_TEST_FILE) -> list[CountdownItem]:
-    """Reads JSONL rows {"input": "a,b,c", "output": "target"} (the shipped file name, or a path).
+    """Reads JSONL rows {"input": "a,b,c", "output": "target"} (the shipped file name, or a path; UTF-8).
 
-    Raises ValueError naming the file and line for invalid JSON, missing keys, or non-integer fields.
+    Raises ValueError naming the file and line for bytes that are not UTF-8, invalid JSON, missing keys, or
+    non-integer fields, and naming the file when it holds no rows.
     """
+    handle, path = read_task_file(name_or_path, (SHIPPED_TEST_FILE,))
     items = []
-    with open_task_file(name_or_path, (SHIPPED_TEST_FILE,)) as (handle, path):
-        for line_number, row in jsonl_objects(handle, path):
-            if "input" not in row or "output" not in row:
-                raise ValueError(f"{path}:{line_number}: expected an object with keys 'input' and 'output'")
-            try:
-                numbers = tuple(int(field) for field in str(row["input"]).split(","))
-                target = int(str(row["output"]))
-            except ValueError:
-                raise ValueError(f"{path}:{line_number}: 'input' must be 3 comma-separated integers and "
-                                 f"'output' an integer, got {row!r}") from None
-            if len(numbers) != 3:
-                raise ValueError(f"{path}:{line_number}: expected 3 numbers in 'input', got {len(numbers)}")
-            items.append(CountdownItem(numbers=numbers, target=target))
+    for line_number, row in jsonl_objects(handle, path):
+        if "input" not in row or "output" not in row:
+            raise ValueError(f"{path}:{line_number}: expected an object with keys 'input' and 'output'")
+        try:
+            numbers = tuple(int(field) for field in str(row["input"]).split(","))
+            target = int(str(row["output"]))
+        except ValueError:
+            raise ValueError(f"{path}:{line_number}: 'input' must be 3 comma-separated integers and "
+                             f"'output' an integer, got {excerpt(row)}") from None
+        if len(numbers) != 3:
+            raise ValueError(f"{path}:{line_number}: expected 3 numbers in 'input', got {len(numbers)}")
+        items.append(CountdownItem(numbers=numbers, target=target))
+    if not items:
+        raise ValueError(f"{path}: no items (the file is empty or blank)")
     return items
 
 
@@ -159,11 +161,11 @@ def target_completion(item: CountdownItem, template: str = "compact") -> str:
 
 def reward(completion: str, item: CountdownItem) -> float:
     """1.0 / 0.1 / 0.0 as in the module docstring."""
-    matches = _ANSWER_PATTERN.findall(completion)
-    if not matches:
+    answer = last_answer(completion)
+    if answer is None:
         return 0.0
     try:
-        parsed = parse_arithmetic(matches[-1].strip())
+        parsed = parse_arithmetic(answer.strip())
     except ArithmeticSyntaxError:
         return 0.0
     uses_each_number_once = sorted(parsed.literals) == sorted(Fraction(n) for n in item.numbers)

@@ -20,11 +20,18 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from dipod_jax.lm.tasks.files import jsonl_objects, open_task_file
+from dipod_jax.lm.tasks.files import jsonl_objects, read_task_file
 
 SAMPLE_FILE = "gsm8k_sample.jsonl"
-_STRICT_FORMAT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$", re.DOTALL)
-_SOFT_FORMAT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
+# d1 tests the layouts with lazy regexes (strict: r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$",
+# soft: r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", both DOTALL, via re.match), which backtrack
+# quadratically on repeated tags; `_is_strict_format` and `_is_soft_format` decide the same in linear time.
+_STRICT_OPEN, _STRICT_MIDDLE = "<reasoning>\n", "\n</reasoning>\n<answer>\n"
+_STRICT_ENDINGS = ("\n</answer>\n", "\n</answer>\n\n")  # '$' also matches before one final newline
+_SOFT_OPEN = "<reasoning>"
+# Possessive \s*+ never gives whitespace back ('<' is not whitespace, so nothing is lost), and the pattern
+# starts with a literal, so a search is one left-to-right pass.
+_SOFT_MIDDLE = re.compile(r"</reasoning>\s*+<answer>")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,19 +44,22 @@ class Gsm8kItem:
 
 
 def load_jsonl(name_or_path: str = SAMPLE_FILE) -> list[Gsm8kItem]:
-    """Reads GSM8K rows from `name_or_path` (a filesystem path, or the bundled sample's file name).
+    """Reads GSM8K rows from `name_or_path` (a filesystem path, or the bundled sample's file name; UTF-8).
 
-    Raises ValueError naming the file and line for invalid JSON, missing keys, or an answer without '####'.
+    Raises ValueError naming the file and line for bytes that are not UTF-8, invalid JSON, missing keys, or an
+    answer without '####', and naming the file when it holds no rows.
     """
+    handle, path = read_task_file(name_or_path, (SAMPLE_FILE,))
     items = []
-    with open_task_file(name_or_path, (SAMPLE_FILE,)) as (handle, path):
-        for line_number, row in jsonl_objects(handle, path):
-            if not (isinstance(row.get("question"), str) and isinstance(row.get("answer"), str)):
-                raise ValueError(f"{path}:{line_number}: expected string fields 'question' and 'answer'")
-            if "####" not in row["answer"]:
-                raise ValueError(f"{path}:{line_number}: 'answer' has no '####' final-answer marker")
-            final = row["answer"].split("####")[-1].strip()
-            items.append(Gsm8kItem(question=row["question"], solution=row["answer"], answer=final))
+    for line_number, row in jsonl_objects(handle, path):
+        if not (isinstance(row.get("question"), str) and isinstance(row.get("answer"), str)):
+            raise ValueError(f"{path}:{line_number}: expected string fields 'question' and 'answer'")
+        if "####" not in row["answer"]:
+            raise ValueError(f"{path}:{line_number}: 'answer' has no '####' final-answer marker")
+        final = row["answer"].split("####")[-1].strip()
+        items.append(Gsm8kItem(question=row["question"], solution=row["answer"], answer=final))
+    if not items:
+        raise ValueError(f"{path}: no rows (the file is empty or blank)")
     return items
 
 
@@ -74,8 +84,34 @@ def target_completion(item: Gsm8kItem, template: str = "d1") -> str:
 
 
 def extract_answer(completion: str) -> str:
-    """Text between the last "<answer>" and the following "</answer>", stripped (d1's extraction)."""
-    return completion.split("<answer>")[-1].split("</answer>")[0].strip()
+    """Text between the last "<answer>" and the following "</answer>", stripped (d1's extraction,
+    `completion.split("<answer>")[-1].split("</answer>")[0].strip()`, without building the split lists)."""
+    opening = completion.rfind("<answer>")
+    start = opening + len("<answer>") if opening >= 0 else 0
+    close = completion.find("</answer>", start)
+    return completion[start:close if close >= 0 else len(completion)].strip()
+
+
+def _is_strict_format(completion: str) -> bool:
+    r"""d1's strict layout: "<reasoning>\n" A "\n</reasoning>\n<answer>\n" B "\n</answer>\n" with any A and B,
+    and optionally one more final newline."""
+    if not completion.startswith(_STRICT_OPEN):
+        return False
+    for ending in _STRICT_ENDINGS:
+        if completion.endswith(ending):
+            middle_end = len(completion) - len(ending)
+            return completion.find(_STRICT_MIDDLE, len(_STRICT_OPEN), middle_end) >= 0
+    return False
+
+
+def _is_soft_format(completion: str) -> bool:
+    """d1's soft layout: the completion starts with "<reasoning>", later "</reasoning>", optional whitespace
+    and "<answer>", and somewhere after that "</answer>". The earliest "</reasoning>...<answer>" leaves the
+    most room for the close, so it alone decides."""
+    if not completion.startswith(_SOFT_OPEN):
+        return False
+    middle = _SOFT_MIDDLE.search(completion, len(_SOFT_OPEN))
+    return middle is not None and completion.find("</answer>", middle.end()) >= 0
 
 
 def _normalise(number_text: str) -> str:
@@ -101,8 +137,8 @@ def reward_components(completion: str, item: Gsm8kItem) -> dict[str, float]:
     return {
         "correctness": 2.0 if _normalise(answer) == _normalise(item.answer) else 0.0,
         "integer": 0.5 if answer.isdigit() else 0.0,
-        "strict_format": 0.5 if _STRICT_FORMAT.match(completion) else 0.0,
-        "soft_format": 0.5 if _SOFT_FORMAT.match(completion) else 0.0,
+        "strict_format": 0.5 if _is_strict_format(completion) else 0.0,
+        "soft_format": 0.5 if _is_soft_format(completion) else 0.0,
         "xml_count": _xml_count(completion),
     }
 

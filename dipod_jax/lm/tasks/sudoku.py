@@ -15,15 +15,14 @@ import csv
 import dataclasses
 import functools
 import itertools
-import re
 
 import numpy as np
 
-from dipod_jax.lm.tasks.files import open_task_file
+from dipod_jax.lm.tasks.completion_text import first_digits, last_answer
+from dipod_jax.lm.tasks.files import excerpt, read_task_file
 
 GRID_CELLS = 16
 SHIPPED_TEST_FILES = ("sudoku_4x4_test.csv", "sudoku_4x4_test_split_new.csv")
-_ANSWER_PATTERN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,20 +124,27 @@ def longest_item() -> SudokuItem:
 
 
 def load_test_set(name_or_path: str = SHIPPED_TEST_FILES[0]) -> list[SudokuItem]:
-    """Reads a Puzzle,Solution CSV: a shipped file name (package data) or a filesystem path.
+    """Reads a Puzzle,Solution CSV: a shipped file name (package data) or a filesystem path (UTF-8).
 
-    Raises ValueError naming the file and line for a missing header, a wrong field count, a puzzle that is
-    not 16 digits 0-4, a solution that is not a valid grid, or a solution that disagrees with the puzzle.
+    Raises ValueError naming the file and line for bytes that are not UTF-8, malformed CSV (e.g. a field over
+    csv.field_size_limit), a missing header, a wrong field count, a puzzle that is not 16 digits 0-4, a
+    solution that is not a valid grid, or a solution that disagrees with the puzzle; and naming the file when
+    it holds no puzzles.
     """
-    with open_task_file(name_or_path, SHIPPED_TEST_FILES) as (handle, path):
-        return _parse_csv(handle, path)
-
-
-def _parse_csv(handle, path: str) -> list[SudokuItem]:
+    handle, path = read_task_file(name_or_path, SHIPPED_TEST_FILES)
     reader = csv.reader(handle)
+    try:
+        return _parse_csv(reader, path)
+    except csv.Error as error:
+        raise ValueError(f"{path}:{reader.line_num}: malformed CSV ({error})") from None
+
+
+def _parse_csv(reader, path: str) -> list[SudokuItem]:
     header = next(reader, None)
+    if header is None:
+        raise ValueError(f"{path}: the file is empty (expected a 'Puzzle,Solution' header and puzzle rows)")
     if header != ["Puzzle", "Solution"]:
-        raise ValueError(f"{path}:1: expected header 'Puzzle,Solution', got {header!r}")
+        raise ValueError(f"{path}:1: expected header 'Puzzle,Solution', got {excerpt(header)}")
     items = []
     for row in reader:
         line = reader.line_num
@@ -146,12 +152,14 @@ def _parse_csv(handle, path: str) -> list[SudokuItem]:
             raise ValueError(f"{path}:{line}: expected 2 fields (Puzzle,Solution), got {len(row)}")
         puzzle, solution = (field.strip() for field in row)
         if len(puzzle) != GRID_CELLS or any(char not in "01234" for char in puzzle):
-            raise ValueError(f"{path}:{line}: puzzle {puzzle!r} is not 16 digits in 0-4")
+            raise ValueError(f"{path}:{line}: puzzle {excerpt(puzzle)} is not 16 digits in 0-4")
         if not is_valid_grid(solution):
-            raise ValueError(f"{path}:{line}: solution {solution!r} is not a valid 4x4 Sudoku grid")
+            raise ValueError(f"{path}:{line}: solution {excerpt(solution)} is not a valid 4x4 Sudoku grid")
         if any(p != "0" and p != s for p, s in zip(puzzle, solution)):
             raise ValueError(f"{path}:{line}: solution {solution!r} contradicts puzzle {puzzle!r}")
         items.append(SudokuItem(puzzle=puzzle, solution=solution))
+    if not items:
+        raise ValueError(f"{path}: no puzzles (the file holds only the header line)")
     return items
 
 
@@ -179,11 +187,10 @@ def target_completion(item: SudokuItem, template: str = "compact") -> str:
 
 
 def extract_answer_digits(completion: str) -> str | None:
-    """Digits inside the last <answer>...</answer> of `completion` (non-digits dropped), or None."""
-    matches = _ANSWER_PATTERN.findall(completion)
-    if not matches:
-        return None
-    return "".join(char for char in matches[-1] if char.isdigit())
+    """The first 16 digits (str.isdigit) inside the last <answer>...</answer> of `completion`, non-digits
+    dropped, or None without answer tags. Linear time in len(completion) (see `completion_text`)."""
+    answer = last_answer(completion)
+    return None if answer is None else first_digits(answer, GRID_CELLS)
 
 
 def reward(completion: str, item: SudokuItem) -> float:
@@ -195,7 +202,7 @@ def reward(completion: str, item: SudokuItem) -> float:
     digits = extract_answer_digits(completion)
     if not digits:
         return 0.0
-    digits = digits[:GRID_CELLS].ljust(GRID_CELLS, "0")
+    digits = digits.ljust(GRID_CELLS, "0")
     empty_cells = [i for i, char in enumerate(item.puzzle) if char == "0"]
     if not empty_cells:
         return 0.0
