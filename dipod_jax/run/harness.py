@@ -6,7 +6,7 @@
         log = run.start(step)                 # metrics truncated to `step`
         while step < steps:
             ... one step -> new state, loss, grad_norm ...
-            problem = non_finite(loss=loss, grad_norm=grad_norm, parameters=new_params)
+            problem = non_finite(loss=loss, gradient_norm=grad_norm, updated_parameters=new_params)
             if problem:
                 summary = run.stop_non_finite(step, problem, loss_is_finite=math.isfinite(loss)); break
             step += 1; log.write(...)
@@ -57,8 +57,8 @@ def _all_finite(leaves: list) -> jax.Array:
 def non_finite(**values: Any) -> str | None:
     """None when every value is finite, else a description such as "non-finite loss (nan), updated parameters".
 
-    Each keyword is a number (loss=..., grad_norm=...) or a pytree of arrays (parameters=...), whose floating
-    leaves are checked in one jitted reduction; underscores in names become spaces.
+    Each keyword is a number (loss=..., gradient_norm=...) or a pytree of arrays (updated_parameters=...), whose
+    floating leaves are checked in one jitted reduction; underscores in names become spaces.
     """
     problems = []
     for name, value in values.items():
@@ -114,15 +114,15 @@ class StopSignals:
             signal.signal(signum, handler)
         self._previous.clear()
 
-    def agreed(self) -> int | None:
-        """The signal that stops the run, the same on every process of a multi-host run (the largest
-        received anywhere), or None."""
-        local = self.received or 0
+    def agreed(self, *flags: bool) -> tuple[int | None, ...]:
+        """(the stop signal, then each of `flags`), the same on every process of a multi-host run: the largest
+        signal received anywhere (or None), and each flag true if it is true anywhere."""
+        local = np.array([self.received or 0, *flags], np.int32)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
-            local = int(np.max(multihost_utils.process_allgather(np.int32(local))))
-        return local or None
+            local = np.max(multihost_utils.process_allgather(local), axis=0)
+        return (int(local[0]) or None, *(bool(flag) for flag in local[1:]))
 
 
 def _sync(name: str) -> None:
@@ -213,12 +213,13 @@ class Run:
         self.checkpoints.save(step, trees)
 
     def stop_reason(self, time_budget_min: float = 0.0) -> str | None:
-        """SIGNAL when a stop signal was received (on any process), TIME_BUDGET when the budget ran out,
-        else None. Call it at the same point of every step on every process."""
-        self.stopped_by = self.signals.agreed()
+        """SIGNAL when a stop signal was received, TIME_BUDGET when the budget ran out (on any process: all
+        processes of a multi-host run decide alike), else None. Call it at the same point of every step on every
+        process."""
+        self.stopped_by, over_budget = self.signals.agreed(over_time_budget(self.started, time_budget_min))
         if self.stopped_by is not None:
             return SIGNAL
-        return TIME_BUDGET if over_time_budget(self.started, time_budget_min) else None
+        return TIME_BUDGET if over_budget else None
 
     def stop_summary(self, reason: str, step: int) -> dict[str, Any]:
         """The summary fields of a stop: {"stopped", "step"} and, for a signal, "signal"."""
