@@ -399,13 +399,16 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
     if summary["stopped"] == COMPLETED:
         # The whole test set again at the end (also when a run stopped between its last checkpoint and here
         # is resumed); paired_eval.json is written before the logged record, so neither is ever doubled.
-        if not (os.path.exists(paired_path) and read_json(paired_path)["step"] == step):
+        # (Every process decides alike: process 0 writes the file only after the evaluation, which all share.)
+        if os.path.exists(paired_path) and read_json(paired_path)["step"] == step:
+            paired = read_json(paired_path)
+        else:
             end_rewards = evaluate(step, whole_test_set=True)
             paired = paired_evaluation(read_json(start_eval_path)["rewards"], end_rewards)
             if is_main:
                 write_json_atomic(paired_path, {"step": step, **paired, "end_rewards": end_rewards.tolist()})
             log_evaluation(step, end_rewards)
-        summary["paired_eval"] = read_json(paired_path)["difference"]
+        summary["paired_eval"] = paired["difference"]
     if settings.plot and is_main:
         plot_curves(settings.out_dir)
     summary["final_params"] = state.params

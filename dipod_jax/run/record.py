@@ -131,6 +131,9 @@ def claim_output_dir(out_dir: str, flag: str, record_file: str, record: dict[str
 
 
 def _refuse_other_experiment(saved: dict[str, Any], record: dict[str, Any], flag: str, out_dir: str) -> None:
-    if saved.get("experiment") != record.get("experiment"):
-        raise UsageError(f"{flag}={out_dir} holds a run of {saved.get('experiment', 'another experiment')}, "
+    if "experiment" not in saved:
+        raise UsageError(f"{flag}={out_dir} holds a run recorded before the run harness (its record has no "
+                         "\"experiment\"); continue it with the code that started it, or choose a new directory")
+    if saved["experiment"] != record.get("experiment"):
+        raise UsageError(f"{flag}={out_dir} holds a run of {saved['experiment']}, "
                          f"not of {record.get('experiment')}")
