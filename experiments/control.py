@@ -23,7 +23,6 @@ import ast
 import dataclasses
 import functools
 import json
-import math
 import os
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -181,8 +180,6 @@ def run(config: TrainConfig, workdir: str, seed: int = 0, num_seeds: int = 1, nu
     with user_errors():
         _validate_periods(iterations_per_call, checkpoint_every, eval_every, num_seeds, num_timesteps)
         validate_config(config)
-        if not math.isfinite(config.dipod_beta):
-            raise UsageError(f"--dipod_beta={config.dipod_beta} must be a finite number")
         harness_run = Run(workdir, experiment="control", record_file="config.json",
                           record=run_record(config, seed, num_seeds, iterations_per_call), resume=resume,
                           flag="--workdir", keep=3, step_key="iteration", tensorboard_dir="tensorboard")
