@@ -23,6 +23,7 @@ import ast
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -37,7 +38,7 @@ from dipod_jax.control.envs import make_environment
 from dipod_jax.control.train import make_train
 from dipod_jax.run.files import METRICS_FILE
 from dipod_jax.run.harness import COMPLETED, Run, non_finite, progress_bar
-from dipod_jax.run.program import UsageError, exit_code, run_program, user_errors
+from dipod_jax.run.program import UsageError, check_flag_bounds, exit_code, run_program, user_errors
 
 FLAGS = flags.FLAGS
 
@@ -268,6 +269,7 @@ def main(argv):
     with user_errors():
         _validate_periods(FLAGS.iterations_per_call, FLAGS.checkpoint_every, FLAGS.eval_every, FLAGS.num_seeds,
                           FLAGS.num_timesteps)
+        check_flag_bounds(FLAGS, finite=("dipod_beta",), non_negative=("dipod_beta",))
         config = build_config(FLAGS.env, FLAGS.algo, FLAGS.dipod_beta, FLAGS.set, FLAGS.preset)
         env = make_environment(config.env_name)
     _, summary = run(config, FLAGS.workdir, FLAGS.seed, FLAGS.num_seeds, FLAGS.num_timesteps,
