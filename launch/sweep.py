@@ -19,7 +19,10 @@ experiments at once). Experiments run in their own process group, so a terminal'
 through the sweep.
 `--summarize=eval/mean_reward` reads the manifest's runs instead and writes summary_eval_mean_reward.json
 (final value per (method, beta): mean over seeds with a 95% Student-t interval) and curves_eval_mean_reward.png
-(mean curve over seeds, min-max band).
+(mean curve over seeds, min-max band). `--summarize=paired` reads lm_rl's paired_eval.json of every run (the whole
+test set scored at the start and the end) and writes summary_paired.json and a markdown table: per (method,
+beta) the mean over seeds of the paired difference end - start with its 95% interval over seeds, and each
+seed's own difference with its 95% interval over test items.
 
 Multi-host: run the same sweep command on every host with --coordinator_address=<host0>:<port>,
 --num_processes=<hosts> and --process_id=<this host's index>, and --max_parallel=1. Runs then start in the same
@@ -71,7 +74,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("num_processes", 1, "Hosts taking part in every run (multi-host).")
     flags.DEFINE_integer("process_id", 0, "Index of this host among --num_processes.")
     flags.DEFINE_string("summarize", None, "Instead of launching: summarise this metric (e.g. eval/mean_reward) of the "
-                        "runs in --out_root's manifest into summary.json and curves.png.")
+                        "runs in --out_root's manifest into summary.json and curves.png; 'paired': lm_rl's paired "
+                        "start / end evaluations into summary_paired.json and a markdown table.")
 
 
 def build_runs(experiment: str, methods: Sequence[str], betas: Sequence[float], seeds: Sequence[int],
@@ -269,6 +273,68 @@ def summarize(runs: List[Dict[str, Any]], metric: str, confidence: float = 0.95)
     return {"metric": metric, "confidence": confidence, "groups": groups, "missing": missing}
 
 
+PAIRED = "paired"
+PAIRED_FILE = "paired_eval.json"  # written by experiments.lm_rl at its last step
+
+
+def summarize_paired(runs: List[Dict[str, Any]], confidence: float = 0.95) -> Dict[str, Any]:
+    """The paired start / end evaluations of lm_rl runs (PAIRED_FILE), grouped by (method, beta) over seeds.
+
+    Args:
+      runs: manifest entries; runs without PAIRED_FILE (unfinished) are listed under "missing".
+      confidence: two-sided level of the interval over seeds.
+
+    Returns:
+      {"groups": {"<method>_beta<beta>": {"method", "beta", "seeds", "per_seed": [{"seed", "start", "end",
+      "difference", "half_width", "exact_start", "exact_end"}], "difference": t_interval over the seeds' mean
+      differences, "exact_difference": the same for the solved fraction, "all_seeds_above_zero": whether
+      every seed's own interval lies above 0}}, "missing": [run names]}.
+    """
+    groups: Dict[str, Dict[str, Any]] = {}
+    missing = []
+    for run in runs:
+        path = os.path.join(run["out_dir"], PAIRED_FILE)
+        if not os.path.exists(path):
+            missing.append(run["name"])
+            continue
+        with open(path) as handle:
+            paired = json.load(handle)
+        group = groups.setdefault(f"{run['method']}_beta{float_name(run['beta'])}", {
+            "method": run["method"], "beta": run["beta"], "seeds": [], "per_seed": []})
+        group["seeds"].append(run["seed"])
+        group["per_seed"].append({
+            "seed": run["seed"], "start": paired["start"]["mean_reward"], "end": paired["end"]["mean_reward"],
+            "difference": paired["difference"]["mean"], "half_width": paired["difference"]["half_width"],
+            "low": paired["difference"]["low"], "exact_start": paired["start"]["exact_fraction"],
+            "exact_end": paired["end"]["exact_fraction"],
+            "exact_difference": paired["exact_difference"]["mean"]})
+    for group in groups.values():
+        seeds = group["per_seed"]
+        group["difference"] = t_interval([seed["difference"] for seed in seeds], confidence)
+        group["exact_difference"] = t_interval([seed["exact_difference"] for seed in seeds], confidence)
+        group["start"] = float(np.mean([seed["start"] for seed in seeds]))
+        group["end"] = float(np.mean([seed["end"] for seed in seeds]))
+        group["all_seeds_above_zero"] = all(seed["low"] > 0 for seed in seeds)
+    return {"confidence": confidence, "groups": groups, "missing": missing}
+
+
+def paired_table(summary: Dict[str, Any]) -> str:
+    """A markdown table of `summarize_paired`'s groups: start, end, paired difference (mean over seeds with its
+    interval), each seed's difference with its own interval, solved-fraction change."""
+    lines = ["| method | beta | start | end | end - start (seeds) | per seed: end - start (95% over items) "
+             "| solved: start -> end |",
+             "|---|---|---|---|---|---|---|"]
+    for name, group in sorted(summary["groups"].items()):
+        difference = group["difference"]
+        per_seed = ", ".join(f"{seed['difference']:+.3f} ± {seed['half_width']:.3f}" for seed in group["per_seed"])
+        exact_start = np.mean([seed["exact_start"] for seed in group["per_seed"]])
+        exact_end = np.mean([seed["exact_end"] for seed in group["per_seed"]])
+        lines.append(f"| {group['method']} | {float_name(group['beta'])} | {group['start']:.3f} | {group['end']:.3f} "
+                     f"| {difference['mean']:+.3f} ± {difference['half_width']:.3f} | {per_seed} "
+                     f"| {exact_start:.3f} -> {exact_end:.3f} |")
+    return "\n".join(lines)
+
+
 def plot_summary(summary: Dict[str, Any], path: str) -> None:
     """Mean curve over seeds (steps shared by all seeds) with min-max band, one line per group."""
     import matplotlib
@@ -308,6 +374,11 @@ def main(argv):
             os.makedirs(FLAGS.out_root, exist_ok=True)
             if os.path.exists(manifest_path):
                 runs = merge_previous(runs, read_manifest(manifest_path))
+    if FLAGS.summarize == PAIRED:
+        summary = summarize_paired(runs)
+        write_json_atomic(os.path.join(FLAGS.out_root, f"summary_{PAIRED}.json"), summary)
+        print(paired_table(summary))
+        return 0
     if FLAGS.summarize:
         summary = summarize(runs, FLAGS.summarize)
         suffix = FLAGS.summarize.replace("/", "_")

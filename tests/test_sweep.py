@@ -124,3 +124,29 @@ def test_summarize_groups_seeds_with_a_t_interval(tmp_path):
     assert group["mean"] - group["low"] == pytest.approx(group["high"] - group["mean"])
     sweep.plot_summary(summary, str(tmp_path / "curves.png"))
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_summarize_paired_reads_each_runs_paired_evaluation(tmp_path):
+    """Three seeds whose paired evaluations (written as experiments.lm_rl writes them) improved by 0.05, 0.07
+    and 0.09: the group's difference is 0.07 with the t interval over seeds 4.3027 * 0.02 / sqrt(3); every
+    seed's own interval lies above 0; a run without a paired evaluation is missing; the table lists the group."""
+    from dipod_jax.lm.evaluation import paired_evaluation
+
+    runs = sweep.build_runs("lm_rl", ["diffu_grpo"], [0.0], [0, 1, 2, 3], str(tmp_path))
+    rng = np.random.default_rng(0)
+    for run, gain in zip(runs[:3], (0.05, 0.07, 0.09)):
+        os.makedirs(run["out_dir"])
+        start = rng.uniform(0.2, 0.6, size=200)
+        end = start + gain + rng.normal(0.0, 0.01, size=200)
+        end += gain - (end - start).mean()  # the exact mean difference
+        with open(os.path.join(run["out_dir"], sweep.PAIRED_FILE), "w") as handle:
+            json.dump(paired_evaluation(start, end), handle)
+    summary = sweep.summarize_paired(runs)
+    group = summary["groups"]["diffu_grpo_beta0"]
+    assert summary["missing"] == ["diffu_grpo_beta0_seed3"] and group["seeds"] == [0, 1, 2]
+    assert [seed["difference"] for seed in group["per_seed"]] == pytest.approx([0.05, 0.07, 0.09])
+    assert group["difference"]["mean"] == pytest.approx(0.07)
+    assert group["difference"]["half_width"] == pytest.approx(4.302653 * 0.02 / np.sqrt(3), rel=1e-5)
+    assert group["all_seeds_above_zero"]
+    table = sweep.paired_table(summary)
+    assert "| diffu_grpo | 0 |" in table and "+0.070 ±" in table
