@@ -1,10 +1,10 @@
 """Drift measurements: how far a surrogate (ELBO) log-likelihood and its gradient are from the exact ones.
 
-The three quantities of the double-drift diagnosis (ALGORITHMS.md, Section 4):
+The three quantities of the double-drift diagnosis (docs/algorithms.md, section 5.3):
 
 - bound gap: exact log pi(a | s) minus the surrogate ELBO(a | s) on the policy's own samples;
 - log-ratio error: the surrogate's log-ratio between two parameter vectors minus the exact one, on the same
-  samples; per sample it equals gap_new - gap_old, so any additive constant in the surrogate cancels;
+  samples; per sample it equals gap_old - gap_new, so any additive constant in the surrogate cancels;
 - gradient cosine: between the gradient of the surrogate policy-gradient objective and the exact policy
   gradient E[A grad log pi], at the same parameters and batch.
 

@@ -7,7 +7,7 @@ A step on a batch of prompts (each repeated G times, rows grouped as p * G + g):
   3. `make_update_fn` (the pure, jitted core; arrays in, arrays out): GRPO advantages r - mean_group(r),
      forward masks (once per batch, or per inner iteration where the method's release draws them so), old and
      reference quantities frozen at the start of the batch, then
-     mu inner iterations of the chosen loss (ALGORITHMS.md section 3), each an AdamW step (after global-norm
+     mu inner iterations of the chosen loss (docs/algorithms.md, section 4.4), each an AdamW step (after global-norm
      clipping) on the gradient averaged over grad_accum_steps micro-batches:
        diffu_grpo  per-token ratio from one forward pass of a fresh one-step mask per iteration, k3 KL
        fpo         sequence ratio exp(ELBO_new - ELBO_old) over M stored uniform-count masks, ELBO KL

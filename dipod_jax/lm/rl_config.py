@@ -1,7 +1,7 @@
 """Configuration of dLLM RL post-training (diffu-GRPO, FPO, SPG, each with the DiPOD term): fields, checks, presets.
 
 `RLConfig` is a frozen dataclass validated on construction: every bad value raises ValueError naming the
-field, before anything is compiled. `preset(task)` gives the paper's settings (ALGORITHMS.md section 3)
+field, before anything is compiled. `preset(task)` gives the paper's settings (docs/algorithms.md, section 4)
 scaled down for a CPU and a tiny character-level model; `paper_preset(name)` gives the authors' release
 configurations (`PAPER_PRESETS`, built on the shared `PAPER_SETTINGS`).
 """

@@ -6,7 +6,7 @@
   generate(rng, count) -> list of items              (None for GSM8K, whose training data is a JSONL file)
   prompt_text(item, template) -> str
   target_completion(item, template) -> str           (the supervised completion, d1 answer format)
-  reward(completion_text, item) -> float             (ALGORITHMS.md section 3; linear time in the text)
+  reward(completion_text, item) -> float             (docs/algorithms.md, section 4.7; linear time)
   longest_item() -> item                             (as long as any generated item; None for GSM8K)
 and `templates`, the prompt templates it supports (the first is its default).
 """
