@@ -8,7 +8,7 @@ minibatches of batch_size * unroll_length transitions.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple, Union
+from typing import Any, NamedTuple, Optional, Tuple, Union
 
 ALGORITHMS = ("ppo", "fpo", "fpo++")
 CFM_VARIANTS = ("velocity", "eps")
@@ -137,6 +137,27 @@ class TrainConfig:
     @property
     def is_flow(self) -> bool:
         return self.algo in ("fpo", "fpo++")
+
+
+class HyperParams(NamedTuple):
+    """The settings a population may vary from member to member (dipod_jax.control.population); everything
+    else in TrainConfig fixes shapes or the program and stays static.
+
+    Each field is a scalar: a Python float in a single run (so a dipod_beta of 0 keeps the DiPOD term out of
+    the graph) or a traced float32 array in a population.
+    """
+
+    learning_rate: Any
+    clip_eps: Any
+    dipod_beta: Any
+    entropy_cost: Any
+    value_loss_coef: Any
+
+
+def hyper_params(config: TrainConfig) -> HyperParams:
+    """The config's resolved values as Python floats (the static hyper-parameters of a single run)."""
+    return HyperParams(config.resolved_learning_rate, config.resolved_clip_eps, config.dipod_beta,
+                       config.entropy_cost, config.value_loss_coef)
 
 
 def validate_config(config: TrainConfig) -> None:
