@@ -19,17 +19,19 @@ from typing import Dict, Sequence
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
 from dipod_jax.control.configs import TrainConfig, preset_config
 from dipod_jax.control.envs import make_environment
 from dipod_jax.control.train import make_train
+from dipod_jax.run.program import UsageError, run_program, user_errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("env", "CartpoleBalance", "Environment name (see dipod_jax.control.envs).")
 flags.DEFINE_integer("timed_iterations", 5, "Timed iterations per algorithm (median reported; >= 3).")
 flags.DEFINE_float("dipod_beta", 0.05, "beta of the fpo_dipod variant.")
-flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matrices of the matmul-rate probe.")
+flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matrices of the matmul-rate probe.",
+                     lower_bound=1)
 
 VARIANTS = {"ppo": dict(algo="ppo"), "fpo": dict(algo="fpo"), "fpo_dipod": dict(algo="fpo"),
             "fpo++": dict(algo="fpo++")}
@@ -114,10 +116,11 @@ def time_variants(configs: Dict[str, TrainConfig], env, timed_iterations: int) -
 def main(argv):
     del argv
     if FLAGS.timed_iterations < 3:
-        raise ValueError(f"--timed_iterations must be >= 3, got {FLAGS.timed_iterations}")
-    if not FLAGS.dipod_beta > 0:
-        raise ValueError(f"--dipod_beta must be > 0 (it defines the fpo_dipod variant), got {FLAGS.dipod_beta}")
-    env = make_environment(FLAGS.env)
+        raise UsageError(f"--timed_iterations must be >= 3, got {FLAGS.timed_iterations}")
+    if not 0 < FLAGS.dipod_beta < float("inf"):
+        raise UsageError(f"--dipod_beta must be > 0 (it defines the fpo_dipod variant), got {FLAGS.dipod_beta}")
+    with user_errors():
+        env = make_environment(FLAGS.env)
     configs = {name: preset_config(FLAGS.env, dipod_beta=FLAGS.dipod_beta if name == "fpo_dipod" else 0.0,
                                    **overrides) for name, overrides in VARIANTS.items()}
     results = time_variants(configs, env, FLAGS.timed_iterations)
@@ -138,4 +141,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_program(main)

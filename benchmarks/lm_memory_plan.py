@@ -28,7 +28,7 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from dipod_jax.lm import sharding  # noqa: E402
@@ -36,6 +36,7 @@ from dipod_jax.losses.lm import fpo_dllm_loss  # noqa: E402
 from dipod_jax.losses.masked import elbo_masked  # noqa: E402
 from dipod_jax.models.llada import (BASE_FILTER, LORA_FILTER, LLaDA, LLaDAConfig, count_params,  # noqa: E402
                                     masked_diffusion_logits_fn)
+from dipod_jax.run.program import UsageError, run_program  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -44,12 +45,13 @@ def define_flags() -> None:
     """Register the command-line flags; called only when run as a program, so that importing this module
     (tests, other experiments in the same process) defines no global flags."""
     flags.DEFINE_list("devices", ["8", "32"], "Mesh sizes (number of fake CPU devices, all on the fsdp axis).")
-    flags.DEFINE_integer("per_device_batch", 1, "Sequences per device.")
-    flags.DEFINE_integer("seq_len", 512, "Prompt + completion length (paper: completions of 256 tokens).")
-    flags.DEFINE_integer("num_draws", 4, "Forward masks M per sequence (d1-FPO: 4).")
-    flags.DEFINE_integer("lora_rank", 128, "LoRA rank r.")
+    flags.DEFINE_integer("per_device_batch", 1, "Sequences per device.", lower_bound=1)
+    flags.DEFINE_integer("seq_len", 512, "Prompt + completion length (paper: completions of 256 tokens).",
+                         lower_bound=1)
+    flags.DEFINE_integer("num_draws", 4, "Forward masks M per sequence (d1-FPO: 4).", lower_bound=1)
+    flags.DEFINE_integer("lora_rank", 128, "LoRA rank r.", lower_bound=1)
     flags.DEFINE_float("lora_alpha", 64.0, "LoRA alpha.")
-    flags.DEFINE_integer("n_layers", 32, "Number of layers (LLaDA-8B: 32).")
+    flags.DEFINE_integer("n_layers", 32, "Number of layers (LLaDA-8B: 32).", lower_bound=1)
     flags.DEFINE_bool("remat", True, "Recompute each block in the backward pass.")
 
 GIB = 2.0 ** 30
@@ -69,7 +71,7 @@ def plan_for_mesh(config: LLaDAConfig, num_devices: int, per_device_batch: int =
     `num_draws` forward masks.
     """
     if num_devices > len(jax.devices()):
-        raise ValueError(f"--devices={num_devices} exceeds the {len(jax.devices())} devices XLA_FLAGS provides")
+        raise UsageError(f"--devices={num_devices} exceeds the {len(jax.devices())} devices XLA_FLAGS provides")
     mesh = sharding.make_mesh(data=1, fsdp=num_devices, tensor=1, devices=jax.devices()[:num_devices])
     abstract_model = nnx.eval_shape(lambda: LLaDA(config, rngs=nnx.Rngs(0)))
     graphdef, base_state, lora_state = nnx.split(abstract_model, BASE_FILTER, LORA_FILTER)
@@ -132,6 +134,10 @@ def plan_for_mesh(config: LLaDAConfig, num_devices: int, per_device_batch: int =
 
 def main(argv):
     del argv
+    if not all(n.isdigit() and int(n) >= 1 for n in FLAGS.devices):
+        raise UsageError(f"--devices={','.join(FLAGS.devices)} must be positive integers")
+    if not FLAGS.lora_alpha > 0:
+        raise UsageError(f"--lora_alpha={FLAGS.lora_alpha} must be > 0")
     config = LLaDAConfig.llada_8b(n_layers=FLAGS.n_layers, dtype=jnp.bfloat16, param_dtype=jnp.float32,
                                   lora_rank=FLAGS.lora_rank, lora_alpha=FLAGS.lora_alpha, remat=FLAGS.remat)
     counts = count_params(config)
@@ -153,4 +159,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_program(main)

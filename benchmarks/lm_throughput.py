@@ -15,25 +15,26 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
 from dipod_jax.lm.sampler import generate
 from dipod_jax.losses.masked import elbo_masked, mask_uniform_count
 from dipod_jax.models.llada import LLaDA, LLaDAConfig, count_params, masked_diffusion_logits_fn
+from dipod_jax.run.program import UsageError, run_program
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("vocab_size", 512, "Vocabulary size (mask id = vocab_size - 1).")
-flags.DEFINE_integer("d_model", 256, "Model width.")
-flags.DEFINE_integer("n_layers", 4, "Number of blocks.")
-flags.DEFINE_integer("n_heads", 8, "Attention heads.")
-flags.DEFINE_integer("mlp_hidden", 704, "SwiGLU hidden width.")
-flags.DEFINE_integer("batch", 8, "Sequences per call.")
-flags.DEFINE_integer("prompt_length", 32, "Prompt tokens.")
-flags.DEFINE_integer("gen_length", 64, "Generated tokens.")
-flags.DEFINE_integer("block_length", 32, "Sampler block length.")
-flags.DEFINE_integer("steps", 64, "Sampler denoising steps.")
-flags.DEFINE_integer("num_draws", 2, "Forward masks per sequence in the ELBO.")
+flags.DEFINE_integer("vocab_size", 512, "Vocabulary size (mask id = vocab_size - 1).", lower_bound=1)
+flags.DEFINE_integer("d_model", 256, "Model width.", lower_bound=1)
+flags.DEFINE_integer("n_layers", 4, "Number of blocks.", lower_bound=1)
+flags.DEFINE_integer("n_heads", 8, "Attention heads.", lower_bound=1)
+flags.DEFINE_integer("mlp_hidden", 704, "SwiGLU hidden width.", lower_bound=1)
+flags.DEFINE_integer("batch", 8, "Sequences per call.", lower_bound=1)
+flags.DEFINE_integer("prompt_length", 32, "Prompt tokens.", lower_bound=1)
+flags.DEFINE_integer("gen_length", 64, "Generated tokens.", lower_bound=1)
+flags.DEFINE_integer("block_length", 32, "Sampler block length.", lower_bound=1)
+flags.DEFINE_integer("steps", 64, "Sampler denoising steps.", lower_bound=1)
+flags.DEFINE_integer("num_draws", 2, "Forward masks per sequence in the ELBO.", lower_bound=1)
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_integer("repeats", 5, "Timed calls (median reported), >= 3.")
 
@@ -52,7 +53,7 @@ def _median_seconds(fn, *args) -> tuple[float, list[float]]:
 def main(argv):
     del argv
     if FLAGS.repeats < 3:
-        raise ValueError(f"--repeats must be >= 3, got {FLAGS.repeats}")
+        raise UsageError(f"--repeats must be >= 3, got {FLAGS.repeats}")
     config = LLaDAConfig.tiny(FLAGS.vocab_size, d_model=FLAGS.d_model, n_layers=FLAGS.n_layers,
                               n_heads=FLAGS.n_heads, mlp_hidden=FLAGS.mlp_hidden,
                               max_seq_len=FLAGS.prompt_length + FLAGS.gen_length, dtype=jnp.dtype(FLAGS.dtype))
@@ -100,4 +101,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_program(main)

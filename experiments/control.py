@@ -11,8 +11,11 @@ the FPO reference layout when none is listed), then the --preset algorithm confi
 fpo++_base, fpo++_motion_tracking, the FPO++ release's values), then --set overrides of any TrainConfig field. Writes to
 --workdir: config.json, metrics.jsonl (one line per iteration and seed with the training metrics and the
 wall-clock env-steps/s of its host call, all seeds counted; eval lines marked "eval"),
-TensorBoard event files, orbax checkpoints (atomic) every --checkpoint_every iterations, learning_curve.png.
-A non-finite loss stops the run; the last good checkpoint is kept.
+TensorBoard event files, orbax checkpoints (atomic, newest three kept) every --checkpoint_every iterations,
+learning_curve.png. The run harness (`dipod_jax.run.harness`) owns the workdir: another run's workdir is
+refused, --resume continues only a run with the same config.json (differences are listed), a non-finite loss,
+gradient norm or parameters stop the run (exit status 1) before that host call's state is kept, and SIGTERM /
+Ctrl-C save the current iteration and exit (128 + signal number).
 """
 from __future__ import annotations
 
@@ -26,14 +29,16 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from dipod_jax.control.configs import ALGORITHM_PRESETS, TrainConfig, preset_fields, validate_config
 from dipod_jax.control.envs import make_environment
 from dipod_jax.control.train import make_train
+from dipod_jax.run.files import METRICS_FILE
+from dipod_jax.run.harness import COMPLETED, Run, non_finite, progress_bar
+from dipod_jax.run.program import UsageError, exit_code, run_program, user_errors
 
 FLAGS = flags.FLAGS
 
@@ -95,78 +100,22 @@ def build_config(env_name: str, algo: Optional[str], dipod_beta: float, override
     return train_config
 
 
-def _to_savable(tree: Any) -> Any:
-    """Checkpointable form of a state: typed PRNG keys -> raw uint32 data, zero-size arrays (e.g. MJX's empty
-    actuator activations, which orbax refuses) -> None."""
-    def convert(x):
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.key_data(x)
-        return None if x.size == 0 else x
-    return jax.tree.map(convert, tree)
-
-
-def _from_savable(restored: Any, template: Any) -> Any:
-    """Inverse of `_to_savable`; `template` (a state of the same structure) supplies the zero-size arrays and
-    the key types."""
-    template_leaves, treedef = jax.tree.flatten(template)
-    restored_leaves = iter(jax.tree.leaves(restored))
-    leaves = []
-    for leaf in template_leaves:
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaves.append(jax.random.wrap_key_data(next(restored_leaves), impl=jax.random.key_impl(leaf)))
-        elif leaf.size == 0:
-            leaves.append(leaf)
-        else:
-            leaves.append(next(restored_leaves))
-    return jax.tree.unflatten(treedef, leaves)
-
-
-def save_checkpoint(manager, step: int, state: Any) -> None:
-    """Write `state` as checkpoint `step` (orbax: written to a temporary directory, then renamed)."""
-    import orbax.checkpoint as ocp
-    manager.save(step, args=ocp.args.StandardSave(_to_savable(state)))
-    manager.wait_until_finished()
-
-
-def restore_checkpoint(manager, step: int, template: Any) -> Any:
-    """Read checkpoint `step` into the structure, dtypes and key types of `template`."""
-    import orbax.checkpoint as ocp
-    restored = manager.restore(step, args=ocp.args.StandardRestore(_to_savable(template)))
-    return _from_savable(restored, template)
-
-
-def _checkpoint_manager(workdir: str):
-    import orbax.checkpoint as ocp
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                 options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True))
-
-
 def _validate_periods(iterations_per_call: int, checkpoint_every: int, eval_every: int, num_seeds: int,
                       num_timesteps: int) -> None:
     if iterations_per_call < 1:
-        raise ValueError(f"--iterations_per_call must be >= 1, got {iterations_per_call}")
+        raise UsageError(f"--iterations_per_call must be >= 1, got {iterations_per_call}")
     for name, value in (("checkpoint_every", checkpoint_every), ("eval_every", eval_every)):
         if value < 1 or value % iterations_per_call:
-            raise ValueError(f"--{name} must be a positive multiple of --iterations_per_call="
+            raise UsageError(f"--{name} must be a positive multiple of --iterations_per_call="
                              f"{iterations_per_call}, got {value}")
     if num_seeds < 1:
-        raise ValueError(f"--num_seeds must be >= 1, got {num_seeds}")
+        raise UsageError(f"--num_seeds must be >= 1, got {num_seeds}")
     if num_timesteps < 1:
-        raise ValueError(f"--num_timesteps must be >= 1, got {num_timesteps}")
+        raise UsageError(f"--num_timesteps must be >= 1, got {num_timesteps}")
 
 
 def _host_metrics(metrics: Dict[str, Any]) -> Dict[str, np.ndarray]:
     return {name: np.asarray(value, dtype=np.float64) for name, value in metrics.items()}
-
-
-def _truncate_jsonl(path: str, last_iteration: int) -> None:
-    """Drop lines logged after `last_iteration` (a resumed run re-logs them)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as handle:
-        kept = [line for line in handle if json.loads(line)["iteration"] <= last_iteration]
-    with open(path, "w") as handle:
-        handle.writelines(kept)
 
 
 def plot_learning_curve(jsonl_path: str, png_path: str, title: str) -> None:
@@ -209,120 +158,128 @@ def compiled_functions(config: TrainConfig, env, iterations_per_call: int):
     return init, train_chunk, evaluate
 
 
+def run_record(config: TrainConfig, seed: int, num_seeds: int, iterations_per_call: int) -> Dict[str, Any]:
+    """The run record (config.json): every setting that changes the results; a resumed run must match it."""
+    return {"train_config": dataclasses.asdict(config), "seed": seed, "num_seeds": num_seeds,
+            "iterations_per_call": iterations_per_call}
+
+
 def run(config: TrainConfig, workdir: str, seed: int = 0, num_seeds: int = 1, num_timesteps: int = 1,
         iterations_per_call: int = 1, checkpoint_every: int = 10, eval_every: int = 10, resume: bool = False,
-        progress: bool = True, env=None) -> Tuple[Any, int]:
+        progress: bool = True, env=None) -> Tuple[Any, Dict[str, Any]]:
     """Train `num_seeds` seeds of `config` together, logging and checkpointing under `workdir`.
 
     Returns:
-      (final batched TrainState with leading axis num_seeds, iterations done).
+      (final batched TrainState with leading axis num_seeds, summary {"step": iterations done, "stopped":
+      "completed", "signal" or "non_finite", and the stop's fields (`dipod_jax.run.harness`)}). A non-finite
+      loss, gradient norm or parameters stop the run before that host call's state is kept.
 
     Raises:
-      ValueError: bad periods, an existing run in `workdir` without `resume`, a config that differs from the
-        one being resumed. FloatingPointError: a non-finite loss (the last good checkpoint is kept).
+      UsageError (a ValueError), before anything is compiled: bad periods or config, a workdir holding
+        another run without `resume`, `resume` with nothing to resume or with a different config.
     """
-    from tensorboardX import SummaryWriter
-    from tqdm import tqdm
+    with user_errors():
+        _validate_periods(iterations_per_call, checkpoint_every, eval_every, num_seeds, num_timesteps)
+        validate_config(config)
+        if not math.isfinite(config.dipod_beta):
+            raise UsageError(f"--dipod_beta={config.dipod_beta} must be a finite number")
+        harness_run = Run(workdir, experiment="control", record_file="config.json",
+                          record=run_record(config, seed, num_seeds, iterations_per_call), resume=resume,
+                          flag="--workdir", keep=3, step_key="iteration", tensorboard_dir="tensorboard")
+    with harness_run:
+        return _train(harness_run, config, workdir, seed, num_seeds, num_timesteps, iterations_per_call,
+                      checkpoint_every, eval_every, progress, env)
 
-    _validate_periods(iterations_per_call, checkpoint_every, eval_every, num_seeds, num_timesteps)
-    validate_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    config_path = os.path.join(workdir, "config.json")
-    config_record = {"train_config": dataclasses.asdict(config), "seed": seed, "num_seeds": num_seeds,
-                     "iterations_per_call": iterations_per_call}
-    manager = _checkpoint_manager(workdir)
-    latest = manager.latest_step()
-    if latest is not None and not resume:
-        raise ValueError(f"--workdir {workdir!r} already holds checkpoints; pass --resume or use a new workdir")
-    if latest is not None:
-        with open(config_path) as handle:
-            saved = json.load(handle)
-        if saved != json.loads(json.dumps(config_record)):
-            raise ValueError(f"--resume: the configuration differs from the one saved in {config_path}")
-    with open(config_path, "w") as handle:
-        json.dump(config_record, handle, indent=1)
 
+def _train(harness_run: Run, config: TrainConfig, workdir: str, seed: int, num_seeds: int, num_timesteps: int,
+           iterations_per_call: int, checkpoint_every: int, eval_every: int, progress: bool,
+           env) -> Tuple[Any, Dict[str, Any]]:
     seeds = np.arange(seed, seed + num_seeds)
     init, train_chunk, evaluate = compiled_functions(config, env or make_environment(config.env_name),
                                                      iterations_per_call)
     state = init(jax.vmap(jax.random.key)(seeds))
     done_iterations = 0
-    jsonl_path = os.path.join(workdir, "metrics.jsonl")
-    if latest is not None:
-        state = restore_checkpoint(manager, latest, state)
-        done_iterations = int(latest)
-        _truncate_jsonl(jsonl_path, done_iterations)
+    if harness_run.resuming:
+        done_iterations, restored = harness_run.restore({"state": state})
+        state = restored["state"]
         logging.info("resumed from iteration %d", done_iterations)
+    log = harness_run.start(done_iterations)
 
     total_iterations = iterations_per_call * math.ceil(
         num_timesteps / (config.env_steps_per_iteration * iterations_per_call))
-    writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    bar = tqdm(total=total_iterations, initial=done_iterations, disable=not progress, unit="it")
+    bar = progress_bar(total_iterations, done_iterations, progress, None, unit="it")
     start_time = time.perf_counter()
     iterations_at_start = done_iterations
-    with open(jsonl_path, "a") as log:
-        while done_iterations < total_iterations:
-            chunk_start = time.perf_counter()
-            state, metrics = train_chunk(state)
-            metrics = _host_metrics(metrics)  # [num_seeds, iterations_per_call]
-            chunk_steps_per_s = (iterations_per_call * config.env_steps_per_iteration * num_seeds
-                                 / (time.perf_counter() - chunk_start))
-            if not np.all(np.isfinite(metrics["total_loss"])):
-                raise FloatingPointError(
-                    f"non-finite loss at iteration {done_iterations + 1}..{done_iterations + iterations_per_call};"
-                    f" stopping, last good checkpoint: {manager.latest_step()}")
-            env_steps = np.asarray(state.env_steps)
-            for offset in range(iterations_per_call):
-                iteration = done_iterations + offset + 1
-                for index, run_seed in enumerate(seeds):
-                    record = {name: float(value[index, offset]) for name, value in metrics.items()}
-                    record.update(kind="train", iteration=iteration, seed=int(run_seed),
-                                  env_steps_per_s=chunk_steps_per_s)
-                    log.write(json.dumps(record) + "\n")
-                    for name, value in record.items():
-                        if isinstance(value, float):
-                            writer.add_scalar(f"seed{run_seed}/train/{name}", value, iteration)
-            done_iterations += iterations_per_call
-            elapsed = time.perf_counter() - start_time
-            steps_per_s = (done_iterations - iterations_at_start) * config.env_steps_per_iteration * num_seeds / elapsed
-            postfix = {"steps/s": f"{steps_per_s:.0f}",
-                       "train_return": f"{metrics['episode_return'][:, -1].mean():.1f}"}
-            if done_iterations % eval_every == 0 or done_iterations == total_iterations:
-                eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, done_iterations))(
-                    jax.vmap(jax.random.key)(seeds + 1_000_003))
-                eval_metrics = _host_metrics(evaluate(state, eval_keys))
-                for index, run_seed in enumerate(seeds):
-                    record = {name: float(value[index]) for name, value in eval_metrics.items()}
-                    record.update(kind="eval", iteration=done_iterations, seed=int(run_seed),
-                                  env_steps=int(env_steps[index]))
-                    log.write(json.dumps(record) + "\n")
-                    writer.add_scalar(f"seed{run_seed}/eval/return", record["eval_return_mean"], done_iterations)
-                postfix["eval_return"] = f"{eval_metrics['eval_return_mean'].mean():.1f}"
-            log.flush()
-            bar.set_postfix(postfix)
-            bar.update(iterations_per_call)
-            if done_iterations % checkpoint_every == 0 or done_iterations == total_iterations:
-                save_checkpoint(manager, done_iterations, state)
+    summary: Dict[str, Any] = {"step": done_iterations, "stopped": COMPLETED}
+    while done_iterations < total_iterations:
+        chunk_start = time.perf_counter()
+        new_state, metrics = train_chunk(state)
+        metrics = _host_metrics(metrics)  # [num_seeds, iterations_per_call]
+        chunk_steps_per_s = (iterations_per_call * config.env_steps_per_iteration * num_seeds
+                             / (time.perf_counter() - chunk_start))
+        problem = non_finite(loss=metrics["total_loss"], gradient_norm=metrics["grad_norm"],
+                             updated_parameters=new_state.params)
+        if problem:
+            # The checkpoint of done_iterations produced the chunk's first losses.
+            first_losses_finite = bool(np.isfinite(metrics["total_loss"][:, 0]).all())
+            summary.update(harness_run.stop_non_finite(done_iterations, problem, first_losses_finite))
+            break
+        state = new_state
+        env_steps = np.asarray(state.env_steps)
+        for offset in range(iterations_per_call):
+            iteration = done_iterations + offset + 1
+            for index, run_seed in enumerate(seeds):
+                record = {name: float(value[index, offset]) for name, value in metrics.items()}
+                record.update(kind="train", iteration=iteration, seed=int(run_seed),
+                              env_steps_per_s=chunk_steps_per_s)
+                log.write(record, {f"seed{run_seed}/train/{name}": value for name, value in record.items()
+                                   if isinstance(value, float)})
+        done_iterations += iterations_per_call
+        summary["step"] = done_iterations
+        elapsed = time.perf_counter() - start_time
+        steps_per_s = (done_iterations - iterations_at_start) * config.env_steps_per_iteration * num_seeds / elapsed
+        postfix = {"steps/s": f"{steps_per_s:.0f}",
+                   "train_return": f"{metrics['episode_return'][:, -1].mean():.1f}"}
+        if done_iterations % eval_every == 0 or done_iterations == total_iterations:
+            eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, done_iterations))(
+                jax.vmap(jax.random.key)(seeds + 1_000_003))
+            eval_metrics = _host_metrics(evaluate(state, eval_keys))
+            for index, run_seed in enumerate(seeds):
+                record = {name: float(value[index]) for name, value in eval_metrics.items()}
+                record.update(kind="eval", iteration=done_iterations, seed=int(run_seed),
+                              env_steps=int(env_steps[index]))
+                log.write(record, {f"seed{run_seed}/eval/return": record["eval_return_mean"]})
+            postfix["eval_return"] = f"{eval_metrics['eval_return_mean'].mean():.1f}"
+        bar.set_postfix(postfix)
+        bar.update(iterations_per_call)
+        stop = harness_run.stop_reason()
+        if done_iterations % checkpoint_every == 0 or done_iterations == total_iterations or stop:
+            harness_run.save(done_iterations, {"state": state})
+        if stop and done_iterations < total_iterations:
+            summary.update(harness_run.stop_summary(stop, done_iterations))
+            break
     bar.close()
-    writer.close()
-    plot_learning_curve(jsonl_path, os.path.join(workdir, "learning_curve.png"),
+    log.close()
+    plot_learning_curve(os.path.join(workdir, METRICS_FILE), os.path.join(workdir, "learning_curve.png"),
                         f"{config.env_name} {config.algo} beta={config.dipod_beta}")
-    return state, done_iterations
+    return state, summary
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"unexpected positional arguments: {argv[1:]}")
     if not FLAGS.workdir:
-        raise ValueError("--workdir is required")
-    _validate_periods(FLAGS.iterations_per_call, FLAGS.checkpoint_every, FLAGS.eval_every, FLAGS.num_seeds,
-                      FLAGS.num_timesteps)
-    config = build_config(FLAGS.env, FLAGS.algo, FLAGS.dipod_beta, FLAGS.set, FLAGS.preset)
-    env = make_environment(config.env_name)
-    run(config, FLAGS.workdir, FLAGS.seed, FLAGS.num_seeds, FLAGS.num_timesteps, FLAGS.iterations_per_call,
-        FLAGS.checkpoint_every, FLAGS.eval_every, FLAGS.resume, FLAGS.progress, env)
+        raise UsageError("--workdir is required")
+    with user_errors():
+        _validate_periods(FLAGS.iterations_per_call, FLAGS.checkpoint_every, FLAGS.eval_every, FLAGS.num_seeds,
+                          FLAGS.num_timesteps)
+        config = build_config(FLAGS.env, FLAGS.algo, FLAGS.dipod_beta, FLAGS.set, FLAGS.preset)
+        env = make_environment(config.env_name)
+    _, summary = run(config, FLAGS.workdir, FLAGS.seed, FLAGS.num_seeds, FLAGS.num_timesteps,
+                     FLAGS.iterations_per_call, FLAGS.checkpoint_every, FLAGS.eval_every, FLAGS.resume,
+                     FLAGS.progress, env)
+    print(json.dumps(summary))
+    return exit_code(summary)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_program(main)

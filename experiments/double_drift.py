@@ -16,8 +16,13 @@ Outputs in --output_dir:
   diverged (with the step);
 - double_drift.png (all settings) and <setting>.png: reward, bound gap, log-ratio error and gradient cosine
   over training, mean over live seeds with a 95% band, baseline vs DiPOD.
-- runs/<setting>__beta<beta>.npz: each finished run's raw metrics; a rerun with the same flags loads them
-  instead of training again (resume at run granularity).
+- runs/<setting>__beta<beta>.npz: each finished run's raw metrics (beta written exactly, so close betas
+  never share a file); config.json: the run record.
+
+The run harness (`dipod_jax.run.harness`) owns the directory: a directory holding another run is refused
+(also an unwritable one, before any training); --resume continues a run with the same config.json (differences
+are listed), loading finished runs and continuing a run stopped part-way from its checkpoint; SIGTERM / Ctrl-C
+save the run in progress and exit (128 + signal number). An unreadable runs/*.npz is reported and trained again.
 
 A seed "diverges" at the first step whose training metrics (toy.TRAINING_METRICS) are not finite: its state is
 frozen at the last good parameters, it is not trained further, and all its later metrics are null. The exact
@@ -28,24 +33,29 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
-from typing import Dict, List, Tuple
+import zipfile
+from typing import Any, Callable, Dict, List, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-from absl import app, flags
-from scipy import stats
+from absl import flags, logging
 from tqdm import tqdm
 
+from dipod_jax.run.files import METRICS_FILE, write_atomic, write_json_atomic
+from dipod_jax.run.harness import COMPLETED, SIGNAL, Run
+from dipod_jax.run.program import exit_code, one_line, run_program, user_errors
+from dipod_jax.run.record import float_name
+from dipod_jax.run.statistics import t_interval
 from dipod_jax.toys import bandit, sequence
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 SETTINGS = ("bandit_fpo", "sequence_fpo", "sequence_spg")
+RUNS_DIR = "runs"
 PLOTTED_METRICS = (("reward", "reward"), ("bound_gap", "bound gap (log pi - ELBO)"),
                    ("log_ratio_error", "|log-ratio error|"), ("grad_cosine", "cos(proxy grad, exact grad)"))
 
@@ -62,7 +72,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("steps", 150, "Training steps (rollout + inner updates) per run.")
     flags.DEFINE_string("output_dir", "runs/double_drift", "Where to write metrics, summary and figures.")
     flags.DEFINE_integer("bandit_action_dim", 2, "Action dimension of the bandit (1 or 2).")
-    flags.DEFINE_bool("resume", True, "Reuse finished runs found in output_dir/runs instead of retraining them.")
+    flags.DEFINE_bool("resume", False, "Continue the run in --output_dir: finished runs are loaded from "
+                      "output_dir/runs, a run stopped part-way continues from its checkpoint.")
 
 
 def check_flags(settings: List[str], beta: float, sequence_beta: float, num_seeds: int, steps: int) -> None:
@@ -113,88 +124,87 @@ def _seed_status(toy, config, metrics: Dict[str, np.ndarray], alive: np.ndarray)
     return healthy, defined
 
 
-def train_run(toy, config, beta: float, num_seeds: int, steps: int, progress: tqdm) -> Dict[str, np.ndarray]:
-    """Train `num_seeds` seeds for `steps` steps at DiPOD coefficient `beta`.
+class RunProgress(NamedTuple):
+    """A run part-way: the seed-batched toy state, which seeds are alive [n_seeds] bool, the history
+    {metric: [steps, n_seeds] float64, NaN beyond `done` and where a seed has diverged} and the steps done."""
+    state: Any
+    alive: np.ndarray
+    history: Dict[str, np.ndarray]
+    done: int
 
-    Returns:
-      dict of [steps, num_seeds] float arrays (NaN once a seed has diverged).
-    """
+
+def initial_progress(toy, config, beta: float, num_seeds: int, steps: int) -> RunProgress:
+    """A run at step 0 (the metric names come from the step's abstract evaluation, nothing is run)."""
     state = toy.init_seed_batch(jnp.arange(num_seeds), config)
+    _, metric_shapes = jax.eval_shape(toy.make_seed_batched_step(config, beta), state)
+    history = {name: np.full((steps, num_seeds), np.nan) for name in metric_shapes}
+    return RunProgress(state, np.ones(num_seeds, dtype=bool), history, 0)
+
+
+def train_run(toy, config, beta: float, run: RunProgress, progress: tqdm,
+              stop_requested: Callable[[], bool] = lambda: False) -> RunProgress:
+    """Train a run from `run.done` up to its last step at DiPOD coefficient `beta`, or until
+    `stop_requested()` (asked after every step) is true. A seed whose training metrics turn non-finite is
+    frozen at its last good state and its later metrics are NaN."""
     step_fn = toy.make_seed_batched_step(config, beta)
-    alive = np.ones(num_seeds, dtype=bool)
-    history: Dict[str, List[np.ndarray]] = {}
-    for _ in range(steps):
+    state, alive, history, done = run.state, run.alive.copy(), {k: v.copy() for k, v in run.history.items()}, run.done
+    steps = next(iter(history.values())).shape[0]
+    while done < steps:
         new_state, metrics = step_fn(state)
         metrics = {name: np.asarray(value, dtype=np.float64) for name, value in metrics.items()}
         healthy, defined = _seed_status(toy, config, metrics, alive)
         state = _freeze_diverged(new_state, state, healthy)
         alive = healthy
         for name, value in metrics.items():
-            history.setdefault(name, []).append(np.where(healthy if name in toy.TRAINING_METRICS else defined,
-                                                         value, np.nan))
+            history[name][done] = np.where(healthy if name in toy.TRAINING_METRICS else defined, value, np.nan)
+        done += 1
         progress.set_postfix(live_seeds=int(alive.sum()))
         progress.update(1)
-    return {name: np.stack(values) for name, values in history.items()}
-
-
-def _atomic_write(path: str, write) -> None:
-    """Write via a temporary file in the same directory and rename, so readers never see a partial file."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp_path)
-        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+        if done < steps and stop_requested():
+            break
+    return RunProgress(state, alive, history, done)
 
 
 def _run_file(output_dir: str, setting: str, beta: float) -> str:
-    return os.path.join(output_dir, "runs", f"{setting}__beta{beta:g}.npz")
+    return os.path.join(output_dir, RUNS_DIR, f"{setting}__beta{float_name(beta)}.npz")
 
 
-def load_or_train(output_dir: str, setting: str, toy, config, beta: float, num_seeds: int, steps: int,
-                  resume: bool, progress: tqdm) -> Dict[str, np.ndarray]:
-    """Load a finished run with the same configuration, or train it and store it atomically."""
-    path = _run_file(output_dir, setting, beta)
-    signature = json.dumps({"config": config._asdict(), "beta": beta, "num_seeds": num_seeds, "steps": steps},
-                           sort_keys=True)
-    if resume and os.path.exists(path):
+def _signature(config, beta: float, num_seeds: int, steps: int) -> str:
+    return json.dumps({"config": config._asdict(), "beta": beta, "num_seeds": num_seeds, "steps": steps},
+                      sort_keys=True)
+
+
+def load_finished(path: str, signature: str) -> Dict[str, np.ndarray] | None:
+    """The history stored in a finished run's file, or None when there is none. A file that cannot be read
+    or belongs to other settings is reported (a warning naming it), moved to <path>.unreadable and not used."""
+    if not os.path.exists(path):
+        return None
+    try:
         with np.load(path) as stored:
-            if str(stored["signature"]) == signature:
-                progress.update(steps)
-                return {name: stored[name] for name in stored.files if name != "signature"}
-    history = train_run(toy, config, beta, num_seeds, steps, progress)
+            if str(stored["signature"]) != signature:
+                raise ValueError("stored for other settings")
+            return {name: stored[name] for name in stored.files if name != "signature"}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        logging.warning("%s is unreadable (%s); moved to %s.unreadable, the run is trained again", path,
+                        one_line(error), path)
+        os.replace(path, path + ".unreadable")
+        return None
 
+
+def _store_finished(path: str, signature: str, history: Dict[str, np.ndarray]) -> None:
     def write(tmp_path):
         with open(tmp_path, "wb") as handle:
             np.savez(handle, signature=signature, **history)
 
-    _atomic_write(path, write)
-    return history
-
-
-def mean_interval(values: np.ndarray) -> Tuple[float, float, int]:
-    """Mean and 95% Student-t half-width of the finite entries of `values` [n]; (nan, nan, 0) if none."""
-    finite = values[np.isfinite(values)]
-    count = finite.size
-    if count == 0:
-        return float("nan"), float("nan"), 0
-    if count == 1:
-        return float(finite[0]), float("nan"), 1
-    half_width = stats.t.ppf(0.975, count - 1) * finite.std(ddof=1) / np.sqrt(count)
-    return float(finite.mean()), float(half_width), count
+    write_atomic(path, write)
 
 
 def _over_seeds(per_seed: np.ndarray) -> Dict:
-    mean, half_width, count = mean_interval(per_seed)
+    interval = t_interval(per_seed)
     finite = per_seed[np.isfinite(per_seed)]
     median = float(np.median(finite)) if finite.size else float("nan")
-    return {"mean": _json_float(mean), "ci95": _json_float(half_width), "median": _json_float(median),
-            "num_seeds": count}
+    return {"mean": _json_float(interval["mean"]), "ci95": _json_float(interval["half_width"]),
+            "median": _json_float(median), "num_seeds": interval["n"]}
 
 
 def summarize(history: Dict[str, np.ndarray]) -> Dict:
@@ -232,18 +242,16 @@ def write_metrics_jsonl(path: str, runs: Dict[Tuple[str, str], Tuple[float, Dict
                         row.update({name: _json_float(values[step, seed]) for name, values in history.items()})
                         handle.write(json.dumps(row) + "\n")
 
-    _atomic_write(path, write)
+    write_atomic(path, write)
 
 
 def _band(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-step mean over live seeds and 95% half-width: values [steps, seeds] -> ([steps], [steps])."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps: every seed diverged
-        count = np.isfinite(values).sum(axis=1)
-        mean = np.nanmean(values, axis=1)
-        sd = np.nanstd(values, axis=1, ddof=1)
-        half_width = stats.t.ppf(0.975, np.maximum(count - 1, 1)) * sd / np.sqrt(np.maximum(count, 1))
-    return mean, np.where(count > 1, half_width, 0.0)
+    """Per-step mean over live seeds and 95% half-width (0 with fewer than two live seeds):
+    values [steps, seeds] -> ([steps], [steps])."""
+    intervals = [t_interval(row) for row in values]
+    mean = np.array([interval["mean"] for interval in intervals])
+    half_width = np.array([interval["half_width"] for interval in intervals])
+    return mean, np.nan_to_num(half_width, nan=0.0)
 
 
 def plot_settings(path: str, settings: List[str], runs) -> None:
@@ -257,7 +265,7 @@ def plot_settings(path: str, settings: List[str], runs) -> None:
                 beta, history = runs[(setting, variant)]
                 mean, half_width = _band(history[metric])
                 steps = np.arange(mean.size)
-                axis.plot(steps, mean, color=colour, label=f"{variant} (beta={beta:g})")
+                axis.plot(steps, mean, color=colour, label=f"{variant} (beta={float_name(beta)})")
                 axis.fill_between(steps, mean - half_width, mean + half_width, color=colour, alpha=0.2)
             axis.set_title(f"{setting}: {label}", fontsize=9)
             axis.set_xlabel("step")
@@ -266,36 +274,79 @@ def plot_settings(path: str, settings: List[str], runs) -> None:
             if row == 0 and column == 0:
                 axis.legend(fontsize=8)
     figure.tight_layout()
-    _atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
+    write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
     plt.close(figure)
 
 
+def run_record(settings: List[str], toys, beta: float, sequence_beta: float, num_seeds: int,
+               steps: int) -> Dict:
+    """The run record (config.json): every setting that changes the results; --resume must match it."""
+    return {"settings": list(settings), "beta": beta, "sequence_beta": sequence_beta, "num_seeds": num_seeds,
+            "steps": steps, "configs": {setting: config._asdict() for setting, (_, config) in toys.items()}}
+
+
 def run_experiment(settings: List[str], beta: float, sequence_beta: float, num_seeds: int, steps: int,
-                   output_dir: str, bandit_action_dim: int = 2, resume: bool = True) -> Dict:
-    """Run every setting at beta = 0 and at its DiPOD beta, and write all outputs. Returns the summary."""
-    check_flags(settings, beta, sequence_beta, num_seeds, steps)
-    toys = {setting: make_setting(setting, bandit_action_dim) for setting in settings}
+                   output_dir: str, bandit_action_dim: int = 2, resume: bool = False) -> Dict:
+    """Run every setting at beta = 0 and at its DiPOD beta, and write all outputs.
+
+    Returns the summary (also written to summary.json) with "stopped": "completed"; or, when SIGTERM /
+    SIGINT stopped the run (its progress saved), {"stopped": "signal", "signal", "step"}. Raises UsageError
+    (a ValueError), before any training: invalid flags, an output directory holding another run without
+    `resume` or that cannot be written, `resume` with nothing to resume or other settings.
+    """
+    with user_errors():
+        check_flags(settings, beta, sequence_beta, num_seeds, steps)
+        toys = {setting: make_setting(setting, bandit_action_dim) for setting in settings}
+        plan = [(setting, variant, variant_beta) for setting in settings
+                for variant, variant_beta in (("baseline", 0.0),
+                                              ("dipod", beta if toys[setting][0] is bandit else sequence_beta))]
+        harness_run = Run(output_dir, experiment="double_drift", record_file="config.json",
+                          record=run_record(settings, toys, beta, sequence_beta, num_seeds, steps), resume=resume,
+                          flag="--output_dir", other_run_files=("summary.json", RUNS_DIR),
+                          progress_paths=[_run_file(output_dir, setting, b) for setting, _, b in plan])
+    with harness_run:
+        return _run_plan(harness_run, plan, toys, num_seeds, steps, output_dir, settings)
+
+
+def _run_plan(harness_run: Run, plan, toys, num_seeds: int, steps: int, output_dir: str,
+              settings: List[str]) -> Dict:
+    # A run part-way is checkpointed (on a stop signal) at the global step index * steps + steps done.
     runs = {}
-    with tqdm(total=2 * len(settings) * steps, desc="double drift", unit="step") as progress:
-        for setting in settings:
+    with tqdm(total=len(plan) * steps, desc="double drift", unit="step") as progress:
+        for index, (setting, variant, variant_beta) in enumerate(plan):
+            progress.set_description(f"{setting} {variant}")
             toy, config = toys[setting]
-            dipod_beta = beta if toy is bandit else sequence_beta
-            for variant, variant_beta in (("baseline", 0.0), ("dipod", dipod_beta)):
-                progress.set_description(f"{setting} {variant}")
-                history = load_or_train(output_dir, setting, toy, config, variant_beta, num_seeds, steps,
-                                        resume, progress)
-                runs[(setting, variant)] = (variant_beta, history)
-    write_metrics_jsonl(os.path.join(output_dir, "metrics.jsonl"), runs)
-    summary = {"num_seeds": num_seeds, "steps": steps,
+            path = _run_file(output_dir, setting, variant_beta)
+            signature = _signature(config, variant_beta, num_seeds, steps)
+            history = load_finished(path, signature)
+            if history is not None:
+                progress.update(steps)
+            else:
+                run = initial_progress(toy, config, variant_beta, num_seeds, steps)
+                if harness_run.resuming:
+                    saved_at, trees = harness_run.checkpoints.restore_newest(
+                        {"state": run.state, "alive": run.alive, "history": run.history},
+                        candidates=range(index * steps + 1, (index + 1) * steps))
+                    if saved_at is not None:
+                        run = RunProgress(trees["state"], np.asarray(trees["alive"]),
+                                          {name: np.asarray(value) for name, value in trees["history"].items()},
+                                          saved_at - index * steps)
+                        progress.update(run.done)
+                run = train_run(toy, config, variant_beta, run, progress,
+                                lambda: harness_run.stop_reason() is not None)
+                if run.done < steps:
+                    harness_run.save(index * steps + run.done,
+                                     {"state": run.state, "alive": run.alive, "history": run.history})
+                    return harness_run.stop_summary(SIGNAL, index * steps + run.done)
+                history = run.history
+                _store_finished(path, signature, history)
+            runs[(setting, variant)] = (variant_beta, history)
+    write_metrics_jsonl(os.path.join(output_dir, METRICS_FILE), runs)
+    summary = {"stopped": COMPLETED, "num_seeds": num_seeds, "steps": steps,
                "settings": {setting: {variant: {"beta": runs[(setting, variant)][0],
                                                 **summarize(runs[(setting, variant)][1])}
                                       for variant in ("baseline", "dipod")} for setting in settings}}
-
-    def write_summary(tmp_path):
-        with open(tmp_path, "w") as handle:
-            handle.write(json.dumps(summary, indent=2) + "\n")
-
-    _atomic_write(os.path.join(output_dir, "summary.json"), write_summary)
+    write_json_atomic(os.path.join(output_dir, "summary.json"), summary)
     plot_settings(os.path.join(output_dir, "double_drift.png"), settings, runs)
     for setting in settings:
         plot_settings(os.path.join(output_dir, f"{setting}.png"), [setting], runs)
@@ -303,13 +354,12 @@ def run_experiment(settings: List[str], beta: float, sequence_beta: float, num_s
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     summary = run_experiment(FLAGS.settings, FLAGS.beta, FLAGS.sequence_beta, FLAGS.num_seeds, FLAGS.steps,
                              FLAGS.output_dir, FLAGS.bandit_action_dim, FLAGS.resume)
     print(json.dumps(summary, indent=2))
+    return exit_code(summary)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_program(main)

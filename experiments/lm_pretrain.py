@@ -19,9 +19,10 @@ mean fraction of empty cells right) and the fraction of items with reward 1 (`di
 
 Outputs in --out_dir: config.json (everything `dipod_jax.lm.pretrain.load_pretrained` needs to rebuild model
 and tokenizer), checkpoints/<step>/ (Orbax, written atomically; the newest two kept), metrics.jsonl, tb/
-(TensorBoard); see `dipod_jax.lm.training_run`. A non-finite loss stops the run before its update is applied; if the
-newest checkpoint holds the parameters that produced it, that checkpoint is deleted, so the newest one left
-is the last good one.
+(TensorBoard). The run harness (`dipod_jax.run.harness`) owns the directory: another run's directory is
+refused, --resume continues only a run with the same config.json settings (differences are listed), a
+non-finite loss, gradient norm or updated parameters stops the run (exit status 1) before anything of that
+step is kept, and SIGTERM / Ctrl-C save the current step and exit (128 + signal number); continue with --resume.
 """
 from __future__ import annotations
 
@@ -34,9 +35,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-from dipod_jax.lm import data, training_run
+from dipod_jax.lm import data
 from dipod_jax.lm.evaluation import evaluate
 from dipod_jax.lm.pretrain import (
     CONFIG_FILE,
@@ -50,6 +51,8 @@ from dipod_jax.lm.pretrain import (
 )
 from dipod_jax.lm.tasks import TASKS, get_task
 from dipod_jax.lm.tokenizer import Tokenizer, char_tokenizer, tokenizer_config
+from dipod_jax.run.harness import COMPLETED, TIME_BUDGET, Run, non_finite, progress_bar
+from dipod_jax.run.program import check_flag_bounds, exit_code, run_program, user_errors
 
 @dataclasses.dataclass(frozen=True)
 class PretrainSettings:
@@ -134,16 +137,14 @@ def validate_settings(settings: PretrainSettings) -> None:
         raise ValueError(f"--template={settings.template!r} is not one of {task.templates} for --task={settings.task}")
     if settings.model_size not in MODEL_SIZES:
         raise ValueError(f"--model_size={settings.model_size!r} is not one of {sorted(MODEL_SIZES)}")
-    training_run.check_flag_bounds(
-        settings, positive=("steps", "batch", "num_draws", "eval_interval", "log_interval"),
-        non_negative=("warmup_steps", "decay_steps", "eval_items", "gen_steps"))
-    if not (math.isfinite(settings.lr) and settings.lr > 0):
-        raise ValueError(f"--lr={settings.lr} must be a finite number > 0")
+    check_flag_bounds(settings, positive=("steps", "batch", "num_draws", "eval_interval", "log_interval", "lr",
+                                          "grad_clip"),
+                      non_negative=("warmup_steps", "decay_steps", "eval_items", "gen_steps", "weight_decay",
+                                    "temperature", "time_budget_min"),
+                      finite=("lr", "grad_clip", "weight_decay", "temperature", "time_budget_min"))
     for name in _extra_eval_names(settings):
         if name not in TASKS or settings.template not in TASKS[name].templates:
             raise ValueError(f"--extra_eval_tasks: {name!r} is not a task with template {settings.template!r}")
-    if settings.weight_decay < 0 or settings.grad_clip <= 0 or settings.temperature < 0 or settings.time_budget_min < 0:
-        raise ValueError("--weight_decay, --temperature and --time_budget_min must be >= 0 and --grad_clip > 0")
 
 
 def _extra_eval_names(settings: PretrainSettings) -> list[str]:
@@ -160,7 +161,9 @@ def evaluation_sets(settings: PretrainSettings) -> dict[str, list]:
 
 
 def build_run_config(settings: PretrainSettings, tokenizer: Tokenizer) -> dict[str, Any]:
-    """The JSON config of a run: task, lengths, model, tokenizer and sampler settings."""
+    """The run record (config.json): task, lengths, model, tokenizer, sampler and every other setting that
+    changes the run's results (the optimiser's resolved schedule, batch, seed, evaluation sets); a resumed
+    run must have the same record."""
     task = get_task(settings.task)
     longest_prompt, gen_length = data.required_lengths(task, [task.longest_item()], tokenizer, settings.template)
     prompt_length = max([longest_prompt] + [
@@ -168,6 +171,7 @@ def build_run_config(settings: PretrainSettings, tokenizer: Tokenizer) -> dict[s
         for name, items in evaluation_sets(settings).items()])
     model_config = sized_model_config(settings.model_size, tokenizer.vocab_size, prompt_length + gen_length,
                                       tokenizer.mask_id)
+    lr, warmup_steps, decay_steps, weight_decay, grad_clip = optimizer_hyperparameters(settings)
     return {
         "task": settings.task,
         "template": settings.template,
@@ -178,7 +182,12 @@ def build_run_config(settings: PretrainSettings, tokenizer: Tokenizer) -> dict[s
         "sampler": {"gen_length": gen_length, "block_length": gen_length,
                     "steps": settings.gen_steps or gen_length, "temperature": settings.temperature,
                     "remasking": "low_confidence"},
-        "settings": dataclasses.asdict(settings),
+        "settings": {"model_size": settings.model_size, "seed": settings.seed, "batch": settings.batch,
+                     "num_draws": settings.num_draws, "lr": lr, "warmup_steps": warmup_steps,
+                     "decay_steps": decay_steps, "weight_decay": weight_decay, "grad_clip": grad_clip,
+                     "eval_items": settings.eval_items,
+                     "test_path": os.path.abspath(settings.test_path) if settings.test_path else None,
+                     "extra_eval_tasks": _extra_eval_names(settings)},
     }
 
 
@@ -197,46 +206,42 @@ def _training_batch(task, settings: PretrainSettings, run_config: dict[str, Any]
 
 
 def train(settings: PretrainSettings, show_progress: bool = True) -> dict[str, Any]:
-    """Runs (or resumes) pre-training; returns {"step", "stopped", "last_eval", "final_loss"}.
+    """Runs (or resumes) pre-training; returns {"step", "stopped", "last_eval", "final_loss"} and, for the
+    stops of `dipod_jax.run.harness`, their fields ("signal"; "problem", "newest_checkpoint").
 
-    "stopped" is "completed", "time_budget" or "non_finite_loss".
+    "stopped" is "completed", "time_budget", "signal" or "non_finite". Raises UsageError (a ValueError) for
+    invalid settings or a refused output directory, before anything is compiled.
     """
-    validate_settings(settings)
-    os.makedirs(settings.out_dir, exist_ok=True)
-    tokenizer = char_tokenizer()
-    task = get_task(settings.task)
-    config_path = os.path.join(settings.out_dir, CONFIG_FILE)
-    run_config = build_run_config(settings, tokenizer)
-    manager = training_run.checkpoint_manager(settings.out_dir)
-    resume_from = training_run.resume_step(manager, settings.out_dir, settings.resume)
-    if resume_from is not None:
-        saved = training_run.read_json(config_path)
-        for key in ("task", "template", "prompt_length", "gen_length", "model", "tokenizer"):
-            if saved[key] != run_config[key]:
-                raise ValueError(f"--resume: {key} of this run differs from {config_path}: "
-                                 f"{saved[key]} != {run_config[key]}")
-    training_run.write_json_atomic(config_path, run_config)
+    with user_errors():
+        validate_settings(settings)
+        tokenizer = char_tokenizer()
+        task = get_task(settings.task)
+        run_config = build_run_config(settings, tokenizer)
+        eval_sets = evaluation_sets(settings)
+        run = Run(settings.out_dir, experiment="lm_pretrain", record_file=CONFIG_FILE, record=run_config,
+                  resume=settings.resume)
+    with run:
+        return _train(settings, run, run_config, tokenizer, task, eval_sets, show_progress)
 
+
+def _train(settings: PretrainSettings, run: Run, run_config: dict[str, Any], tokenizer: Tokenizer, task,
+           eval_sets: dict[str, list], show_progress: bool) -> dict[str, Any]:
     model_config = model_config_from_dict(run_config["model"])
     init_params, optimizer, train_step = training_functions(model_config, optimizer_hyperparameters(settings),
                                                             settings.num_draws)
     sample_fn = sampling_function(model_config, tuple(run_config["sampler"][name] for name in SAMPLER_FIELDS))
     params = init_params(jax.random.key(settings.seed))
     opt_state = optimizer.init(params)
-    start_step = 0
-    if resume_from is not None:
-        start_step = resume_from
-        restored = training_run.restore_checkpoint(manager, start_step, {"params": params, "opt_state": opt_state})
+    step = 0
+    if run.resuming:
+        step, restored = run.restore({"params": params, "opt_state": opt_state})
         params, opt_state = restored["params"], restored["opt_state"]
 
-    eval_sets = evaluation_sets(settings)
     base_key = jax.random.key(settings.seed)
-    log = training_run.MetricsLog(settings.out_dir)
-    started = time.time()
-    summary = {"step": start_step, "stopped": "completed", "last_eval": None, "final_loss": None}
+    log = run.start(step)
+    summary = {"step": step, "stopped": COMPLETED, "last_eval": None, "final_loss": None}
 
-    def checkpoint_and_evaluate(step: int) -> dict[str, Any]:
-        training_run.save_checkpoint(manager, step, {"params": params, "opt_state": opt_state})
+    def evaluate_and_log(step: int) -> dict[str, Any]:
         record = {"step": step}
         for index, (name, items) in enumerate(eval_sets.items()):
             result = evaluate(sample_fn, params, run_config, tokenizer, items,
@@ -244,53 +249,52 @@ def train(settings: PretrainSettings, show_progress: bool = True) -> dict[str, A
             prefix = "eval" if name == settings.task else f"eval_{name}"
             record.update({f"{prefix}/{k}": v for k, v in result.items()})
             summary["last_eval" if name == settings.task else f"last_eval_{name}"] = result
-        record["elapsed_s"] = time.time() - started
+        record["elapsed_s"] = time.time() - run.started
         log.write(record)
         return record
 
-    progress = training_run.progress_bar(settings.steps, start_step, show_progress, "pretrain")
-    step = start_step
+    progress = progress_bar(settings.steps, step, show_progress, "pretrain")
     while step < settings.steps:
         batch = _training_batch(task, settings, run_config, tokenizer, step)
         key = jax.random.fold_in(jax.random.fold_in(base_key, 0), step)
-        new_params, new_opt_state, loss = train_step(params, opt_state, batch.tokens, batch.attention_mask,
-                                                     batch.response_mask, key)
+        new_params, new_opt_state, loss, grad_norm = train_step(params, opt_state, batch.tokens,
+                                                                batch.attention_mask, batch.response_mask, key)
         loss = float(loss)
-        if training_run.stop_on_non_finite_loss(loss, step, manager, log):
-            summary["stopped"] = "non_finite_loss"
+        problem = non_finite(loss=loss, gradient_norm=float(grad_norm), updated_parameters=new_params)
+        if problem:
+            summary.update(run.stop_non_finite(step, problem, loss_is_finite=math.isfinite(loss)))
             break
         params, opt_state, step = new_params, new_opt_state, step + 1
         summary["step"], summary["final_loss"] = step, loss
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.4f}")
         if step % settings.log_interval == 0:
-            log.write({"step": step, "train/loss": loss, "elapsed_s": time.time() - started})
-        over_budget = training_run.over_time_budget(started, settings.time_budget_min)
-        if step % settings.eval_interval == 0 or step == settings.steps or over_budget:
-            record = checkpoint_and_evaluate(step)
+            log.write({"step": step, "train/loss": loss, "train/grad_norm": float(grad_norm),
+                       "elapsed_s": time.time() - run.started})
+        stop = run.stop_reason(settings.time_budget_min)
+        # Evaluation and checkpoint every --eval_interval steps, at the end and at a time-budget stop; a signal
+        # only saves (a preemption leaves little time). Logged before saved: a resumed run logs nothing twice.
+        if step % settings.eval_interval == 0 or step == settings.steps or stop == TIME_BUDGET:
+            record = evaluate_and_log(step)
             if show_progress:
                 progress.write(json.dumps(record))
-        if over_budget and step < settings.steps:
-            summary["stopped"] = "time_budget"
+        if step % settings.eval_interval == 0 or step == settings.steps or stop:
+            run.save(step, {"params": params, "opt_state": opt_state})
+        if stop and step < settings.steps:
+            summary.update(run.stop_summary(stop, step))
             break
     progress.close()
-    log.close()
-    manager.close()
     return summary
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    # Orbax reports every save at INFO level; keep the console for the progress bar.
-    logging.set_verbosity(logging.WARNING)
     settings = PretrainSettings(**{field.name: getattr(FLAGS, field.name)
                                    for field in dataclasses.fields(PretrainSettings)})
     summary = train(settings)
     print(json.dumps(summary))
-    training_run.exit_if_stopped_on_non_finite_loss(summary)
+    return exit_code(summary)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_program(main)

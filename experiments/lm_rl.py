@@ -26,14 +26,17 @@ Devices: the batch is split over all local devices (mesh data x fsdp, parameters
 with --distributed, or when JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID are set,
 `jax.distributed.initialize` runs first; each process then generates and scores only its own prompts.
 
-Outputs in --out_dir: rl_config.json, eval_start.json, paired_eval.json, checkpoints/<step>/ (Orbax, atomic, newest two kept; every
---checkpoint_interval steps, default --eval_interval), metrics.jsonl (train/* every --log_interval steps:
-reward, within-group reward std, zero-advantage group fraction, distinct completions per group, ELBO, DiPOD
-term, KL (loss term) and KL to the start model, clip fraction, ratio mean, pre-clip grad norm, tokens/s; eval/* at
-evaluations),
-tb/ (TensorBoard), curves.png (see `dipod_jax.lm.training_run`). A non-finite loss stops the run; its update
-is not checkpointed, and if the newest checkpoint holds the parameters that produced the loss it is deleted,
-so the newest checkpoint left is the last good state.
+Outputs in --out_dir: rl_config.json (the run record: every setting that changes the results, incl. the
+--init_dir checkpoint step), eval_start.json, paired_eval.json, checkpoints/<step>/ (Orbax, atomic, newest two
+kept; every --checkpoint_interval steps, default --eval_interval), metrics.jsonl (train/* every --log_interval
+steps: reward, within-group reward std, zero-advantage group fraction, distinct completions per group, ELBO,
+DiPOD term, KL (loss term) and KL to the start model, clip fraction, ratio mean, pre-clip grad norm, tokens/s;
+eval/* at evaluations), tb/ (TensorBoard), curves.png.
+
+The run harness (`dipod_jax.run.harness`) owns the directory: another run's directory is refused, --resume
+continues only a run with the same rl_config.json (differences are listed), a non-finite loss, gradient norm
+or updated parameters stops the run (exit status 1) before anything of that step is kept, and SIGTERM /
+Ctrl-C save the current step and exit (128 + signal number; on several processes all stop after the same step).
 """
 from __future__ import annotations
 
@@ -46,16 +49,19 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from flax import nnx
 
-from dipod_jax.lm import data, rl, training_run, sharding
+from dipod_jax.lm import data, rl, sharding
 from dipod_jax.lm.evaluation import item_rewards, paired_evaluation, reward_summary
 from dipod_jax.lm.pretrain import load_pretrained
 from dipod_jax.lm.rl_config import RLConfig, preset
 from dipod_jax.lm.tasks import get_task
 from dipod_jax.lm.tokenizer import load_hf_tokenizer
 from dipod_jax.models.llada import LLaDA
+from dipod_jax.run.files import read_json, read_metrics, write_json_atomic
+from dipod_jax.run.harness import COMPLETED, TIME_BUDGET, Run, non_finite, progress_bar
+from dipod_jax.run.program import UsageError, check_flag_bounds, exit_code, run_program, user_errors
 
 RUN_CONFIG_FILE = "rl_config.json"
 START_EVAL_FILE = "eval_start.json"
@@ -75,6 +81,8 @@ CONFIG_FLAGS = {
     "kl_beta": ("kl_beta", float, "Reference-model KL coefficient."),
     "ref_sync_every": ("ref_sync_every", int, "Reset the reference every this many steps (0 = never)."),
     "max_grad_norm": ("max_grad_norm", float, "Global gradient-norm clip."),
+    "weight_decay": ("weight_decay", float, "AdamW decoupled weight decay."),
+    "scale_rewards_by_std": ("scale_rewards_by_std", bool, "Divide group advantages by the group's reward std."),
     "num_elbo_draws": ("num_elbo_draws", int, "Masks per completion for the sequence ELBO."),
     "lora_only": ("lora_only", bool, "Train only the LoRA adapters."),
     "temperature": ("rollout_temperature", float, "Sampling temperature of the rollouts."),
@@ -166,25 +174,31 @@ def validate_settings(settings: RLRunSettings) -> None:
             raise ValueError("--llada_dir needs --task and --template")
         if settings.prompt_length <= 0 or settings.gen_length <= 0:
             raise ValueError("--llada_dir needs --prompt_length > 0 and --gen_length > 0")
-    training_run.check_flag_bounds(
-        settings, positive=("steps", "eval_interval", "log_interval", "mesh_data"),
-        non_negative=("eval_items", "checkpoint_interval", "lora_rank", "num_devices"))
+    check_flag_bounds(settings, positive=("steps", "eval_interval", "log_interval", "mesh_data"),
+                      non_negative=("eval_items", "checkpoint_interval", "lora_rank", "num_devices", "temperature",
+                                    "time_budget_min", "dipod_beta"),
+                      finite=("temperature", "time_budget_min", "dipod_beta", "lora_alpha"))
     if settings.lora_rank and not settings.lora_alpha > 0:
         raise ValueError(f"--lora_alpha={settings.lora_alpha} must be > 0 with --lora_rank={settings.lora_rank}")
-    if not (math.isfinite(settings.temperature) and settings.temperature >= 0) or settings.time_budget_min < 0:
-        raise ValueError("--temperature and --time_budget_min must be finite and >= 0")
     known = {field.name for field in dataclasses.fields(RLConfig)}
     unknown = [name for name, _ in settings.config_overrides if name not in known]
     if unknown:
         raise ValueError(f"config_overrides names unknown RLConfig fields {unknown}")
+    non_finite_overrides = [f"--{CONFIG_FLAGS[name][0] if name in CONFIG_FLAGS else name}={value}"
+                            for name, value in settings.config_overrides
+                            if isinstance(value, float) and not math.isfinite(value)]
+    if non_finite_overrides:
+        raise ValueError(f"{', '.join(non_finite_overrides)}: must be a finite number")
 
 
 def load_policy(settings: RLRunSettings, seed: int) -> tuple[LLaDA, Any, dict[str, Any]]:
-    """(model, tokenizer, run info {task, template, prompt_length, gen_length}) of the starting checkpoint,
-    with fresh LoRA adapters (B = 0, seeded by `seed`) when --lora_rank > 0."""
+    """(model, tokenizer, run info {task, template, prompt_length, gen_length, and init_step: the --init_dir
+    checkpoint step loaded}) of the starting checkpoint, with fresh LoRA adapters (B = 0, seeded by `seed`)
+    when --lora_rank > 0."""
     if settings.init_dir is not None:
         model, tokenizer, pretrain_config = load_pretrained(settings.init_dir)
         info = {key: pretrain_config[key] for key in ("task", "template", "prompt_length", "gen_length")}
+        info["init_step"] = pretrain_config["checkpoint_step"]
         for key in ("task", "template"):
             if getattr(settings, key) and getattr(settings, key) != info[key]:
                 # A different task of the same family (e.g. sudoku_split_new) reuses the model's template.
@@ -230,13 +244,8 @@ def _state_tree(state: rl.TrainState) -> dict[str, Any]:
     return tree
 
 
-def _save(manager, state: rl.TrainState) -> None:
-    training_run.save_checkpoint(manager, int(state.step), {"state": _state_tree(state)})
-
-
-def _restore(manager, step: int, template: rl.TrainState) -> rl.TrainState:
-    restored = training_run.restore_checkpoint(manager, step, {"state": _state_tree(template)})["state"]
-    return rl.TrainState(**{**{part: getattr(template, part) for part in _OPTIONAL_PARTS}, **restored})
+def _from_state_tree(tree: dict[str, Any], template: rl.TrainState) -> rl.TrainState:
+    return rl.TrainState(**{**{part: getattr(template, part) for part in _OPTIONAL_PARTS}, **tree})
 
 
 def plot_curves(out_dir: str) -> str:
@@ -246,7 +255,7 @@ def plot_curves(out_dir: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = training_run.read_metrics(out_dir)
+    records = read_metrics(out_dir)
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for axis, name in zip(axes, ("train/reward_mean", "eval/mean_reward")):
         points = [(r["step"], r[name]) for r in records if name in r]
@@ -261,29 +270,56 @@ def plot_curves(out_dir: str) -> str:
     return path
 
 
-def _write_run_config(settings: RLRunSettings, config: RLConfig, info: dict[str, Any], path: str) -> None:
-    run_config = {"settings": dataclasses.asdict(settings), "rl_config": dataclasses.asdict(config), "info": info}
-    training_run.write_json_atomic(path, run_config)
+# RLRunSettings fields that change a run's results (besides the RL config they resolve to); the others say where
+# and how often to write, how long to run and on which devices.
+# (task, template and lengths are in the record's "info", as resolved from the starting checkpoint.)
+RECORD_SETTINGS = ("method", "spg_estimator", "dipod_beta", "lora_rank", "lora_alpha", "seed", "eval_items",
+                   "temperature")
+
+
+def run_record(settings: RLRunSettings, config: RLConfig, info: dict[str, Any]) -> dict[str, Any]:
+    """The run record (rl_config.json): every setting that changes the results; a resumed run must match it."""
+    start = ({"init_dir": os.path.abspath(settings.init_dir), "init_step": info["init_step"]}
+             if settings.init_dir is not None else {"llada_dir": os.path.abspath(settings.llada_dir)})
+    return {"settings": {**{name: getattr(settings, name) for name in RECORD_SETTINGS}, **start,
+                         "test_path": os.path.abspath(settings.test_path) if settings.test_path else None,
+                         "num_processes": jax.process_count()},
+            "rl_config": dataclasses.asdict(config),
+            "info": {key: value for key, value in info.items() if key != "init_step"}}
 
 
 def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]:
-    """Runs (or resumes) RL training; returns {"step", "stopped", "last_eval", "final_params"}.
+    """Runs (or resumes) RL training; returns {"step", "stopped", "last_eval", "final_params"}, "paired_eval"
+    when the run completed, and the fields of the stop (`dipod_jax.run.harness`) otherwise.
 
-    "stopped" is "completed", "time_budget" or "non_finite_loss"; final_params is the trained pytree.
+    "stopped" is "completed", "time_budget", "signal" or "non_finite"; final_params is the trained pytree.
+    Raises UsageError (a ValueError) for invalid settings or a refused output directory, before any compile.
     """
-    validate_settings(settings)
-    is_main = jax.process_index() == 0
-    os.makedirs(settings.out_dir, exist_ok=True)
-    model, tokenizer, info = load_policy(settings, settings.seed)
-    task = get_task(info["task"])
-    config = build_rl_config(settings, info)
-    devices = jax.devices()[: settings.num_devices] if settings.num_devices else jax.devices()
-    mesh = sharding.make_mesh(data=settings.mesh_data, devices=devices) if len(devices) > 1 else None
-    num_processes = jax.process_count()
-    if config.num_prompts % num_processes:
-        raise ValueError(f"--num_prompts={config.num_prompts} must be divisible by the {num_processes} processes")
-    rl.check_batch_divisible(config.rollout_batch_size, config, mesh)
+    with user_errors():
+        validate_settings(settings)
+        model, tokenizer, info = load_policy(settings, settings.seed)
+        task = get_task(info["task"])
+        config = build_rl_config(settings, info)
+        devices = jax.devices()[: settings.num_devices] if settings.num_devices else jax.devices()
+        mesh = sharding.make_mesh(data=settings.mesh_data, devices=devices) if len(devices) > 1 else None
+        num_processes = jax.process_count()
+        if config.num_prompts % num_processes:
+            raise ValueError(f"--num_prompts={config.num_prompts} must be divisible by the {num_processes} processes")
+        rl.check_batch_divisible(config.rollout_batch_size, config, mesh)
+        test_items = task.load_test(settings.test_path)
+        run = Run(settings.out_dir, experiment="lm_rl", record_file=RUN_CONFIG_FILE,
+                  record=run_record(settings, config, info), resume=settings.resume)
+        start_eval_path = os.path.join(settings.out_dir, START_EVAL_FILE)
+        if run.resuming and not os.path.exists(start_eval_path):
+            run.close()
+            raise UsageError(f"--resume: {start_eval_path} is missing (the start evaluation of this run)")
+    with run:
+        return _train(settings, run, model, tokenizer, info, task, config, mesh, test_items, show_progress)
 
+
+def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dict[str, Any], task,
+           config: RLConfig, mesh, test_items: list, show_progress: bool) -> dict[str, Any]:
+    is_main = run.is_main
     graphdef, params, frozen = rl.split_model(model, config.lora_only)
     if mesh is not None:
         params_sharding, frozen_sharding = rl.param_shardings(model, config.lora_only, mesh)
@@ -292,62 +328,58 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
         params, frozen = jax.device_put(jax.tree.map(np.asarray, (params, frozen)),
                                         (params_sharding, frozen_sharding))
     state = rl.init_train_state(params, config, mesh)
-    manager = training_run.checkpoint_manager(settings.out_dir)
-    config_path = os.path.join(settings.out_dir, RUN_CONFIG_FILE)
-    resume_from = training_run.resume_step(manager, settings.out_dir, settings.resume)
-    if resume_from is not None:
-        if training_run.read_json(config_path)["rl_config"] != json.loads(json.dumps(dataclasses.asdict(config))):
-            raise ValueError(f"--resume: the RL config differs from {config_path}")
-        state = _restore(manager, resume_from, state)
-    elif is_main:
-        _write_run_config(settings, config, info, config_path)
+    if run.resuming:
+        _, restored = run.restore({"state": _state_tree(state)})
+        state = _from_state_tree(restored["state"], state)
 
     mask_id, eos_id = tokenizer.mask_id, tokenizer.eos_id
     sample_fn = rl.make_sample_fn(config, graphdef, mask_id)
     update_fn = rl.make_update_fn(config, graphdef, mask_id, mesh)
     eval_sample = rl.make_sample_fn(dataclasses.replace(config, temperature=settings.temperature), graphdef, mask_id)
-    test_items = task.load_test(settings.test_path)
     curve_items = settings.eval_items or len(test_items)
-    prompt_length, local_prompts = info["prompt_length"], config.num_prompts // num_processes
+    prompt_length, local_prompts = info["prompt_length"], config.num_prompts // jax.process_count()
     base_key = jax.random.key(settings.seed)
     checkpoint_interval = settings.checkpoint_interval or settings.eval_interval
-    log = training_run.MetricsLog(settings.out_dir, is_main)
-    started = time.time()
-    start_step = int(state.step)
-    summary: dict[str, Any] = {"step": start_step, "stopped": "completed", "last_eval": None}
+    step = int(state.step)
+    log = run.start(step)
+    summary: dict[str, Any] = {"step": step, "stopped": COMPLETED, "last_eval": None}
 
-    def evaluate_and_log(step: int, whole_test_set: bool = False) -> np.ndarray:
+    def evaluate(step: int, whole_test_set: bool = False) -> np.ndarray:
         """Per-item rewards of the first --eval_items test items (the logged curve) or of all of them."""
-        rewards = item_rewards(lambda p, prompt, mask, key: eval_sample(p, frozen, prompt, mask, key),
-                               state.params, info, tokenizer, test_items if whole_test_set else test_items[:curve_items],
-                               jax.random.fold_in(jax.random.fold_in(base_key, 1), step))
+        return item_rewards(lambda p, prompt, mask, key: eval_sample(p, frozen, prompt, mask, key),
+                            state.params, info, tokenizer, test_items if whole_test_set else test_items[:curve_items],
+                            jax.random.fold_in(jax.random.fold_in(base_key, 1), step))
+
+    def log_evaluation(step: int, rewards: np.ndarray) -> None:
         result = reward_summary(rewards[:curve_items])
-        log.write({"step": step, **{f"eval/{k}": v for k, v in result.items()}, "elapsed_s": time.time() - started})
+        log.write({"step": step, **{f"eval/{k}": v for k, v in result.items()}, "elapsed_s": time.time() - run.started})
         summary["last_eval"] = result
-        return rewards
 
     start_eval_path = os.path.join(settings.out_dir, START_EVAL_FILE)
-    if start_step == 0:
+    paired_path = os.path.join(settings.out_dir, PAIRED_EVAL_FILE)
+    if step == 0:
         # The whole test set at the start, kept per item for the paired start / end comparison.
-        start_rewards = evaluate_and_log(0, whole_test_set=True)
+        start_rewards = evaluate(0, whole_test_set=True)
         if is_main:
-            training_run.write_json_atomic(start_eval_path, {"step": 0, "rewards": start_rewards.tolist()})
-    progress = training_run.progress_bar(settings.steps, start_step, show_progress and is_main, "rl")
-    step = start_step
+            write_json_atomic(start_eval_path, {"step": 0, "rewards": start_rewards.tolist()})
+        log_evaluation(0, start_rewards)
+    progress = progress_bar(settings.steps, step, show_progress and is_main, "rl")
     while step < settings.steps:
         items = task.generate(np.random.default_rng([settings.seed, step, jax.process_index()]), local_prompts)
         prompt_tokens, prompt_mask, reward_fn = data.rl_prompts_and_reward(
             task, items, tokenizer, info["template"], prompt_length, info["gen_length"], config.num_generations)
         step_started = time.time()
-        state, metrics, _ = rl.rl_step(state, frozen, prompt_tokens, prompt_mask, reward_fn,
-                                       jax.random.fold_in(jax.random.fold_in(base_key, 0), step), config=config,
-                                       sample_fn=sample_fn, update_fn=update_fn, eos_id=eos_id, mesh=mesh)
+        new_state, metrics, _ = rl.rl_step(state, frozen, prompt_tokens, prompt_mask, reward_fn,
+                                           jax.random.fold_in(jax.random.fold_in(base_key, 0), step), config=config,
+                                           sample_fn=sample_fn, update_fn=update_fn, eos_id=eos_id, mesh=mesh)
         metrics = {name: float(value) for name, value in metrics.items()}
         step_seconds = time.time() - step_started
-        if training_run.stop_on_non_finite_loss(metrics["loss"], step, manager, log):
-            summary["stopped"] = "non_finite_loss"
+        problem = non_finite(loss=metrics["loss"], gradient_norm=metrics["grad_norm"],
+                             updated_parameters=new_state.params)
+        if problem:
+            summary.update(run.stop_non_finite(step, problem, loss_is_finite=math.isfinite(metrics["loss"])))
             break
-        step += 1
+        state, step = new_state, step + 1
         summary["step"] = step
         progress.update(1)
         progress.set_postfix(reward=f"{metrics['reward_mean']:.3f}")
@@ -355,25 +387,30 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
             tokens_per_s = config.rollout_batch_size * config.gen_length / step_seconds
             log.write({"step": step, **{f"train/{k}": v for k, v in metrics.items()},
                        "train/tokens_per_s": tokens_per_s, "train/step_s": step_seconds,
-                       "elapsed_s": time.time() - started})
-        over_budget = training_run.over_time_budget(started, settings.time_budget_min)
-        if step % checkpoint_interval == 0 or step == settings.steps or over_budget:
-            _save(manager, state)
-        if step == settings.steps:
-            end_rewards = evaluate_and_log(step, whole_test_set=True)
-            paired = paired_evaluation(training_run.read_json(start_eval_path)["rewards"], end_rewards)
-            if is_main:
-                training_run.write_json_atomic(os.path.join(settings.out_dir, PAIRED_EVAL_FILE),
-                                               {"step": step, **paired, "end_rewards": end_rewards.tolist()})
-            summary["paired_eval"] = paired["difference"]
-        elif step % settings.eval_interval == 0 or over_budget:
-            evaluate_and_log(step)
-        if over_budget and step < settings.steps:
-            summary["stopped"] = "time_budget"
+                       "elapsed_s": time.time() - run.started})
+        stop = run.stop_reason(settings.time_budget_min)
+        # Logged before saved, so a run resumed from this checkpoint logs nothing twice; a signal only saves.
+        if step < settings.steps and (step % settings.eval_interval == 0 or stop == TIME_BUDGET):
+            log_evaluation(step, evaluate(step))
+        if step % checkpoint_interval == 0 or step == settings.steps or stop:
+            run.save(step, {"state": _state_tree(state)})
+        if stop and step < settings.steps:
+            summary.update(run.stop_summary(stop, step))
             break
     progress.close()
-    log.close()
-    manager.close()
+    if summary["stopped"] == COMPLETED:
+        # The whole test set again at the end (also when a run stopped between its last checkpoint and here
+        # is resumed); paired_eval.json is written before the logged record, so neither is ever doubled.
+        # (Every process decides alike: process 0 writes the file only after the evaluation, which all share.)
+        if os.path.exists(paired_path) and read_json(paired_path)["step"] == step:
+            paired = read_json(paired_path)
+        else:
+            end_rewards = evaluate(step, whole_test_set=True)
+            paired = paired_evaluation(read_json(start_eval_path)["rewards"], end_rewards)
+            if is_main:
+                write_json_atomic(paired_path, {"step": step, **paired, "end_rewards": end_rewards.tolist()})
+            log_evaluation(step, end_rewards)
+        summary["paired_eval"] = paired["difference"]
     if settings.plot and is_main:
         plot_curves(settings.out_dir)
     summary["final_params"] = state.params
@@ -406,19 +443,17 @@ def maybe_initialize_distributed(requested: bool) -> bool:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
     settings = settings_from_flags()
-    validate_settings(settings)
-    maybe_initialize_distributed(FLAGS.distributed)
+    with user_errors():
+        validate_settings(settings)
+        maybe_initialize_distributed(FLAGS.distributed)
     summary = train(settings)
     summary.pop("final_params")
     if jax.process_index() == 0:
         print(json.dumps(summary))
-    training_run.exit_if_stopped_on_non_finite_loss(summary)
+    return exit_code(summary)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_program(main)

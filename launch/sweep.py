@@ -5,11 +5,18 @@
         --extra=--init_dir=/tmp/sudoku_pretrain --extra=--steps=100
 
 Every configuration gets its own output directory out_root/<method>_beta<beta>_seed<seed> (passed as the
-experiment's --out_dir, or --workdir for experiments.control), its log file log.txt there, and an entry in
-out_root/manifest.json: name, method, beta, seed, out_dir, command, status (pending / running / succeeded /
-failed), return code, start and end times. The manifest is rewritten atomically after every change, so it can
-be read while the sweep runs. Running the same sweep again skips the runs already marked succeeded and
-relaunches the others (with --extra=--resume the experiments continue from their checkpoints).
+experiment's --out_dir, or --workdir for experiments.control; beta written exactly, so 1e-07 and 1.000001e-07
+are two directories), its log file log.txt there, and an entry in out_root/manifest.json: name, method, beta,
+seed, out_dir, command, status (pending / running / succeeded / failed / interrupted), return code, start and
+end times. The manifest is rewritten atomically after every change, so it can be read while the sweep runs.
+
+A run's identity is its full command. Running the sweep again skips the runs already succeeded and relaunches
+the others, adding --resume where the run directory holds a checkpoint (so --resume is never passed in
+--extra); a run whose command changed (another --extra) is an error, never a silent skip: use a new --out_root.
+SIGTERM or Ctrl-C (SIGINT) to the sweep is passed on to the running experiments, which save their current
+step and exit; the sweep marks them interrupted and exits with 128 + signal number (a second signal kills the
+experiments at once). Experiments run in their own process group, so a terminal's Ctrl-C reaches them only
+through the sweep.
 `--summarize=eval/mean_reward` reads the manifest's runs instead and writes summary_eval_mean_reward.json
 (final value per (method, beta): mean over seeds with a 95% Student-t interval) and curves_eval_mean_reward.png
 (mean curve over seeds, min-max band).
@@ -24,13 +31,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from dipod_jax.run.files import write_json_atomic
+from dipod_jax.run.program import UsageError, run_program, user_errors
+from dipod_jax.run.record import float_name, has_checkpoint
+from dipod_jax.run.statistics import t_interval
 
 MANIFEST_FILE = "manifest.json"
 LOG_FILE = "log.txt"
@@ -83,19 +96,22 @@ def build_runs(experiment: str, methods: Sequence[str], betas: Sequence[float], 
             raise ValueError(f"--{name} is empty")
         if len(set(values)) != len(values):
             raise ValueError(f"--{name} has repeated values: {list(values)}")
-    if any(not beta >= 0 for beta in betas):
-        raise ValueError(f"--betas must all be >= 0, got {list(betas)}")
+    if any(not 0 <= beta < float("inf") for beta in betas):
+        raise ValueError(f"--betas must all be finite and >= 0, got {list(betas)}")
     if not out_root:
         raise ValueError("--out_root is required")
+    if any(argument.split("=", 1)[0] in ("--resume", "--noresume") for argument in extra_args):
+        raise ValueError("--extra=--resume: the sweep adds --resume itself to runs that hold a checkpoint")
     default_module, method_flag, dir_flag = EXPERIMENTS[experiment]
     runs = []
     for method in methods:
         for beta in betas:
             for seed in seeds:
-                name = f"{method}_beta{beta:g}_seed{seed}"
+                name = f"{method}_beta{float_name(beta)}_seed{seed}"
                 out_dir = os.path.join(os.path.abspath(out_root), name)
                 command = [python, "-m", module or default_module, f"--{method_flag}={method}",
-                           f"--dipod_beta={beta:g}", f"--seed={seed}", f"--{dir_flag}={out_dir}", *extra_args]
+                           f"--dipod_beta={float_name(beta)}", f"--seed={seed}", f"--{dir_flag}={out_dir}",
+                           *extra_args]
                 runs.append({"name": name, "method": method, "beta": beta, "seed": seed, "out_dir": out_dir,
                              "command": command, "status": "pending", "returncode": None})
     return runs
@@ -103,15 +119,29 @@ def build_runs(experiment: str, methods: Sequence[str], betas: Sequence[float], 
 
 def write_manifest(path: str, runs: List[Dict[str, Any]]) -> None:
     """Atomically (write + rename) store the manifest {"runs": runs} as JSON."""
-    with open(path + ".tmp", "w") as handle:
-        json.dump({"runs": runs}, handle, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json_atomic(path, {"runs": runs})
 
 
 def read_manifest(path: str) -> List[Dict[str, Any]]:
     """The runs of a manifest written by `write_manifest`."""
     with open(path) as handle:
         return json.load(handle)["runs"]
+
+
+def merge_previous(runs: List[Dict[str, Any]], previous: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The grid `runs` with the entries of a previous manifest of the same names (their status, times).
+
+    Raises:
+      UsageError listing every run whose command (interpreter aside) differs from the previous manifest's: a
+      changed --extra is another run, which must not be mixed with (or skipped for) the results on disk.
+    """
+    by_name = {run["name"]: run for run in previous}
+    changed = [f"{run['name']}: {' '.join(by_name[run['name']]['command'][1:])} -> {' '.join(run['command'][1:])}"
+               for run in runs if run["name"] in by_name and by_name[run["name"]]["command"][1:] != run["command"][1:]]
+    if changed:
+        raise UsageError("runs already in the manifest have another command (use a new --out_root): "
+                         + "; ".join(changed))
+    return [{**by_name[run["name"]], "command": run["command"]} if run["name"] in by_name else run for run in runs]
 
 
 def distributed_env(run_index: int, coordinator_address: Optional[str], num_processes: int,
@@ -134,8 +164,12 @@ def distributed_env(run_index: int, coordinator_address: Optional[str], num_proc
 
 
 def run_sweep(runs: List[Dict[str, Any]], manifest_path: str, max_parallel: int = 1,
-              env_for_run=lambda index: {}, poll_seconds: float = 0.2) -> List[Dict[str, Any]]:
+              env_for_run=lambda index: {}, poll_seconds: float = 0.2) -> Tuple[List[Dict[str, Any]], Optional[int]]:
     """Launch every run not yet succeeded, at most `max_parallel` at a time, keeping the manifest current.
+
+    A run whose directory holds a checkpoint is launched with --resume. SIGTERM / SIGINT received meanwhile is
+    passed on to the running experiments (each in its own process group) and nothing new starts; the sweep
+    waits for them to save and exit (a second signal kills them) and marks them interrupted.
 
     Args:
       runs: entries from `build_runs` (or a previous manifest; succeeded ones are skipped).
@@ -145,36 +179,53 @@ def run_sweep(runs: List[Dict[str, Any]], manifest_path: str, max_parallel: int 
       poll_seconds: how often finished processes are looked for.
 
     Returns:
-      the final runs (each status "succeeded" or "failed", with returncode and times).
+      (the final runs, each "succeeded", "failed" or, after a stop signal, "interrupted" / still "pending";
+      the stop signal's number or None).
     """
     if max_parallel < 1:
         raise ValueError(f"--max_parallel={max_parallel} must be >= 1")
     queue = [index for index, run in enumerate(runs) if run["status"] != "succeeded"]
+    for index in queue:
+        runs[index].update(status="pending", returncode=None)
     running: Dict[int, Any] = {}
-    write_manifest(manifest_path, runs)
-    while queue or running:
-        while queue and len(running) < max_parallel:
-            index = queue.pop(0)
-            run = runs[index]
-            os.makedirs(run["out_dir"], exist_ok=True)
-            log = open(os.path.join(run["out_dir"], LOG_FILE), "a")
-            process = subprocess.Popen(run["command"], stdout=log, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **env_for_run(index)})
-            running[index] = (process, log)
-            run.update(status="running", returncode=None, started=time.time(), pid=process.pid)
-            write_manifest(manifest_path, runs)
-        for index, (process, log) in list(running.items()):
-            returncode = process.poll()
-            if returncode is None:
-                continue
-            log.close()
-            del running[index]
-            runs[index].update(status="succeeded" if returncode == 0 else "failed", returncode=returncode,
-                               finished=time.time())
-            write_manifest(manifest_path, runs)
-        if running:
-            time.sleep(poll_seconds)
-    return runs
+    received: List[int] = []
+
+    def on_signal(signum, frame):
+        received.append(signum)
+        for process, _ in running.values():
+            process.send_signal(signal.SIGKILL if len(received) > 1 else signum)
+
+    previous_handlers = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        write_manifest(manifest_path, runs)
+        while (queue and not received) or running:
+            while queue and not received and len(running) < max_parallel:
+                index = queue.pop(0)
+                run = runs[index]
+                os.makedirs(run["out_dir"], exist_ok=True)
+                resume = has_checkpoint(run["out_dir"])
+                log = open(os.path.join(run["out_dir"], LOG_FILE), "a")
+                process = subprocess.Popen(run["command"] + (["--resume"] if resume else []), stdout=log,
+                                           stderr=subprocess.STDOUT, env={**os.environ, **env_for_run(index)},
+                                           start_new_session=True)
+                running[index] = (process, log)
+                run.update(status="running", returncode=None, started=time.time(), pid=process.pid, resumed=resume)
+                write_manifest(manifest_path, runs)
+            for index, (process, log) in list(running.items()):
+                returncode = process.poll()
+                if returncode is None:
+                    continue
+                log.close()
+                del running[index]
+                status = "succeeded" if returncode == 0 else "interrupted" if received else "failed"
+                runs[index].update(status=status, returncode=returncode, finished=time.time())
+                write_manifest(manifest_path, runs)
+            if running:
+                time.sleep(poll_seconds)
+    finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+    return runs, received[0] if received else None
 
 
 def read_curve(out_dir: str, metric: str) -> List[tuple]:
@@ -197,10 +248,9 @@ def summarize(runs: List[Dict[str, Any]], metric: str, confidence: float = 0.95)
 
     Returns:
       {"metric", "groups": {"<method>_beta<beta>": {"method", "beta", "seeds", "finals", "mean", "low", "high",
-      "curves"}}, "missing": [run names]}; with one seed the interval is the single value.
+      "curves"}}, "missing": [run names]}; mean and interval are `dipod_jax.run.statistics.t_interval`'s over
+      the finite finals (low / high NaN with one seed).
     """
-    from scipy import stats
-
     groups: Dict[str, Dict[str, Any]] = {}
     missing = []
     for run in runs:
@@ -208,18 +258,14 @@ def summarize(runs: List[Dict[str, Any]], metric: str, confidence: float = 0.95)
         if not curve:
             missing.append(run["name"])
             continue
-        group = groups.setdefault(f"{run['method']}_beta{run['beta']:g}", {
+        group = groups.setdefault(f"{run['method']}_beta{float_name(run['beta'])}", {
             "method": run["method"], "beta": run["beta"], "seeds": [], "finals": [], "curves": []})
         group["seeds"].append(run["seed"])
         group["finals"].append(curve[-1][1])
         group["curves"].append(curve)
     for group in groups.values():
-        finals = np.asarray(group["finals"], float)
-        mean = float(finals.mean())
-        half = 0.0
-        if len(finals) > 1:
-            half = float(stats.t.ppf(0.5 + confidence / 2, len(finals) - 1) * finals.std(ddof=1) / np.sqrt(len(finals)))
-        group.update(mean=mean, low=mean - half, high=mean + half)
+        interval = t_interval(group["finals"], confidence)
+        group.update(mean=interval["mean"], low=interval["low"], high=interval["high"])
     return {"metric": metric, "confidence": confidence, "groups": groups, "missing": missing}
 
 
@@ -245,44 +291,45 @@ def plot_summary(summary: Dict[str, Any], path: str) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    try:
-        betas = [float(beta) for beta in FLAGS.betas]
-        seeds = [int(seed) for seed in FLAGS.seeds]
-    except ValueError as error:
-        raise ValueError(f"--betas must be numbers and --seeds integers: {error}") from error
-    manifest_path = os.path.join(FLAGS.out_root or "", MANIFEST_FILE)
+    with user_errors():
+        try:
+            betas = [float(beta) for beta in FLAGS.betas]
+            seeds = [int(seed) for seed in FLAGS.seeds]
+        except ValueError as error:
+            raise ValueError(f"--betas must be numbers and --seeds integers: {error}") from error
+        if not FLAGS.out_root:
+            raise ValueError("--out_root is required")
+        manifest_path = os.path.join(FLAGS.out_root, MANIFEST_FILE)
+        if FLAGS.summarize:
+            runs = read_manifest(manifest_path)
+        else:
+            runs = build_runs(FLAGS.experiment, FLAGS.methods, betas, seeds, FLAGS.out_root, FLAGS.extra)
+            distributed_env(0, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+            os.makedirs(FLAGS.out_root, exist_ok=True)
+            if os.path.exists(manifest_path):
+                runs = merge_previous(runs, read_manifest(manifest_path))
     if FLAGS.summarize:
-        summary = summarize(read_manifest(manifest_path), FLAGS.summarize)
+        summary = summarize(runs, FLAGS.summarize)
         suffix = FLAGS.summarize.replace("/", "_")
         plot_summary(summary, os.path.join(FLAGS.out_root, f"curves_{suffix}.png"))
-        with open(os.path.join(FLAGS.out_root, f"summary_{suffix}.json"), "w") as handle:
-            json.dump(summary, handle, indent=2)
+        write_json_atomic(os.path.join(FLAGS.out_root, f"summary_{suffix}.json"), summary)
         for name, group in sorted(summary["groups"].items()):
             print(f"{name}: {group['mean']:.4f} [{group['low']:.4f}, {group['high']:.4f}] over seeds {group['seeds']}")
-        return
-    runs = build_runs(FLAGS.experiment, FLAGS.methods, betas, seeds, FLAGS.out_root, FLAGS.extra)
-    distributed_env(0, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    os.makedirs(FLAGS.out_root, exist_ok=True)
-    if os.path.exists(manifest_path):
-        # A rerun keeps what already succeeded.
-        previous = {run["name"]: run for run in read_manifest(manifest_path)}
-        runs = [previous[run["name"]] if previous.get(run["name"], {}).get("status") == "succeeded" else run
-                for run in runs]
+        return 0
     if FLAGS.dry_run:
         write_manifest(manifest_path, runs)
         for run in runs:
             print(" ".join(run["command"]))
-        return
-    runs = run_sweep(runs, manifest_path, FLAGS.max_parallel, lambda index: distributed_env(
+        return 0
+    runs, stop_signal = run_sweep(runs, manifest_path, FLAGS.max_parallel, lambda index: distributed_env(
         index, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id))
-    failed = [run["name"] for run in runs if run["status"] != "succeeded"]
-    print(json.dumps({"manifest": manifest_path, "runs": len(runs), "failed": failed}))
-    if failed:
-        raise SystemExit(1)
+    unfinished = [run["name"] for run in runs if run["status"] != "succeeded"]
+    print(json.dumps({"manifest": manifest_path, "runs": len(runs), "not_succeeded": unfinished}))
+    if stop_signal is not None:
+        return 128 + stop_signal
+    return 1 if unfinished else 0
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_program(main)

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from experiments import double_drift
 from dipod_jax.toys import bandit
@@ -54,15 +53,19 @@ def test_short_run_writes_every_output_with_finite_values(short_run):
 
 
 def test_rerun_resumes_without_training(short_run, monkeypatch):
-    """With the same flags, a second run loads every finished run instead of training it again."""
+    """With the same flags and --resume, a second run loads every finished run instead of training it again;
+    without --resume the directory is refused."""
     output_dir, summary = short_run
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(double_drift, "train_run", must_not_train)
+    with pytest.raises(ValueError, match="already holds a run"):
+        double_drift.run_experiment(list(double_drift.SETTINGS), beta=0.3, sequence_beta=0.05,
+                                    num_seeds=NUM_SEEDS, steps=STEPS, output_dir=output_dir)
     again = double_drift.run_experiment(list(double_drift.SETTINGS), beta=0.3, sequence_beta=0.05,
-                                        num_seeds=NUM_SEEDS, steps=STEPS, output_dir=output_dir)
+                                        num_seeds=NUM_SEEDS, steps=STEPS, output_dir=output_dir, resume=True)
     assert again == summary
 
 
@@ -82,15 +85,6 @@ def test_bad_flags_raise_before_training(kwargs, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         double_drift.run_experiment(**arguments)
     assert not (tmp_path / "out").exists()
-
-
-def test_mean_interval_known_values():
-    """Mean and Student-t 95% half-width of [1, 2, 3] (ignoring NaN); a single value has no interval."""
-    mean, half_width, count = double_drift.mean_interval(np.array([1.0, np.nan, 2.0, 3.0]))
-    assert (mean, count) == (2.0, 3)
-    assert half_width == pytest.approx(stats.t.ppf(0.975, 2) / math.sqrt(3.0))
-    single_mean, single_width, single_count = double_drift.mean_interval(np.array([4.0, np.nan]))
-    assert (single_mean, single_count) == (4.0, 1) and math.isnan(single_width)
 
 
 def test_summary_counts_diverged_seeds_and_uses_last_tenth():

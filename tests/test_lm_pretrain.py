@@ -1,5 +1,5 @@
 """experiments.lm_pretrain on a tiny model: the SFT loss (dipod_jax.lm.pretrain) has its known value, the loss
-goes down, outputs are written (dipod_jax.lm.training_run), resume is exact, a non-finite loss stops the run,
+goes down, outputs are written (dipod_jax.run), resume is exact, a non-finite loss stops the run,
 load_pretrained rebuilds the model, evaluate (dipod_jax.lm.evaluation) scores with the task reward."""
 import dataclasses
 import json
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dipod_jax.lm import data, pretrain, training_run
+from dipod_jax.lm import data, pretrain
+from dipod_jax.run.files import CHECKPOINT_DIR, read_metrics
 from dipod_jax.lm.evaluation import evaluate
 from dipod_jax.lm.tasks import get_task
 from dipod_jax.lm.tokenizer import char_tokenizer
@@ -44,13 +45,13 @@ def test_loss_decreases_and_outputs_written(straight_run):
     checkpoints (newest two kept)."""
     out_dir, summary = straight_run
     assert summary["stopped"] == "completed" and summary["step"] == 30
-    losses = [r["train/loss"] for r in training_run.read_metrics(out_dir) if "train/loss" in r]
+    losses = [r["train/loss"] for r in read_metrics(out_dir) if "train/loss" in r]
     assert len(losses) == 6 and losses[-1] < 0.66 * losses[0]
-    evals = [r for r in training_run.read_metrics(out_dir) if "eval/mean_reward" in r]
+    evals = [r for r in read_metrics(out_dir) if "eval/mean_reward" in r]
     assert [r["step"] for r in evals] == [10, 20, 30]
     assert all(0.0 <= r["eval/mean_reward"] <= 1.0 and r["eval/items"] == 8 for r in evals)
     assert all(0.0 <= r["eval_sudoku_split_new/mean_reward"] <= 1.0 for r in evals)
-    assert sorted(os.listdir(os.path.join(out_dir, training_run.CHECKPOINT_DIR))) == ["20", "30"]
+    assert sorted(os.listdir(os.path.join(out_dir, CHECKPOINT_DIR))) == ["20", "30"]
     assert any(name.startswith("events") for name in os.listdir(os.path.join(out_dir, "tb")))
     with open(os.path.join(out_dir, pretrain.CONFIG_FILE)) as handle:
         config = json.load(handle)
@@ -70,19 +71,19 @@ def test_resume_matches_uninterrupted_run(straight_run, tmp_path):
     resumed = lm_pretrain.train(dataclasses.replace(first, steps=30, resume=True), show_progress=False)
     assert resumed["step"] == 30
     jax.tree.map(np.testing.assert_array_equal, _checkpoint_params(out_dir), _checkpoint_params(straight_dir))
-    loss_steps = [r["step"] for r in training_run.read_metrics(out_dir) if "train/loss" in r]
+    loss_steps = [r["step"] for r in read_metrics(out_dir) if "train/loss" in r]
     assert loss_steps == [5, 10, 15, 20, 25, 30]
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    """With an absurd learning rate the loss becomes non-finite; the run stops, logs the event, and the
-    newest checkpoint left holds parameters whose loss was finite."""
+def test_non_finite_stops_and_keeps_last_good_checkpoint(tmp_path):
+    """With an absurd learning rate training diverges; the run stops, logs the event once, and the newest
+    checkpoint left holds finite parameters."""
     settings = lm_pretrain.PretrainSettings(out_dir=str(tmp_path), steps=20, eval_interval=1,
                                             **dict(TINY, lr=1e30, warmup_steps=3, eval_items=2))
     summary = lm_pretrain.train(settings, show_progress=False)
-    assert summary["stopped"] == "non_finite_loss" and summary["step"] < 20
-    event = [r for r in training_run.read_metrics(str(tmp_path)) if r.get("event") == "non_finite_loss"]
-    assert len(event) == 1 and event[0]["newest_checkpoint"] == summary["step"] - 1
+    assert summary["stopped"] == "non_finite" and summary["step"] < 20
+    event = [r for r in read_metrics(str(tmp_path)) if r.get("event") == "non_finite"]
+    assert len(event) == 1 and event[0]["newest_checkpoint"] == summary["newest_checkpoint"] is not None
     params = _checkpoint_params(str(tmp_path))
     assert all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree.leaves(params))
 

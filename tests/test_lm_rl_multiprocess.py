@@ -15,7 +15,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from dipod_jax.lm import data, rl, sharding, training_run
+from dipod_jax.lm import data, rl, sharding
+from dipod_jax.run.checkpoints import CheckpointStore
+from dipod_jax.run.files import CHECKPOINT_DIR, read_metrics
 from dipod_jax.lm.tasks import get_task
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,9 +122,9 @@ def test_two_process_run_equals_single_process_run_on_the_same_global_batch(pret
     assert '"stopped": "completed"' in results[0][1] and '"stopped"' not in results[1][1]
 
     assert os.path.isfile(os.path.join(out_dir, "rl_config.json"))
-    manager = training_run.checkpoint_manager(out_dir)
-    assert manager.all_steps() == [STEPS]
-    state_dir = os.path.join(out_dir, training_run.CHECKPOINT_DIR, str(STEPS), "state")
+    store = CheckpointStore(out_dir, read_only=True)
+    assert store.steps() == [STEPS]
+    state_dir = os.path.join(out_dir, CHECKPOINT_DIR, str(STEPS), "state")
     assert sorted(name for name in os.listdir(state_dir) if name.startswith("ocdbt.process_")) == [
         "ocdbt.process_0", "ocdbt.process_1"]
     # The saved metadata names each array's mesh: 1 x 2 x 1 over one device of each process.
@@ -135,8 +137,8 @@ def test_two_process_run_equals_single_process_run_on_the_same_global_batch(pret
     first_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     template = jax.tree.map(lambda array: jax.ShapeDtypeStruct(array.shape, array.dtype, sharding=first_device),
                             saved)
-    restored = training_run.restore_checkpoint(manager, STEPS, {"state": template})["state"]
-    records = training_run.read_metrics(out_dir)
+    restored = store.restore(STEPS, {"state": template})["state"]
+    records = read_metrics(out_dir)
     train_records = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in train_records] == list(range(1, STEPS + 1))
     assert [r["step"] for r in records if "eval/mean_reward" in r] == [0, STEPS]

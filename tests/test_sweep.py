@@ -40,7 +40,8 @@ def test_build_runs_is_the_full_grid_with_the_experiment_flags(tmp_path):
     (dict(experiment="atari"), "--experiment"),
     (dict(methods=[]), "--methods is empty"),
     (dict(seeds=[0, 0]), "--seeds has repeated"),
-    (dict(betas=[-0.1]), "--betas must all be >= 0"),
+    (dict(betas=[-0.1]), "--betas must all be finite and >= 0"),
+    (dict(betas=[float("inf")]), "--betas must all be finite and >= 0"),
     (dict(out_root=""), "--out_root is required"),
 ])
 def test_build_runs_rejects_bad_grids(kwargs, message):
@@ -74,8 +75,9 @@ def test_run_sweep_launches_every_run_and_records_outcomes(tmp_path, monkeypatch
     runs = sweep.build_runs("lm_rl", ["fpo"], [0.0, 0.05], [0, 1], str(root), ["--steps=2"],
                             module="stub_experiment")
     manifest = str(tmp_path / "manifest.json")
-    finished = sweep.run_sweep(runs, manifest, max_parallel=2,
-                               env_for_run=lambda i: sweep.distributed_env(i, "localhost:7000", 2, 1))
+    finished, stop_signal = sweep.run_sweep(runs, manifest, max_parallel=2,
+                                            env_for_run=lambda i: sweep.distributed_env(i, "localhost:7000", 2, 1))
+    assert stop_signal is None
     assert [run["status"] for run in finished] == ["succeeded", "failed", "succeeded", "failed"]
     assert [run["returncode"] for run in finished] == [0, 3, 0, 3]
     assert sweep.read_manifest(manifest) == json.loads(json.dumps(finished))
@@ -86,7 +88,7 @@ def test_run_sweep_launches_every_run_and_records_outcomes(tmp_path, monkeypatch
                                  "JAX_PROCESS_ID": "1"}
         assert f"stub ran {run['seed']}" in (root / run["name"] / sweep.LOG_FILE).read_text()
     (root / finished[0]["name"] / "record.json").unlink()
-    rerun = sweep.run_sweep(sweep.read_manifest(manifest), manifest)
+    rerun, _ = sweep.run_sweep(sweep.read_manifest(manifest), manifest)
     assert not (root / finished[0]["name"] / "record.json").exists()
     assert [run["returncode"] for run in rerun] == [0, 3, 0, 3]
     assert (root / finished[1]["name"] / sweep.LOG_FILE).read_text().count("stub ran 1") == 2

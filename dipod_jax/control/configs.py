@@ -190,8 +190,8 @@ def validate_config(config: TrainConfig) -> None:
         if not 0.0 <= getattr(config, field) <= 1.0:
             fail(field, "must be in [0, 1]")
     for field in ("dipod_beta", "value_loss_coef", "entropy_cost", "sd_weight_decay", "weight_decay"):
-        if not getattr(config, field) >= 0.0:
-            fail(field, "must be >= 0")
+        if not 0.0 <= getattr(config, field) < float("inf"):
+            fail(field, "must be a finite number >= 0")
     for field in ("learning_rate", "clip_eps", "max_grad_norm", "loss_clamp", "cfm_huber_delta"):
         if getattr(config, field) is not None and not getattr(config, field) > 0:
             fail(field, "must be > 0 or None")

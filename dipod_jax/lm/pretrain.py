@@ -4,7 +4,7 @@ and evaluation sampler, and `load_pretrained`, which rebuilds a model from a run
 The run itself (flags, data, loop, outputs) is experiments/lm_pretrain.py. A run directory holds config.json
 (`CONFIG_FILE`: task, template, prompt_length, gen_length, "model" as `model_config_to_dict`, "tokenizer" as
 `tokenizer_config`, "sampler") and Orbax checkpoints with "params" (a pure dict) and "opt_state"
-(dipod_jax.lm.training_run).
+(dipod_jax.run.checkpoints).
 
 Parameters are pure dicts (`nnx.to_pure_dict`); `bind_params` puts them, possibly traced, into the model.
 """
@@ -21,11 +21,12 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dipod_jax.lm import training_run
 from dipod_jax.lm.sampler import generate
 from dipod_jax.lm.tokenizer import Tokenizer, tokenizer_from_config
 from dipod_jax.losses.masked import elbo_masked, mask_uniform_count
 from dipod_jax.models.llada import LLaDA, LLaDAConfig
+from dipod_jax.run.checkpoints import CHECKPOINT_DIR, CheckpointStore
+from dipod_jax.run.files import read_json
 
 # (d_model, n_layers, n_heads, mlp_hidden)
 MODEL_SIZES = {
@@ -97,15 +98,16 @@ def make_optimizer(lr: float, warmup_steps: int, decay_steps: int, weight_decay:
 
 
 def make_train_step(graphdef, state_template, optimizer, mask_id: int, num_draws: int):
-    """Jitted (params, opt_state, tokens, attention_mask, response_mask, key) -> (params, opt_state, loss).
+    """Jitted (params, opt_state, tokens, attention_mask, response_mask, key)
+    -> (params, opt_state, loss, pre-clip gradient norm).
 
-    The update is computed but the caller keeps the old parameters when the loss is not finite.
+    The update is computed but the caller keeps the old parameters when anything is not finite.
     """
     def train_step(params, opt_state, tokens, attention_mask, response_mask, key):
         loss, grads = jax.value_and_grad(sft_loss)(params, graphdef, state_template, tokens, attention_mask,
                                                    response_mask, key, mask_id, num_draws)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), new_opt_state, loss
+        return optax.apply_updates(params, updates), new_opt_state, loss, optax.tree.norm(grads)
 
     return jax.jit(train_step)
 
@@ -146,25 +148,27 @@ def sampling_function(model_config: LLaDAConfig, sampler_key: tuple):
 
 
 def load_pretrained(out_dir: str, step: int | None = None) -> tuple[LLaDA, Tokenizer, dict[str, Any]]:
-    """Rebuilds (model, tokenizer, run config) from a pre-training --out_dir (the newest step by default).
+    """Rebuilds (model, tokenizer, run config) from a pre-training --out_dir (the newest step by default);
+    the run config (config.json) gets "checkpoint_step": the step loaded.
 
     Raises ValueError naming the directory when config.json or the checkpoint is missing.
     """
     config_path = os.path.join(out_dir, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise ValueError(f"load_pretrained: {config_path} does not exist")
-    run_config = training_run.read_json(config_path)
+    run_config = read_json(config_path)
     tokenizer = tokenizer_from_config(run_config["tokenizer"])
     graphdef, state = abstract_split(model_config_from_dict(run_config["model"]))
-    manager = training_run.checkpoint_manager(out_dir)
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
+    store = CheckpointStore(out_dir, read_only=True)
+    step = store.latest() if step is None else step
+    if step is None or step not in store.steps():
         raise ValueError(f"load_pretrained: no checkpoint {'' if step is None else step} in "
-                         f"{out_dir}/{training_run.CHECKPOINT_DIR}")
+                         f"{out_dir}/{CHECKPOINT_DIR}")
     # Restore onto this process's first device: the sharding saved with the checkpoint names the saving
     # process's device, which another process of a multi-host run does not have.
     local_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     template = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=local_device),
                             nnx.to_pure_dict(state))
-    params = training_run.restore_checkpoint(manager, step, {"params": template})["params"]
-    return bind_params(graphdef, state, params), tokenizer, run_config
+    params = store.restore(step, {"params": template})["params"]
+    store.close()
+    return bind_params(graphdef, state, params), tokenizer, {**run_config, "checkpoint_step": step}

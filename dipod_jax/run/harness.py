@@ -1,0 +1,257 @@
+"""One training run: its claimed directory, checkpoints, metrics log, stop signals and stopping rules.
+
+    run = Run(out_dir, experiment="lm_rl", record_file="rl_config.json", record=record, resume=resume)
+    with run:                                 # claimed; SIGTERM / SIGINT now request a stop
+        step, trees = run.restore({"state": template}) if run.resuming else (0, None)
+        log = run.start(step)                 # metrics truncated to `step`
+        while step < steps:
+            ... one step -> new state, loss, grad_norm ...
+            problem = non_finite(loss=loss, gradient_norm=grad_norm, updated_parameters=new_params)
+            if problem:
+                summary = run.stop_non_finite(step, problem, loss_is_finite=math.isfinite(loss)); break
+            step += 1; log.write(...)
+            stop = run.stop_reason(budget_min)   # "signal", "time_budget" or None
+            if step % interval == 0 or step == steps or stop:
+                run.save(step, {"state": state})
+            if stop: break
+
+The rules every experiment follows through this object:
+- the directory is claimed before anything is compiled (`dipod_jax.run.record.claim_output_dir`);
+- nothing non-finite is saved: the loss, the gradient norm and the updated parameters of a step are checked
+  before the update is kept. A non-finite loss was computed from the state of the newest checkpoint when that
+  checkpoint is of the same step; it is deleted only if this process wrote it, so the newest checkpoint left
+  is the last finite state and a run resumed from an older one never loses it;
+- SIGTERM / SIGINT finish the current step, save it and end the run with exit status 128 + signal number
+  (a second signal ends the process at once; checkpoints are atomic, so it never leaves a broken one). On a
+  multi-host run the processes agree on the stop step (a stop on any process stops all after the same step);
+- a resumed run truncates metrics.jsonl to its checkpoint step, so no step is logged twice.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from dipod_jax.run import record as run_record
+from dipod_jax.run.checkpoints import CheckpointStore
+from dipod_jax.run.files import MetricsLog, truncate_metrics, write_json_atomic
+from dipod_jax.run.program import UsageError
+
+COMPLETED, TIME_BUDGET, NON_FINITE, SIGNAL = "completed", "time_budget", "non_finite", "signal"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@jax.jit
+def _all_finite(leaves: list) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def non_finite(**values: Any) -> str | None:
+    """None when every value is finite, else a description such as "non-finite loss (nan), updated parameters".
+
+    Each keyword is a number (loss=..., gradient_norm=...) or a pytree of arrays (updated_parameters=...), whose
+    floating leaves are checked in one jitted reduction; underscores in names become spaces.
+    """
+    problems = []
+    for name, value in values.items():
+        label = name.replace("_", " ")
+        if np.isscalar(value) or isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0:
+            if not math.isfinite(float(value)):
+                problems.append(f"{label} ({float(value)})")
+            continue
+        leaves = [leaf for leaf in jax.tree.leaves(value) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+        if leaves and not bool(_all_finite(leaves)):
+            problems.append(label)
+    return "non-finite " + ", ".join(problems) if problems else None
+
+
+def over_time_budget(started: float, budget_min: float) -> bool:
+    """True when a budget of `budget_min` minutes (0 = none) has run out since time.time() was `started`."""
+    return bool(budget_min) and time.time() - started > 60 * budget_min
+
+
+def progress_bar(total_steps: int, start_step: int, enabled: bool, name: str, **kwargs):
+    """A tqdm bar over the run's steps, starting at `start_step` (a resumed run); silent when not enabled."""
+    from tqdm import tqdm
+
+    return tqdm(total=total_steps, initial=start_step, disable=not enabled, desc=name, **kwargs)
+
+
+class StopSignals:
+    """While entered, SIGTERM and SIGINT only record that a stop was requested (the first one); a second
+    signal ends the process at once with the default action. Handlers are installed only in the main
+    thread, and the previous ones come back on exit."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signum
+        logging.warning("received %s: stopping after the current step (a second signal stops at once)",
+                        signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def agreed(self, *flags: bool) -> tuple[int | None, ...]:
+        """(the stop signal, then each of `flags`), the same on every process of a multi-host run: the largest
+        signal received anywhere (or None), and each flag true if it is true anywhere."""
+        local = np.array([self.received or 0, *flags], np.int32)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            local = np.max(multihost_utils.process_allgather(local), axis=0)
+        return (int(local[0]) or None, *(bool(flag) for flag in local[1:]))
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+class Run:
+    """A training run's directory (claimed on construction), checkpoints, metrics log and stop signals.
+
+    Args:
+      out_dir: the run directory.
+      experiment: the experiment's name (stored in the record; a directory of another experiment is refused).
+      record_file: file name of the run record inside out_dir.
+      record: every setting that changes the run's results (JSON-able); "experiment" is added.
+      resume: the --resume flag.
+      flag: the flag naming out_dir, for messages.
+      keep: checkpoints kept (>= 2, so deleting the newest never leaves none).
+      step_key: the metrics field holding the step.
+      tensorboard_dir: sub-directory of the TensorBoard events.
+      progress_paths, other_run_files: see `dipod_jax.run.record.claim_output_dir`.
+
+    Stop signals are caught from construction until `close`.
+
+    Raises:
+      UsageError: the claim is refused (see `claim_output_dir`).
+    """
+
+    def __init__(self, out_dir: str, *, experiment: str, record_file: str, record: dict[str, Any], resume: bool,
+                 flag: str = "--out_dir", keep: int = 2, step_key: str = "step", tensorboard_dir: str = "tb",
+                 progress_paths: Iterable[str] = (), other_run_files: Iterable[str] = ()):
+        if keep < 2:
+            raise ValueError(f"keep={keep} must be >= 2")
+        self.out_dir = out_dir
+        self.flag = flag
+        self.is_main = jax.process_index() == 0
+        self.record = {"experiment": experiment, **record}
+        self.mode = run_record.claim_output_dir(out_dir, flag, record_file, self.record, resume,
+                                                tuple(progress_paths), tuple(other_run_files), write=False)
+        _sync("claim checked")
+        if self.mode == run_record.FRESH and self.is_main:
+            try:
+                write_json_atomic(os.path.join(out_dir, record_file), run_record.normalized(self.record))
+            except OSError as error:
+                raise UsageError(f"{flag}={out_dir} is not writable ({error.strerror})") from error
+        _sync("record written")
+        self.checkpoints = CheckpointStore(out_dir, keep)
+        self.step_key = step_key
+        self.tensorboard_dir = tensorboard_dir
+        self.log: MetricsLog | None = None
+        # From the claim on, a stop signal (also one during compilation) ends the run after its next step.
+        self.signals = StopSignals().__enter__()
+        self.stopped_by: int | None = None
+        self.started = time.time()
+
+    @property
+    def resuming(self) -> bool:
+        return self.mode == run_record.RESUME
+
+    def restore(self, templates: dict[str, Any], candidates: Sequence[int] | None = None
+                ) -> tuple[int, dict[str, Any]]:
+        """(step, trees) of the newest readable checkpoint (among `candidates`), see
+        `CheckpointStore.restore_newest`; UsageError when no checkpoint can be read."""
+        step, trees = self.checkpoints.restore_newest(templates, candidates)
+        if step is None:
+            raise UsageError(f"--resume: no readable checkpoint in {self.checkpoints.directory} "
+                             f"(unreadable ones were moved to {self.out_dir}/checkpoints_unreadable)")
+        return step, trees
+
+    def start(self, step: int) -> MetricsLog:
+        """Begins (or continues after `step`) the logged part of the run: metrics.jsonl keeps only the records
+        of steps <= `step` (none for a restarted run) and is opened for appending (returned)."""
+        continues_after = None
+        if self.mode != run_record.FRESH:
+            continues_after = step if self.resuming else -1
+            if self.is_main:
+                removed = truncate_metrics(self.out_dir, continues_after, self.step_key)
+                if removed:
+                    logging.warning("%s: removed %d metrics records logged after step %d", self.out_dir, removed,
+                                    continues_after)
+        self.log = MetricsLog(self.out_dir, self.tensorboard_dir, self.step_key, continues_after, self.is_main)
+        return self.log
+
+    def save(self, step: int, trees: dict[str, Any]) -> None:
+        """Checkpoint `step` (atomic; the oldest beyond `keep` are deleted)."""
+        self.checkpoints.save(step, trees)
+
+    def stop_reason(self, time_budget_min: float = 0.0) -> str | None:
+        """SIGNAL when a stop signal was received, TIME_BUDGET when the budget ran out (on any process: all
+        processes of a multi-host run decide alike), else None. Call it at the same point of every step on every
+        process."""
+        self.stopped_by, over_budget = self.signals.agreed(over_time_budget(self.started, time_budget_min))
+        if self.stopped_by is not None:
+            return SIGNAL
+        return TIME_BUDGET if over_budget else None
+
+    def stop_summary(self, reason: str, step: int) -> dict[str, Any]:
+        """The summary fields of a stop: {"stopped", "step"} and, for a signal, "signal"."""
+        summary = {"stopped": reason, "step": step}
+        if reason == SIGNAL:
+            summary["signal"] = self.stopped_by
+        return summary
+
+    def stop_non_finite(self, step: int, problem: str, loss_is_finite: bool) -> dict[str, Any]:
+        """Ends the run on a non-finite value met in the step after `step` completed steps; the update is not
+        kept. When the loss itself is non-finite and the newest checkpoint is of step `step` (it holds the
+        parameters that produced the loss) and this process wrote it, it is deleted. The event is logged as
+        {step: step + 1, "event": "non_finite", "problem", "newest_checkpoint"}; returns the summary fields
+        {"stopped": NON_FINITE, "step", "problem", "newest_checkpoint"}."""
+        if not loss_is_finite and self.checkpoints.latest() == step:
+            self.checkpoints.delete_own(step)
+        newest = self.checkpoints.latest()
+        if self.log is not None:
+            self.log.write({self.step_key: step + 1, "event": "non_finite", "problem": problem,
+                            "newest_checkpoint": newest}, scalars={})
+        logging.error("%s at step %d: stopping; the newest checkpoint is %s", problem, step + 1, newest)
+        return {"stopped": NON_FINITE, "step": step, "problem": problem, "newest_checkpoint": newest}
+
+    def close(self) -> None:
+        self.signals.__exit__()
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        self.checkpoints.close()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

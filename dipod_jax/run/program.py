@@ -1,0 +1,127 @@
+"""Command-line programs: user errors as one line with exit code 2, --help with 0, the exit code of a run.
+
+    if __name__ == "__main__":
+        define_flags()
+        run_program(main)
+
+`run_program` wraps absl's app.run:
+- --help / --helpshort / -? / -h print the usage to stdout and exit 0 (absl exits 1); --helpfull likewise;
+- a flag absl cannot parse, a UsageError (ours or absl's) raised by main, or an unexpected positional
+  argument prints "<program>: error: <one line>" to stderr and exits 2, without a traceback;
+- Ctrl-C outside a run's training loop (which stops cleanly by itself) exits 130 without a traceback;
+- absl logging is set to WARNING unless --verbosity is given, so library INFO lines (Orbax reports every
+  save) do not bury the progress bar;
+- main's return value is the exit status (see `exit_code` for a run's summary).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+from typing import Any, Callable
+
+from absl import app, flags, logging
+
+EXIT_USAGE = 2
+EXIT_NON_FINITE = 1
+_HELP = {"help", "helpshort", "?", "h"}
+_HELP_FULL = {"helpfull"}
+_verbosity_given = False
+
+
+class UsageError(ValueError):
+    """A user error (a flag, a field, a file) stated in one line; programs exit with status 2 on it."""
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error` on one line (whitespace runs collapsed)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Re-raises ValueError and OSError (bad flag values, unreadable or malformed files) as UsageError.
+
+    Wrap the part of a program that validates its inputs (before anything is compiled or trained), so those
+    errors become one line and exit status 2, while errors during training keep their traceback.
+    """
+    try:
+        yield
+    except UsageError:
+        raise
+    except (ValueError, OSError) as error:
+        raise UsageError(one_line(error)) from error
+
+
+def check_flag_bounds(settings: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+                      finite: tuple[str, ...] = ()) -> None:
+    """UsageError naming the flag (--name=value) when a field of `settings` listed in `positive` is not > 0,
+    one in `non_negative` is not >= 0, or one in `finite` is NaN or infinite (NaN fails every bound)."""
+    for names, test, requirement in ((finite, math.isfinite, "a finite number"),
+                                     (positive, lambda value: value > 0, "> 0"),
+                                     (non_negative, lambda value: value >= 0, ">= 0")):
+        for name in names:
+            value = getattr(settings, name)
+            if not test(value):
+                raise UsageError(f"--{name}={value} must be {requirement}")
+
+
+def _program_name() -> str:
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name if spec is not None else sys.argv[0]
+
+
+def _report(message: str, status: int) -> int:
+    print(f"{_program_name()}: error: {message}", file=sys.stderr)
+    return status
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    global _verbosity_given
+    for argument in argv[1:]:
+        if argument == "--":
+            break
+        name = argument.lstrip("-").split("=", 1)[0]
+        if argument.startswith("-") and name in _HELP | _HELP_FULL:
+            app.usage(shorthelp=name in _HELP, writeto_stdout=True)
+            sys.exit(0)
+    try:
+        remaining = flags.FLAGS(argv)
+    except flags.Error as error:
+        sys.exit(_report(one_line(error), EXIT_USAGE))
+    _verbosity_given = not flags.FLAGS["verbosity"].using_default_value
+    return remaining
+
+
+def run_program(main: Callable[[list[str]], Any]) -> None:
+    """app.run(main) with the behaviour described in the module docstring."""
+    def wrapped(argv: list[str]) -> Any:
+        if not _verbosity_given:
+            logging.set_verbosity(logging.WARNING)
+        if len(argv) > 1:
+            return _report(f"unexpected positional arguments {argv[1:]}", EXIT_USAGE)
+        try:
+            return main(argv)
+        except (UsageError, app.UsageError) as error:
+            return _report(one_line(error), EXIT_USAGE)
+        except KeyboardInterrupt:
+            return _report("interrupted", 128 + signal.SIGINT)
+
+    app.run(wrapped, flags_parser=_parse_flags)
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """The exit status of a run from its summary (dipod_jax.run.harness): 0 when it completed or used up its
+    time budget, 1 when a non-finite value stopped it, 128 + signal number when a signal did; the reason is
+    printed to stderr."""
+    stopped = summary["stopped"]
+    if stopped == "non_finite":
+        return _report(f"{summary['problem']} at step {summary['step'] + 1}; the newest checkpoint "
+                       f"({summary['newest_checkpoint']}) is the last finite state", EXIT_NON_FINITE)
+    if stopped == "signal":
+        name = signal.Signals(summary["signal"]).name
+        print(f"{_program_name()}: stopped by {name} after step {summary['step']}, checkpoint saved; "
+              "continue with --resume", file=sys.stderr)
+        return 128 + summary["signal"]
+    return 0

@@ -1,0 +1,139 @@
+"""Who owns an output directory: the run record, directory claims and exact names for float settings.
+
+A run's record is a JSON file in its directory (the experiment names it: config.json, rl_config.json) that
+holds every setting that changes its results, plus "experiment". A run claims its directory before anything
+is compiled:
+
+- fresh (no --resume): the directory must not hold another run (a record, a checkpoint, metrics). The one
+  exception is a run with the identical record that never saved a checkpoint (killed before its first save):
+  it is restarted from step 0, with a warning.
+- --resume: the directory must hold a checkpoint (or the experiment's other saved progress) and a record
+  equal to this run's; every difference is listed ("field: saved -> now") and the resume is refused.
+
+This module needs no JAX, so the sweep runner can ask whether a run directory can be resumed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable
+
+from absl import logging
+
+from dipod_jax.run.files import CHECKPOINT_DIR, METRICS_FILE, read_json, write_json_atomic
+from dipod_jax.run.program import UsageError
+
+FRESH, RESTART, RESUME = "fresh", "restart", "resume"
+
+
+def float_name(value: float) -> str:
+    """A float as text that reads back as exactly the same float, and as short as possible: 0.05 -> "0.05",
+    0.0 -> "0", 1e-07 -> "1e-07", 1.000001e-07 -> "1.000001e-07" (`:g` alone would give "1e-07")."""
+    value = float(value)
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def has_checkpoint(out_dir: str) -> bool:
+    """True when out_dir/checkpoints holds a complete (committed) Orbax step."""
+    directory = os.path.join(out_dir, CHECKPOINT_DIR)
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def normalized(value: Any) -> Any:
+    """`value` as it reads back from JSON (tuples become lists, dict keys strings)."""
+    return json.loads(json.dumps(value))
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        flat = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+_ABSENT = "(absent)"
+
+
+def record_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """"name: saved -> current" for every field of `current` (nested fields dotted) whose saved value differs
+    or is missing. Fields only in `saved` are not differences (a setting this code no longer has)."""
+    saved_flat, current_flat = _flatten(normalized(saved)), _flatten(normalized(current))
+    differences = []
+    for name, value in current_flat.items():
+        old = saved_flat.get(name, _ABSENT)
+        if json.dumps(old) != json.dumps(value):
+            differences.append(f"{name}: {json.dumps(old)} -> {json.dumps(value)}")
+    return differences
+
+
+def claim_output_dir(out_dir: str, flag: str, record_file: str, record: dict[str, Any], resume: bool,
+                     progress_paths: Iterable[str] = (), other_run_files: Iterable[str] = (),
+                     write: bool = True) -> str:
+    """Claims `out_dir` for a run whose record is `record`; returns FRESH, RESTART or RESUME.
+
+    Args:
+      out_dir: the output directory (created when missing).
+      flag: the flag that named it ("--out_dir"), for messages.
+      record_file: file name of the record inside out_dir.
+      record: this run's record (JSON-able; must contain "experiment").
+      resume: the run's --resume.
+      progress_paths: further paths whose existence is saved progress a --resume continues from (besides
+        checkpoints), e.g. finished sub-runs.
+      other_run_files: further file names that show the directory holds a run.
+      write: write the record on a fresh claim (False on the non-main processes of a multi-host run).
+
+    Raises:
+      UsageError (one line naming the flag or file): the directory holds another run and --resume is not
+      set; --resume with nothing to resume; --resume with a different record (all differences listed); the
+      directory cannot be written.
+    """
+    path = os.path.join(out_dir, record_file)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{flag}={out_dir}: cannot create the directory ({error.strerror})") from error
+    saved = read_json(path) if os.path.exists(path) else None
+    if saved is not None and not isinstance(saved, dict):
+        raise UsageError(f"{path}: not a run record (a JSON object expected)")
+    progress = has_checkpoint(out_dir) or any(os.path.exists(p) for p in progress_paths)
+    if resume:
+        if not progress:
+            raise UsageError(f"--resume: nothing to resume in {flag}={out_dir} (no checkpoint); "
+                             "drop --resume to start a new run")
+        if saved is None:
+            raise UsageError(f"--resume: {flag}={out_dir} holds checkpoints but no {record_file}")
+        _refuse_other_experiment(saved, record, flag, out_dir)
+        differences = record_differences(saved, record)
+        if differences:
+            raise UsageError(f"--resume: settings differ from {path}: " + "; ".join(differences))
+        return RESUME
+    run_files = [name for name in (record_file, METRICS_FILE, *other_run_files)
+                 if os.path.exists(os.path.join(out_dir, name))]
+    if progress or run_files:
+        if saved is not None and not progress:
+            _refuse_other_experiment(saved, record, flag, out_dir)
+            if not record_differences(saved, record):
+                logging.warning("%s=%s holds this same run, which saved no checkpoint: restarting it from step 0",
+                                flag, out_dir)
+                return RESTART
+        held = "checkpoints" if progress else ", ".join(run_files)
+        raise UsageError(f"{flag}={out_dir} already holds a run ({held}); pass --resume to continue it or "
+                         "choose a new directory")
+    if write:
+        try:
+            write_json_atomic(path, normalized(record))
+        except OSError as error:
+            raise UsageError(f"{flag}={out_dir} is not writable ({error.strerror})") from error
+    return FRESH
+
+
+def _refuse_other_experiment(saved: dict[str, Any], record: dict[str, Any], flag: str, out_dir: str) -> None:
+    if "experiment" not in saved:
+        raise UsageError(f"{flag}={out_dir} holds a run recorded before the run harness (its record has no "
+                         "\"experiment\"); continue it with the code that started it, or choose a new directory")
+    if saved["experiment"] != record.get("experiment"):
+        raise UsageError(f"{flag}={out_dir} holds a run of {saved['experiment']}, "
+                         f"not of {record.get('experiment')}")
