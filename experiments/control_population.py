@@ -32,7 +32,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -241,10 +241,10 @@ def write_summary(workdir: str, runs: List[Dict[str, Any]], metric: str = SUMMAR
 
 
 def main(argv):
-    initialize_distributed(FLAGS.distributed)
     if not FLAGS.workdir:
         raise UsageError("--workdir is required")
     with user_errors():
+        initialize_distributed(FLAGS.distributed)
         config = build_config(FLAGS.env, FLAGS.algo, 0.0, FLAGS.set, FLAGS.preset)
         members = build_members(FLAGS.seeds, FLAGS.betas, FLAGS.vary)
         env = make_environment(config.env_name)

@@ -6,10 +6,6 @@ only its own devices' shards (two members), and both write their shards of the O
 """
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import chex
 import jax
@@ -24,47 +20,13 @@ from dipod_jax.run.checkpoints import CheckpointStore
 from dipod_jax.run.files import read_metrics
 from experiments import control_population
 from launch import sweep
+from processes import launch_processes
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_PROCESSES = 2
 ITERATIONS = 4
 FLAGS = ["--env=tiny/point_target", "--algo=fpo", "--seeds=0,1", "--betas=0,0.05", "--set=num_updates_per_batch=1",
          "--iterations_per_call=2", "--checkpoint_every=2", "--eval_every=2", "--noprogress"]
 TIMEOUT_S = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def launch_two_processes(workdir: str, num_timesteps: int):
-    """Starts both processes (4 CPU devices each); [(returncode, output)] by process. A failing process stops
-    the other at once."""
-    port = _free_port()
-    processes, log_paths = [], []
-    for process_id in range(NUM_PROCESSES):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                   JAX_NUM_PROCESSES=str(NUM_PROCESSES), JAX_PROCESS_ID=str(process_id),
-                   XLA_FLAGS="--xla_force_host_platform_device_count=4")
-        log_paths.append(f"{workdir}.process{process_id}.log")
-        with open(log_paths[-1], "w") as log_file:
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "experiments.control_population", *FLAGS, f"--workdir={workdir}",
-                 f"--num_timesteps={num_timesteps}"], cwd=REPO_ROOT, env=env, stdout=log_file,
-                stderr=subprocess.STDOUT))
-    deadline = time.time() + TIMEOUT_S
-    while any(p.poll() is None for p in processes) and time.time() < deadline:
-        if any(p.poll() not in (None, 0) for p in processes):
-            break
-        time.sleep(0.5)
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-    returncodes = [process.wait() for process in processes]
-    outputs = [open(path).read() for path in log_paths]
-    return list(zip(returncodes, outputs))
 
 
 @pytest.mark.slow
@@ -77,7 +39,9 @@ def test_two_process_population_equals_the_single_process_run(tmp_path):
     config = build_config("tiny/point_target", "fpo", 0.0, ["num_updates_per_batch=1"])
     num_timesteps = ITERATIONS * config.env_steps_per_iteration
     workdir = str(tmp_path / "distributed")
-    results = launch_two_processes(workdir, num_timesteps)
+    results = launch_processes("experiments.control_population",
+                               FLAGS + [f"--workdir={workdir}", f"--num_timesteps={num_timesteps}"], NUM_PROCESSES,
+                               workdir, TIMEOUT_S, devices_per_process=4)
     for process_id, (returncode, output) in enumerate(results):
         assert returncode == 0, f"process {process_id} exited {returncode}:\n{output[-4000:]}"
     assert '"stopped": "completed"' in results[0][1] and '"stopped"' not in results[1][1]

@@ -16,9 +16,10 @@ What "equal" means (tests/test_control_population.py checks each):
   other members: equal up to float rounding (a batched matrix product and a constant folded differently), not
   bit for bit.
 - A member with a traced dipod_beta of 0 adds `-0 * mean(ELBO)` to its loss (`with_dipod`: a traced beta always
-  adds the term), which changes no value: its state and metrics are bit-identical to the same population
-  program with dipod_beta left static at the config's 0 (the DiPOD term out of the graph), i.e. to the plain
-  baseline run of the same seed vmapped alike, which is also what experiments.control's seed vmap runs.
+  adds the term), which changes no value: its state, metrics and evaluation are bit-identical to the plain
+  baseline run of its seed (make_train with the Python dipod_beta 0, the DiPOD term out of the graph) when that
+  run is vmapped over as many seeds as the population has members, as experiments.control vmaps its seeds. (An
+  unbatched run is equal only up to the rounding of the point above.)
 
 Sharding (`make_mesh`): a `jax.sharding.Mesh` with axes (MEMBER_AXIS, DATA_AXIS). The member axis of every
 array is sharded over MEMBER_AXIS; a member's environments (and so its rollout, its minibatches and the
@@ -33,7 +34,6 @@ import itertools
 import math
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np

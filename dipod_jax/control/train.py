@@ -137,6 +137,62 @@ def make_optimizer(config: TrainConfig, learning_rate) -> optax.GradientTransfor
         optax.clip_by_global_norm(config.max_grad_norm) if config.max_grad_norm else optax.identity(), adam)
 
 
+def make_self_distill(config: TrainConfig, env: Environment, episode_length: int, policy: Policy,
+                      make_act: Callable[..., ActFn], normalized: Callable) -> Callable:
+    """make_train's self_distill(state, num_iterations) -> (state, metrics [num_iterations]): fit a student
+    (started at the actor) to the frozen actor's own samples.
+
+    Each iteration rolls `sd_env_steps` steps of the teacher in the training environments into a ring buffer of
+    `sd_batch_size` (obs, raw action) pairs, then takes one AdamW step on the policy's `distill_loss` over
+    `sd_batch_size` pairs drawn from the filled part, with fresh (tau, eps). `make_act` and `normalized` are
+    make_train's (the policy on raw observations; observation normalisation).
+    """
+    obs_size, action_size = env.observation_size, env.action_size
+    capacity = config.sd_batch_size
+    rows_per_iteration = config.sd_env_steps * config.num_envs
+    sd_optimizer = optax.chain(optax.clip_by_global_norm(config.sd_max_grad_norm),
+                               optax.adamw(config.sd_learning_rate, weight_decay=config.sd_weight_decay))
+
+    def self_distill(state: TrainState, num_iterations: int) -> Tuple[TrainState, Metrics]:
+        if policy.distill_loss is None:
+            raise ValueError("self_distill needs a flow policy (algo fpo or fpo++)")
+        teacher = state.params["actor"]
+        teacher_act = make_act(teacher, state.obs_stats, store=False)
+
+        def sd_iteration(carry, key):
+            student, opt_state, buffer_obs, buffer_action, filled, write_at, rollout_state = carry
+            key_rollout, key_index, key_loss = jax.random.split(key, 3)
+            rollout_state, transitions, _ = rollout(env, teacher_act, rollout_state, key_rollout,
+                                                    config.sd_env_steps, episode_length)
+            rows = (write_at + jnp.arange(rows_per_iteration)) % capacity
+            buffer_obs = buffer_obs.at[rows].set(
+                normalized(state.obs_stats, transitions.obs).reshape(rows_per_iteration, obs_size))
+            buffer_action = buffer_action.at[rows].set(
+                transitions.extras.raw_action.reshape(rows_per_iteration, action_size))
+            filled = jnp.minimum(filled + rows_per_iteration, capacity)
+            index = jax.random.randint(key_index, (capacity,), 0, filled)
+            loss, grads = jax.value_and_grad(policy.distill_loss)(student, buffer_obs[index], buffer_action[index],
+                                                                  key_loss)
+            updates, opt_state = sd_optimizer.update(grads, opt_state, student)
+            student = optax.apply_updates(student, updates)
+            carry = (student, opt_state, buffer_obs, buffer_action, filled,
+                     (write_at + rows_per_iteration) % capacity, rollout_state)
+            return carry, {"sd_loss": loss}
+
+        key, key_sd = jax.random.split(state.key)
+        carry = (teacher, sd_optimizer.init(teacher), jnp.zeros((capacity, obs_size)),
+                 jnp.zeros((capacity, action_size)), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+                 state.rollout_state)
+        carry, metrics = jax.lax.scan(sd_iteration, carry, jax.random.split(key_sd, num_iterations))
+        student, rollout_state = carry[0], carry[-1]
+        new_state = state._replace(
+            params={**state.params, "actor": student}, rollout_state=rollout_state, key=key,
+            env_steps=state.env_steps + num_iterations * rows_per_iteration)
+        return new_state, metrics
+
+    return self_distill
+
+
 def make_train(config: TrainConfig, env: Optional[Environment] = None,
                minibatch_sharding: Optional[jax.sharding.Sharding] = None) -> Trainer:
     """Build the trainer for `config` (validated first; `env` defaults to `make_environment(config.env_name)`).
@@ -147,6 +203,10 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None,
     NamedSharding(mesh, PartitionSpec(None, "data"))) constrains every [num_minibatches, minibatch, ...] array
     of the update epochs, so each minibatch's forward and backward passes are split over devices and the
     compiler sums the gradients (data parallelism); None leaves placement to the compiler.
+
+    Long as a whole, on purpose: the nested functions (each under 50 lines) close over one static setup (config,
+    environment, policy, critic), as Brax's and PureJaxRL's train builders do; self-distillation, which needs
+    none of the update path, is `make_self_distill`.
     """
     validate_config(config)
     if env is None:
@@ -251,52 +311,7 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None,
                                    env_steps=env_steps)
         return new_state, metrics
 
-    def self_distill(state: TrainState, num_iterations: int) -> Tuple[TrainState, Metrics]:
-        """Self-distillation: fit a student (started at the actor) to the frozen actor's own samples.
-
-        Each iteration rolls `sd_env_steps` steps of the teacher in the training environments into a ring buffer
-        of `sd_batch_size` (obs, action) pairs, then takes one AdamW step on `self_distillation_loss` over
-        `sd_batch_size` pairs drawn from the filled part, with fresh (tau, eps).
-        """
-        if policy.distill_loss is None:
-            raise ValueError("self_distill needs a flow policy (algo fpo or fpo++)")
-        teacher = state.params["actor"]
-        teacher_act = make_act(teacher, state.obs_stats, store=False)
-        capacity = config.sd_batch_size
-        sd_optimizer = optax.chain(optax.clip_by_global_norm(config.sd_max_grad_norm),
-                                   optax.adamw(config.sd_learning_rate, weight_decay=config.sd_weight_decay))
-        rows_per_iteration = config.sd_env_steps * num_envs
-
-        def sd_iteration(carry, key):
-            student, opt_state, buffer_obs, buffer_action, filled, write_at, rollout_state = carry
-            key_rollout, key_index, key_loss = jax.random.split(key, 3)
-            rollout_state, transitions, _ = rollout(env, teacher_act, rollout_state, key_rollout,
-                                                    config.sd_env_steps, episode_length)
-            rows = (write_at + jnp.arange(rows_per_iteration)) % capacity
-            buffer_obs = buffer_obs.at[rows].set(
-                normalized(state.obs_stats, transitions.obs).reshape(rows_per_iteration, obs_size))
-            buffer_action = buffer_action.at[rows].set(
-                transitions.extras.raw_action.reshape(rows_per_iteration, action_size))
-            filled = jnp.minimum(filled + rows_per_iteration, capacity)
-            index = jax.random.randint(key_index, (capacity,), 0, filled)
-            loss, grads = jax.value_and_grad(policy.distill_loss)(student, buffer_obs[index], buffer_action[index],
-                                                                  key_loss)
-            updates, opt_state = sd_optimizer.update(grads, opt_state, student)
-            student = optax.apply_updates(student, updates)
-            carry = (student, opt_state, buffer_obs, buffer_action, filled,
-                     (write_at + rows_per_iteration) % capacity, rollout_state)
-            return carry, {"sd_loss": loss}
-
-        key, key_sd = jax.random.split(state.key)
-        carry = (teacher, sd_optimizer.init(teacher), jnp.zeros((capacity, obs_size)),
-                 jnp.zeros((capacity, action_size)), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
-                 state.rollout_state)
-        carry, metrics = jax.lax.scan(sd_iteration, carry, jax.random.split(key_sd, num_iterations))
-        student, rollout_state = carry[0], carry[-1]
-        new_state = state._replace(
-            params={**state.params, "actor": student}, rollout_state=rollout_state, key=key,
-            env_steps=state.env_steps + num_iterations * rows_per_iteration)
-        return new_state, metrics
+    self_distill = make_self_distill(config, env, episode_length, policy, make_act, normalized)
 
     def init(key) -> TrainState:
         key_actor, key_critic, key_env, key_state = jax.random.split(key, 4)

@@ -222,7 +222,6 @@ def make_seed_batched_step(config: BanditConfig, dipod_beta: float):
     return jax.jit(jax.vmap(lambda state: train_step(state, config, dipod_beta)))
 
 
-
 @functools.lru_cache(maxsize=None)
 def make_population_step(config: BanditConfig):
     """A jitted step over a population: (state [P], dipod_beta [P] float32) -> (state, metrics [P]).
@@ -234,6 +233,7 @@ def make_population_step(config: BanditConfig):
     """
     check_config(config)
     return jax.jit(jax.vmap(lambda state, beta: train_step(state, config, beta)))
+
 
 def init_seed_batch(seeds: chex.Array, config: BanditConfig) -> BanditState:
     """Initial states for int seeds [n_seeds] (leading axis [n_seeds] on every leaf)."""

@@ -279,18 +279,13 @@ def make_seed_batched_step(config: SequenceConfig, dipod_beta: float):
     return jax.jit(jax.vmap(lambda state: train_step(state, config, dipod_beta)))
 
 
-
 @functools.lru_cache(maxsize=None)
 def make_population_step(config: SequenceConfig):
-    """A jitted step over a population: (state [P], dipod_beta [P] float32) -> (state, metrics [P]).
-
-    Each member is one seed's state with its own traced DiPOD beta, so a (seed x beta) sweep of a setting is one
-    program (init the states with `init_seed_batch`; seeds may repeat). A member at beta 0 adds the term times
-    a traced zero, which changes no value: it is bit-identical to `make_seed_batched_step(config, 0.0)` on the
-    same states (tests/test_toys.py). Memoised on `config`.
-    """
+    """A jitted step over a population of (seed, traced DiPOD beta) members, as
+    `dipod_jax.toys.bandit.make_population_step`: (state [P], dipod_beta [P]) -> (state, metrics [P])."""
     check_config(config)
     return jax.jit(jax.vmap(lambda state, beta: train_step(state, config, beta)))
+
 
 def init_seed_batch(seeds: chex.Array, config: SequenceConfig) -> SequenceState:
     """Initial states for int seeds [n_seeds] (leading axis [n_seeds] on every leaf)."""
