@@ -74,29 +74,33 @@ def define_flags() -> None:
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
+def _numbers(flag: str, texts: Sequence[str], kind: type) -> list:
+    """The values of a list flag, given, distinct and of `kind` (ValueError naming the flag otherwise)."""
+    try:
+        values = [kind(text) for text in texts]
+    except ValueError as error:
+        raise ValueError(f"{flag} must be {kind.__name__} values, got {list(texts)}") from error
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"{flag}: values must be given, without repeats, got {list(texts)}")
+    return values
+
+
 def build_members(seeds: Sequence[str], betas: Sequence[str], vary: Sequence[str]) -> population.Members:
     """--seeds, --betas and --vary as a Members grid (betas slowest, then --vary fields in order, seeds fastest);
     ValueError naming the flag for anything malformed."""
-    try:
-        seed_values = [int(seed) for seed in seeds]
-        values: Dict[str, List[float]] = {}
-        if betas:
-            values["dipod_beta"] = [float(beta) for beta in betas]
-        for item in vary:
-            field, sep, text = item.partition("=")
-            if not sep or field not in population.HYPER_FIELDS or field == "dipod_beta":
-                raise ValueError(f"--vary={item!r}: expected field=v1,v2,... with field one of "
-                                 f"{[name for name in population.HYPER_FIELDS if name != 'dipod_beta']} "
-                                 "(dipod_beta: --betas)")
-            if field in values:
-                raise ValueError(f"--vary: {field} given twice")
-            values[field] = [float(value) for value in text.split(",")]
-    except ValueError as error:
-        raise ValueError(f"--seeds must be integers and --betas / --vary numbers: {error}") from error
-    for name, listed in [("seeds", seed_values)] + list(values.items()):
-        if not listed or len(set(listed)) != len(listed):
-            raise ValueError(f"{name}: values must be given, without repeats, got {listed}")
-    return population.grid(seed_values, **values)
+    values: Dict[str, List[float]] = {}
+    if betas:
+        values["dipod_beta"] = _numbers("--betas", betas, float)
+    for item in vary:
+        field, sep, text = item.partition("=")
+        if not sep or field not in population.HYPER_FIELDS or field == "dipod_beta":
+            fields = [name for name in population.HYPER_FIELDS if name != "dipod_beta"]
+            raise ValueError(f"--vary={item!r}: expected field=v1,v2,... with field one of {fields} "
+                             "(dipod_beta: --betas)")
+        if field in values:
+            raise ValueError(f"--vary: {field} is given twice")
+        values[field] = _numbers(f"--vary={field}", text.split(","), float)
+    return population.grid(_numbers("--seeds", seeds, int), **values)
 
 
 def member_runs(config: TrainConfig, members: population.Members, workdir: str) -> List[Dict[str, Any]]:

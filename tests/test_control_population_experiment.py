@@ -48,10 +48,11 @@ def test_members_from_flags_and_their_names():
     plain = control_population.member_runs(CONFIG, Members(seeds=(3,)), "/w")
     assert (plain[0]["name"], plain[0]["method"], plain[0]["beta"]) == ("fpo_beta0_seed3", "fpo", 0.0)
     for bad, match in ((["dipod_beta=0,1"], "--betas"), (["gamma=0.9"], "field one of"),
-                       (["clip_eps=0.1,fast"], "numbers"), (["clip_eps=0.1,0.1"], "without repeats")):
+                       (["clip_eps=0.1,fast"], "--vary=clip_eps must be float values"),
+                       (["clip_eps=0.1,0.1"], "without repeats"), (["clip_eps=0.1", "clip_eps=0.2"], "twice")):
         with pytest.raises(ValueError, match=match):
             control_population.build_members(["0"], [], bad)
-    with pytest.raises(ValueError, match="integers"):
+    with pytest.raises(ValueError, match="--seeds must be int values"):
         control_population.build_members(["zero"], [], [])
 
 
