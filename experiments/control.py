@@ -36,7 +36,7 @@ from dipod_jax.control.envs import make_environment
 from dipod_jax.control.train import make_train
 from dipod_jax.run.files import METRICS_FILE
 from dipod_jax.run.harness import COMPLETED, Run, non_finite, progress_bar
-from dipod_jax.run.program import UsageError, exit_code, run_program, user_errors
+from dipod_jax.run.program import UsageError, check_flag_bounds, exit_code, run_program, user_errors
 
 FLAGS = flags.FLAGS
 
@@ -136,8 +136,6 @@ def run(config: TrainConfig, workdir: str, seed: int = 0, num_seeds: int = 1, nu
     with user_errors():
         _validate_periods(iterations_per_call, checkpoint_every, eval_every, num_seeds, num_timesteps)
         validate_config(config)
-        if not math.isfinite(config.dipod_beta):
-            raise UsageError(f"--dipod_beta={config.dipod_beta} must be a finite number")
         harness_run = Run(workdir, experiment="control", record_file="config.json",
                           record=run_record(config, seed, num_seeds, iterations_per_call), resume=resume,
                           flag="--workdir", keep=3, step_key="iteration", tensorboard_dir="tensorboard")
@@ -226,6 +224,7 @@ def main(argv):
     with user_errors():
         _validate_periods(FLAGS.iterations_per_call, FLAGS.checkpoint_every, FLAGS.eval_every, FLAGS.num_seeds,
                           FLAGS.num_timesteps)
+        check_flag_bounds(FLAGS, finite=("dipod_beta",), non_negative=("dipod_beta",))
         config = build_config(FLAGS.env, FLAGS.algo, FLAGS.dipod_beta, FLAGS.set, FLAGS.preset)
         env = make_environment(config.env_name)
     _, summary = run(config, FLAGS.workdir, FLAGS.seed, FLAGS.num_seeds, FLAGS.num_timesteps,

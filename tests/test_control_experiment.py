@@ -26,8 +26,8 @@ def test_build_config_overrides_and_errors():
         control.build_config(TINY, "fpo", 0.0, ["num_envs=7"])
     with pytest.raises(ValueError, match="checkpoint_every"):
         control._validate_periods(2, 3, 2, 1, 10)
-    with pytest.raises(ValueError, match="--dipod_beta=inf"):
-        control.run(control.build_config(TINY, "fpo", float("inf"), []), "/nonexistent/never_created")
+    with pytest.raises(ValueError, match="dipod_beta: must be a finite number"):
+        control.build_config(TINY, "fpo", float("inf"), [])
 
 
 def test_build_config_with_a_release_preset():
