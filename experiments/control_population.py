@@ -44,7 +44,7 @@ from dipod_jax.control.envs import make_environment
 from dipod_jax.run import record as run_record
 from dipod_jax.run.distributed import initialize_distributed
 from dipod_jax.run.files import MetricsLog, truncate_metrics, write_json_atomic
-from dipod_jax.run.harness import COMPLETED, Run, non_finite, progress_bar
+from dipod_jax.run.harness import COMPLETED, SIGNAL, Run, non_finite, progress_bar
 from dipod_jax.run.program import UsageError, exit_code, run_program, user_errors
 from launch import sweep
 
@@ -230,7 +230,8 @@ def _train(harness_run: Run, trainer: population.PopulationTrainer, runs: List[D
     for member_log in member_logs:
         member_log.close()
     if harness_run.is_main:
-        status = "succeeded" if summary["stopped"] == COMPLETED and done == total else summary["stopped"]
+        # launch/sweep.py's statuses: a stop signal leaves the members "interrupted" (continue with --resume).
+        status = {COMPLETED: "succeeded", SIGNAL: "interrupted"}.get(summary["stopped"], "failed")
         sweep.write_manifest(manifest_path, [dict(member, status=status) for member in runs])
         write_summary(workdir, runs)
     return state, summary
