@@ -22,7 +22,6 @@ import functools
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -51,7 +50,6 @@ class GaussianStored(NamedTuple):
 class Policy(NamedTuple):
     """An algorithm family's actor (see the module docstring for each function's contract)."""
 
-    network: nn.Module
     init: Callable[[chex.PRNGKey, int], Any]
     act: Callable[[Any, chex.Array, chex.PRNGKey, bool], chex.Array]
     act_and_store: Callable[[Any, chex.Array, chex.PRNGKey], Tuple[chex.Array, Any]]
@@ -99,7 +97,7 @@ def _gaussian_policy(config: TrainConfig, action_size: int) -> Policy:
         return losses.ppo_loss(logp_new, stored.logp_old, advantages, hyper.clip_eps, entropy=entropy,
                                entropy_coef=hyper.entropy_cost, dipod_beta=hyper.dipod_beta)
 
-    return Policy(network, init, act, act_and_store, squash, loss, None)
+    return Policy(init, act, act_and_store, squash, loss, None)
 
 
 def _flow_policy(config: TrainConfig, action_size: int) -> Policy:
@@ -152,4 +150,4 @@ def _flow_policy(config: TrainConfig, action_size: int) -> Policy:
         tau, eps = draw_tau_eps(key, obs.shape[0])
         return losses.self_distillation_loss(cfm_loss(velocity_fn(params), obs, raw_actions, tau, eps))
 
-    return Policy(network, init, act, act_and_store, squash, loss, distill_loss)
+    return Policy(init, act, act_and_store, squash, loss, distill_loss)
