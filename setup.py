@@ -27,6 +27,9 @@ setup(
         "safetensors>=0.8.0",
         "tokenizers>=0.23.3",
         "numpy>=2.4",
+        "pyyaml>=6.0.4",
     ],
-    extras_require={"test": ["pytest>=9.2.0", "hypothesis>=6.170", "pytest-xdist>=3.8.0"]},
+    # "launch": SkyPilot for launch/skypilot_task.py (the gcloud commands of launch/tpu_pod.py need only gcloud).
+    extras_require={"test": ["pytest>=9.2.0", "hypothesis>=6.170", "pytest-xdist>=3.8.0"],
+                    "launch": ["skypilot>=0.14.1"]},
 )

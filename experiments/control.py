@@ -6,7 +6,7 @@
     python -m experiments.control ... --set=learning_rate=1e-3 --set=actor_hidden=(64,64)
     python -m experiments.control --env=CartpoleBalance --preset=fpo++_base ...   # FPO++ as the release runs it
 
-The configuration is the ml_collections preset of the environment (dipod_jax.control.configs.ENV_PRESETS;
+The configuration (dipod_jax.control.configs.build_config) is the ml_collections preset of the environment (ENV_PRESETS;
 the FPO reference layout when none is listed), then the --preset algorithm configuration (ALGORITHM_PRESETS:
 fpo++_base, fpo++_motion_tracking, the FPO++ release's values), then --set overrides of any TrainConfig field. Writes to
 --workdir: config.json, metrics.jsonl (one line per iteration and seed with the training metrics and the
@@ -19,21 +19,19 @@ Ctrl-C save the current iteration and exit (128 + signal number).
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import functools
 import json
 import math
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
 import jax
-import ml_collections
 import numpy as np
 from absl import flags, logging
 
-from dipod_jax.control.configs import ALGORITHM_PRESETS, TrainConfig, preset_fields, validate_config
+from dipod_jax.control.configs import ALGORITHM_PRESETS, TrainConfig, build_config, validate_config, validate_periods
 from dipod_jax.control.envs import make_environment
 from dipod_jax.control.train import make_train
 from dipod_jax.run.files import METRICS_FILE
@@ -63,55 +61,12 @@ def define_flags() -> None:
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
-def preset(env_name: str, algorithm_preset: Optional[str] = None) -> ml_collections.ConfigDict:
-    """The ml_collections preset: TrainConfig defaults updated by ENV_PRESETS[env_name], then by
-    ALGORITHM_PRESETS[algorithm_preset] when given."""
-    fields = dataclasses.asdict(TrainConfig(env_name=env_name, **preset_fields(env_name, algorithm_preset)))
-    return ml_collections.ConfigDict(fields)
-
-
-def build_config(env_name: str, algo: Optional[str], dipod_beta: float, overrides: Sequence[str],
-                 algorithm_preset: Optional[str] = None) -> TrainConfig:
-    """Preset (env, then algorithm preset) + algo/beta + "field=value" overrides -> validated TrainConfig
-    (ValueError names the bad item). algo None: the algorithm preset's, else "fpo"; an algo that contradicts
-    the algorithm preset is refused."""
-    config = preset(env_name, algorithm_preset)
-    if algorithm_preset is not None and algo is not None and algo != config.algo:
-        raise ValueError(f"--algo={algo} contradicts --preset={algorithm_preset} (algo {config.algo})")
-    if algorithm_preset is None:
-        config.algo = algo or "fpo"
-    config.dipod_beta = dipod_beta
-    for item in overrides:
-        field, sep, text = item.partition("=")
-        if not sep or field not in config:
-            raise ValueError(f"--set {item!r}: expected field=value with field one of {sorted(config.keys())}")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        if isinstance(value, list):
-            value = tuple(value)
-        try:
-            config[field] = value
-        except TypeError as error:
-            raise ValueError(f"--set {item!r}: {error}") from error
-    train_config = TrainConfig(**config.to_dict())
-    validate_config(train_config)
-    return train_config
-
-
 def _validate_periods(iterations_per_call: int, checkpoint_every: int, eval_every: int, num_seeds: int,
                       num_timesteps: int) -> None:
-    if iterations_per_call < 1:
-        raise UsageError(f"--iterations_per_call must be >= 1, got {iterations_per_call}")
-    for name, value in (("checkpoint_every", checkpoint_every), ("eval_every", eval_every)):
-        if value < 1 or value % iterations_per_call:
-            raise UsageError(f"--{name} must be a positive multiple of --iterations_per_call="
-                             f"{iterations_per_call}, got {value}")
+    """validate_periods (dipod_jax.control.configs) and --num_seeds >= 1."""
+    validate_periods(iterations_per_call, checkpoint_every, eval_every, num_timesteps)
     if num_seeds < 1:
         raise UsageError(f"--num_seeds must be >= 1, got {num_seeds}")
-    if num_timesteps < 1:
-        raise UsageError(f"--num_timesteps must be >= 1, got {num_timesteps}")
 
 
 def _host_metrics(metrics: Dict[str, Any]) -> Dict[str, np.ndarray]:

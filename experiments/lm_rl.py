@@ -59,6 +59,7 @@ from dipod_jax.lm.rl_config import RLConfig, preset
 from dipod_jax.lm.tasks import get_task
 from dipod_jax.lm.tokenizer import load_hf_tokenizer
 from dipod_jax.models.llada import LLaDA
+from dipod_jax.run.distributed import initialize_distributed
 from dipod_jax.run.files import read_json, read_metrics, write_json_atomic
 from dipod_jax.run.harness import COMPLETED, TIME_BUDGET, Run, non_finite, progress_bar
 from dipod_jax.run.program import UsageError, check_flag_bounds, exit_code, run_program, user_errors
@@ -425,28 +426,11 @@ def settings_from_flags() -> RLRunSettings:
     return RLRunSettings(config_overrides=overrides, **{name: getattr(FLAGS, name) for name in names})
 
 
-def maybe_initialize_distributed(requested: bool) -> bool:
-    """Call jax.distributed.initialize when asked (--distributed: auto-detected cluster) or when the
-    environment names a coordinator (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)."""
-    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if address:
-        missing = [name for name in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if name not in os.environ]
-        if missing:
-            raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {missing} are not")
-        jax.distributed.initialize(coordinator_address=address, num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                                   process_id=int(os.environ["JAX_PROCESS_ID"]))
-        return True
-    if requested:
-        jax.distributed.initialize()
-        return True
-    return False
-
-
 def main(argv):
     settings = settings_from_flags()
     with user_errors():
         validate_settings(settings)
-        maybe_initialize_distributed(FLAGS.distributed)
+        initialize_distributed(FLAGS.distributed)
     summary = train(settings)
     summary.pop("final_params")
     if jax.process_index() == 0:

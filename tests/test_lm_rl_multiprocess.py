@@ -4,10 +4,6 @@ Two `python -m experiments.lm_rl` processes meet through jax.distributed (coordi
 collectives); each generates and scores only its own prompt, and the update runs on the global 2-device mesh.
 """
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import chex
 import jax
@@ -19,8 +15,8 @@ from dipod_jax.lm import data, rl, sharding
 from dipod_jax.run.checkpoints import CheckpointStore
 from dipod_jax.run.files import CHECKPOINT_DIR, read_metrics
 from dipod_jax.lm.tasks import get_task
+from processes import launch_processes
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_PROCESSES = 2
 STEPS = 2
 SEED = 0
@@ -30,45 +26,13 @@ CONFIG_FLAGS = dict(num_prompts=2, num_generations=2, num_inner_iterations=2, kl
 TIMEOUT_S = 300
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def launch_two_processes(init_dir: str, out_dir: str, timeout_s: float = TIMEOUT_S):
-    """Starts the NUM_PROCESSES processes of one distributed run; returns [(returncode, output)] by process.
-
-    A process that fails stops the others at once (they would wait on it in a collective until the
-    coordinator's heartbeat timeout). Each process's output goes to `out_dir`.process<id>.log (a file, not
-    a pipe, so that a long traceback cannot block the process)."""
-    port = _free_port()
+    """The NUM_PROCESSES processes of one distributed lm_rl run, one CPU device each (tests/processes.py);
+    [(returncode, output)] by process."""
     flags = [f"--init_dir={init_dir}", f"--out_dir={out_dir}", "--method=fpo", "--dipod_beta=0.05",
              f"--steps={STEPS}", f"--eval_interval={STEPS}", "--eval_items=4", f"--seed={SEED}", "--noplot"]
     flags += [f"--{name}={value}" for name, value in CONFIG_FLAGS.items()]
-    processes, log_paths = [], []
-    for process_id in range(NUM_PROCESSES):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                   JAX_NUM_PROCESSES=str(NUM_PROCESSES), JAX_PROCESS_ID=str(process_id))
-        env.pop("XLA_FLAGS", None)  # one CPU device per process, not conftest's 8
-        log_paths.append(f"{out_dir}.process{process_id}.log")
-        with open(log_paths[-1], "w") as log_file:
-            processes.append(subprocess.Popen([sys.executable, "-m", "experiments.lm_rl", *flags], cwd=REPO_ROOT,
-                                              env=env, stdout=log_file, stderr=subprocess.STDOUT))
-    deadline = time.time() + timeout_s
-    while any(p.poll() is None for p in processes) and time.time() < deadline:
-        if any(p.poll() not in (None, 0) for p in processes):
-            break
-        time.sleep(0.5)
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-    returncodes = [process.wait() for process in processes]
-    outputs = []
-    for log_path in log_paths:
-        with open(log_path) as log_file:
-            outputs.append(log_file.read())
-    return list(zip(returncodes, outputs))
+    return launch_processes("experiments.lm_rl", flags, NUM_PROCESSES, out_dir, timeout_s)
 
 
 def single_process_reference(init_dir: str, out_dir: str):

@@ -22,11 +22,6 @@ def _max_abs_param_difference(params_a, params_b):
                zip(jax.tree_util.tree_leaves(params_a), jax.tree_util.tree_leaves(params_b)))
 
 
-def _traced_beta_step(toy, config):
-    """A jitted seed-batched step whose DiPOD beta is a traced argument, so with_dipod always adds its term."""
-    return jax.jit(jax.vmap(lambda state, beta: toy.train_step(state, config, beta), in_axes=(0, None)))
-
-
 def test_bandit_reward_known_values():
     """The reward is 1 at every mode, exp(-R^2 / (2 w^2)) at the origin, and modes follow the context."""
     config = bandit.BanditConfig()
@@ -66,19 +61,30 @@ def test_sequence_bad_config_raises(field, value):
         sequence.check_config(sequence.SequenceConfig()._replace(**{field: value}))
 
 
+def _population_beta_zero_is_baseline(toy, config, beta):
+    """Population step with member betas (0, beta) on seeds (0, 1), against the baseline step on the same
+    states: member 0 (traced beta 0, the term times a traced zero) is bit-identical in state and metrics;
+    returns (baseline state, baseline metrics, population state) for the caller's checks of member 1."""
+    state = toy.init_seed_batch(jnp.arange(NUM_SEEDS), config)
+    baseline_state, metrics = toy.make_seed_batched_step(config, 0.0)(state)
+    population_state, population_metrics = toy.make_population_step(config)(state, jnp.array([0.0, beta]))
+    chex.assert_trees_all_equal(jax.tree.map(lambda x: x[0], (baseline_state.params, baseline_state.opt_state,
+                                                              metrics)),
+                                jax.tree.map(lambda x: x[0], (population_state.params, population_state.opt_state,
+                                                              population_metrics)))
+    return baseline_state, metrics, population_state
+
+
 def test_bandit_step_beta_zero_is_baseline_and_beta_moves_params():
-    """beta = 0 gives the same parameters as a step that adds the DiPOD term times a traced zero; beta > 0 differs.
+    """In a population step, a member at traced beta 0 is bit-for-bit the baseline step of its seed; a member
+    at beta > 0 moves its parameters elsewhere.
 
     Also: every metric is finite, the cosine lies in [-1, 1] and the exact-likelihood inversion converged.
     """
     config = bandit.BanditConfig()
-    state = bandit.init_seed_batch(jnp.arange(NUM_SEEDS), config)
-    baseline_state, metrics = bandit.make_seed_batched_step(config, 0.0)(state)
-    traced = _traced_beta_step(bandit, config)
-    zero_state, _ = traced(state, jnp.float32(0.0))
-    dipod_state, _ = traced(state, jnp.float32(0.3))
-    assert _max_abs_param_difference(baseline_state.params, zero_state.params) < 1e-6
-    assert _max_abs_param_difference(baseline_state.params, dipod_state.params) > 1e-4
+    baseline_state, metrics, population_state = _population_beta_zero_is_baseline(bandit, config, 0.3)
+    second = lambda tree: jax.tree.map(lambda x: x[1], tree)  # noqa: E731
+    assert _max_abs_param_difference(second(baseline_state.params), second(population_state.params)) > 1e-4
     for name, value in metrics.items():
         assert np.all(np.isfinite(value)), name
     assert np.all(np.abs(metrics["grad_cosine"]) <= 1.0 + 1e-6)
@@ -119,18 +125,15 @@ def test_random_order_sampler_matches_exact_likelihood():
 
 
 def test_sequence_fpo_step_beta_zero_is_baseline_and_beta_moves_params():
-    """FPO-for-dLLMs: beta = 0 equals the traced-zero DiPOD step, beta > 0 moves the parameters; metrics finite.
+    """FPO-for-dLLMs in a population step: a member at traced beta 0 is bit-for-bit the baseline step of its
+    seed, a member at beta > 0 moves its parameters elsewhere; metrics finite.
 
     The bound gap is the Jensen gap of the exact ELBO, so it is >= 0 for every seed.
     """
     config = sequence.SequenceConfig(method="fpo")
-    state = sequence.init_seed_batch(jnp.arange(NUM_SEEDS), config)
-    baseline_state, metrics = sequence.make_seed_batched_step(config, 0.0)(state)
-    traced = _traced_beta_step(sequence, config)
-    zero_state, _ = traced(state, jnp.float32(0.0))
-    dipod_state, _ = traced(state, jnp.float32(0.05))
-    assert _max_abs_param_difference(baseline_state.params, zero_state.params) < 1e-6
-    assert _max_abs_param_difference(baseline_state.params, dipod_state.params) > 1e-5
+    baseline_state, metrics, population_state = _population_beta_zero_is_baseline(sequence, config, 0.05)
+    second = lambda tree: jax.tree.map(lambda x: x[1], tree)  # noqa: E731
+    assert _max_abs_param_difference(second(baseline_state.params), second(population_state.params)) > 1e-5
     for name, value in metrics.items():
         assert np.all(np.isfinite(value)), name
     assert np.all(metrics["bound_gap"] >= -1e-5)

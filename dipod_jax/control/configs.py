@@ -7,8 +7,11 @@ minibatches of batch_size * unroll_length transitions.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
-from typing import Optional, Tuple, Union
+from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
+
+import ml_collections
 
 ALGORITHMS = ("ppo", "fpo", "fpo++")
 CFM_VARIANTS = ("velocity", "eps")
@@ -139,6 +142,27 @@ class TrainConfig:
         return self.algo in ("fpo", "fpo++")
 
 
+class HyperParams(NamedTuple):
+    """The settings a population may vary from member to member (dipod_jax.control.population); everything
+    else in TrainConfig fixes shapes or the program and stays static.
+
+    Each field is a scalar: a Python float in a single run (so a dipod_beta of 0 keeps the DiPOD term out of
+    the graph) or a traced float32 array in a population.
+    """
+
+    learning_rate: Any
+    clip_eps: Any
+    dipod_beta: Any
+    entropy_cost: Any
+    value_loss_coef: Any
+
+
+def hyper_params(config: TrainConfig) -> HyperParams:
+    """The config's resolved values as Python floats (the static hyper-parameters of a single run)."""
+    return HyperParams(config.resolved_learning_rate, config.resolved_clip_eps, config.dipod_beta,
+                       config.entropy_cost, config.value_loss_coef)
+
+
 def validate_config(config: TrainConfig) -> None:
     """Raise ValueError naming the first invalid field (called before anything is compiled)."""
     def fail(field, message):
@@ -260,3 +284,53 @@ def preset_config(env_name: str, algorithm_preset: Optional[str] = None, **overr
     config = TrainConfig(env_name=env_name, **fields)
     validate_config(config)
     return config
+
+
+def preset(env_name: str, algorithm_preset: Optional[str] = None) -> ml_collections.ConfigDict:
+    """The ml_collections preset: TrainConfig defaults updated by ENV_PRESETS[env_name], then by
+    ALGORITHM_PRESETS[algorithm_preset] when given."""
+    fields = dataclasses.asdict(TrainConfig(env_name=env_name, **preset_fields(env_name, algorithm_preset)))
+    return ml_collections.ConfigDict(fields)
+
+
+def build_config(env_name: str, algo: Optional[str], dipod_beta: float, overrides: Sequence[str],
+                 algorithm_preset: Optional[str] = None) -> TrainConfig:
+    """The control programs' configuration: preset (env, then algorithm preset) + algo/beta + "field=value"
+    overrides (--set, Python literals) -> validated TrainConfig (ValueError names the bad item). algo None: the
+    algorithm preset's, else "fpo"; an algo that contradicts the algorithm preset is refused."""
+    config = preset(env_name, algorithm_preset)
+    if algorithm_preset is not None and algo is not None and algo != config.algo:
+        raise ValueError(f"--algo={algo} contradicts --preset={algorithm_preset} (algo {config.algo})")
+    if algorithm_preset is None:
+        config.algo = algo or "fpo"
+    config.dipod_beta = dipod_beta
+    for item in overrides:
+        field, sep, text = item.partition("=")
+        if not sep or field not in config:
+            raise ValueError(f"--set {item!r}: expected field=value with field one of {sorted(config.keys())}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        if isinstance(value, list):
+            value = tuple(value)
+        try:
+            config[field] = value
+        except TypeError as error:
+            raise ValueError(f"--set {item!r}: {error}") from error
+    train_config = TrainConfig(**config.to_dict())
+    validate_config(train_config)
+    return train_config
+
+
+def validate_periods(iterations_per_call: int, checkpoint_every: int, eval_every: int, num_timesteps: int) -> None:
+    """The control programs' loop settings: ValueError naming the flag unless --iterations_per_call >= 1,
+    --checkpoint_every and --eval_every are positive multiples of it and --num_timesteps >= 1."""
+    if iterations_per_call < 1:
+        raise ValueError(f"--iterations_per_call must be >= 1, got {iterations_per_call}")
+    for name, value in (("checkpoint_every", checkpoint_every), ("eval_every", eval_every)):
+        if value < 1 or value % iterations_per_call:
+            raise ValueError(f"--{name} must be a positive multiple of --iterations_per_call="
+                             f"{iterations_per_call}, got {value}")
+    if num_timesteps < 1:
+        raise ValueError(f"--num_timesteps must be >= 1, got {num_timesteps}")

@@ -2,7 +2,9 @@
 
 Auto-reset restores each environment's first state (drawn once at initialisation), as Brax's auto-reset
 wrapper does, so no reset (and no physics call) is paid inside the scan. The transition keeps the observation
-reached *before* the reset (`next_obs`), so time-limit truncations bootstrap from the right state.
+reached *before* the reset (`next_obs`), so time-limit truncations bootstrap from the right state. The policy
+returns the action the environment receives (squashing is the policy's job, as in brax/training/acting.py) and
+whatever it wants stored with it.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import jax.numpy as jnp
 
 from dipod_jax.control.envs import Environment
 
-# act(obs [E, S], key) -> (unsquashed actions [E, D], per-action extras pytree with leading axis E)
+# act(obs [E, S], key) -> (environment actions [E, D], per-action extras pytree with leading axis E)
 ActFn = Callable[[chex.Array, chex.PRNGKey], Tuple[chex.Array, Any]]
 
 
@@ -40,11 +42,12 @@ class Transition(NamedTuple):
     Attributes:
       obs: [E, S] raw observation the action was chosen from.
       next_obs: [E, S] raw observation reached (before any auto-reset).
-      action: [E, D] unsquashed action (the environment receives tanh(action)).
+      action: [E, D] the action the environment received.
       reward: [E] environment reward (unscaled).
       termination: [E] 1.0 where the episode reached a terminal state.
       truncation: [E] 1.0 where the time limit ended a non-terminal episode.
-      extras: the policy's per-action extras (flows: tau, eps, l_old; Gaussian: logp_old).
+      extras: the policy's per-action extras (for the trainer's policies: the raw sample and what the loss
+        needs from rollout time, dipod_jax.control.train.PolicyExtras).
     """
 
     obs: chex.Array
@@ -98,7 +101,7 @@ def rollout(env: Environment, act: ActFn, state: RolloutState, key: chex.PRNGKey
         state, stats = carry
         obs = state.env_state.obs
         action, extras = act(obs, step_key)
-        next_env_state = jax.vmap(env.step)(state.env_state, jnp.tanh(action))
+        next_env_state = jax.vmap(env.step)(state.env_state, action)
         episode_step = state.episode_step + 1
         episode_return = state.episode_return + next_env_state.reward
         termination = next_env_state.done > 0
@@ -143,7 +146,7 @@ def evaluate_episodes(env: Environment, act: ActFn, key: chex.PRNGKey, num_envs:
     def one_step(carry, step_key):
         env_state, alive, episode_return, length = carry
         action, _ = act(env_state.obs, step_key)
-        env_state = jax.vmap(env.step)(env_state, jnp.tanh(action))
+        env_state = jax.vmap(env.step)(env_state, action)
         # where, not a product: a finished episode may keep stepping into non-finite physics.
         episode_return = episode_return + jnp.where(alive > 0, env_state.reward, 0.0)
         length = length + alive

@@ -2,12 +2,15 @@
 
 `make_train(config)` returns pure functions of a `TrainState`:
   init(key)                         -> state (runs self-distillation initialisation when configured)
-  train_iteration(state)            -> (state, metrics): rollout + every update epoch, one jittable function
-  train_iterations(state, n)        -> (state, metrics [n]): n iterations fused in one lax.scan (n static)
+  train_iteration(state[, hyper])   -> (state, metrics): rollout + every update epoch, one jittable function
+  train_iterations(state, n[, hyper]) -> (state, metrics [n]): n iterations fused in one lax.scan (n static)
   evaluate(state, key)              -> metrics of deterministic (zero-noise) evaluation episodes
   self_distill(state, n)            -> (state, metrics [n])
 Every function is free of Python side effects, so `jax.vmap(init)(keys)` and
-`jax.vmap(lambda s: train_iterations(s, n))(states)` train several seeds at once.
+`jax.vmap(lambda s: train_iterations(s, n))(states)` train several seeds at once; `hyper` (a HyperParams of
+traced scalars) lets a vmapped population vary learning rate, clip epsilon, DiPOD beta and the loss
+coefficients per member (dipod_jax.control.population). The algorithm enters only through its `Policy`
+(dipod_jax.control.policies): how it acts, what it stores with an action, its loss, how actions are squashed.
 
 Per iteration: roll out `rollout_length` steps in `num_envs` environments with the current policy and the
 current observation statistics; compute GAE once with the pre-update critic (values of the observation reached
@@ -20,7 +23,6 @@ at 1 up to rounding.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import chex
@@ -30,12 +32,11 @@ import optax
 
 from dipod_jax import losses
 from dipod_jax.control import normalization
-from dipod_jax.control.configs import TrainConfig, validate_config
+from dipod_jax.control.configs import HyperParams, TrainConfig, hyper_params, validate_config
 from dipod_jax.control.envs import Environment, make_environment
-from dipod_jax.control.rollout import RolloutState, evaluate_episodes, init_rollout_state, rollout
+from dipod_jax.control.policies import Policy, make_policy
+from dipod_jax.control.rollout import ActFn, RolloutState, evaluate_episodes, init_rollout_state, rollout
 from dipod_jax.models.critic import CriticMLP
-from dipod_jax.models.flow_policy import VelocityMLP, sample_actions
-from dipod_jax.models.gaussian_policy import GaussianPolicyMLP, gaussian_log_prob, squashed_entropy_estimate
 
 Metrics = Dict[str, chex.Array]
 
@@ -62,23 +63,18 @@ class TrainState(NamedTuple):
     env_steps: chex.Array
 
 
-class FlowExtras(NamedTuple):
-    """Stored with each flow action: tau [E, N], eps [E, N, D], l_old [E, N] (common random numbers)."""
+class PolicyExtras(NamedTuple):
+    """What a rollout stores with each action besides the environment's action (leading axis E):
+    raw_action [E, D], the policy's unsquashed sample that the losses score, and stored, the family's
+    rollout-time quantities (dipod_jax.control.policies.FlowStored or GaussianStored; () when not stored)."""
 
-    tau: chex.Array
-    eps: chex.Array
-    l_old: chex.Array
-
-
-class GaussianExtras(NamedTuple):
-    """Stored with each Gaussian action: logp_old [E]."""
-
-    logp_old: chex.Array
+    raw_action: chex.Array
+    stored: Any
 
 
 class Batch(NamedTuple):
-    """Flattened update data, leading axis the number of transitions: obs [.., S] (normalised), action [.., D],
-    advantages [..], returns [..], extras (FlowExtras or GaussianExtras)."""
+    """Flattened update data, leading axis the number of transitions: obs [.., S] (normalised), action [..,
+    D] (raw), advantages [..], returns [..], extras (the policy's stored quantities)."""
 
     obs: chex.Array
     action: chex.Array
@@ -91,12 +87,13 @@ class Trainer(NamedTuple):
     """The functions returned by `make_train` (see the module docstring) and the environment they use."""
 
     init: Callable[[chex.PRNGKey], TrainState]
-    train_iteration: Callable[[TrainState], Tuple[TrainState, Metrics]]
-    train_iterations: Callable[[TrainState, int], Tuple[TrainState, Metrics]]
+    train_iteration: Callable[..., Tuple[TrainState, Metrics]]
+    train_iterations: Callable[..., Tuple[TrainState, Metrics]]
     evaluate: Callable[[TrainState, chex.PRNGKey], Metrics]
     self_distill: Callable[[TrainState, int], Tuple[TrainState, Metrics]]
     env: Environment
     config: TrainConfig
+    policy: Policy
 
 
 def explained_variance(predictions: chex.Array, targets: chex.Array) -> chex.Array:
@@ -130,111 +127,149 @@ def values_from_next_values(next_values: chex.Array, start_values: chex.Array, r
     return jnp.concatenate([start_values[None], later])
 
 
-def make_train(config: TrainConfig, env: Optional[Environment] = None) -> Trainer:
-    """Build the trainer for `config` (validated first; `env` defaults to `make_environment(config.env_name)`)."""
+def make_optimizer(config: TrainConfig, learning_rate) -> optax.GradientTransformation:
+    """Adam (AdamW when config.weight_decay > 0) after optional global-norm clipping. `learning_rate` may be
+    traced; the optimiser state's structure does not depend on it."""
+    b1, b2 = config.adam_betas
+    adam = optax.adamw(learning_rate, b1, b2, weight_decay=config.weight_decay) \
+        if config.weight_decay else optax.adam(learning_rate, b1, b2)
+    return optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm) if config.max_grad_norm else optax.identity(), adam)
+
+
+def make_self_distill(config: TrainConfig, env: Environment, episode_length: int, policy: Policy,
+                      make_act: Callable[..., ActFn], normalized: Callable) -> Callable:
+    """make_train's self_distill(state, num_iterations) -> (state, metrics [num_iterations]): fit a student
+    (started at the actor) to the frozen actor's own samples.
+
+    Each iteration rolls `sd_env_steps` steps of the teacher in the training environments into a ring buffer of
+    `sd_batch_size` (obs, raw action) pairs, then takes one AdamW step on the policy's `distill_loss` over
+    `sd_batch_size` pairs drawn from the filled part, with fresh (tau, eps). `make_act` and `normalized` are
+    make_train's (the policy on raw observations; observation normalisation).
+    """
+    obs_size, action_size = env.observation_size, env.action_size
+    capacity = config.sd_batch_size
+    rows_per_iteration = config.sd_env_steps * config.num_envs
+    sd_optimizer = optax.chain(optax.clip_by_global_norm(config.sd_max_grad_norm),
+                               optax.adamw(config.sd_learning_rate, weight_decay=config.sd_weight_decay))
+
+    def self_distill(state: TrainState, num_iterations: int) -> Tuple[TrainState, Metrics]:
+        if policy.distill_loss is None:
+            raise ValueError("self_distill needs a flow policy (algo fpo or fpo++)")
+        teacher = state.params["actor"]
+        teacher_act = make_act(teacher, state.obs_stats, store=False)
+
+        def sd_iteration(carry, key):
+            student, opt_state, buffer_obs, buffer_action, filled, write_at, rollout_state = carry
+            key_rollout, key_index, key_loss = jax.random.split(key, 3)
+            rollout_state, transitions, _ = rollout(env, teacher_act, rollout_state, key_rollout,
+                                                    config.sd_env_steps, episode_length)
+            rows = (write_at + jnp.arange(rows_per_iteration)) % capacity
+            buffer_obs = buffer_obs.at[rows].set(
+                normalized(state.obs_stats, transitions.obs).reshape(rows_per_iteration, obs_size))
+            buffer_action = buffer_action.at[rows].set(
+                transitions.extras.raw_action.reshape(rows_per_iteration, action_size))
+            filled = jnp.minimum(filled + rows_per_iteration, capacity)
+            index = jax.random.randint(key_index, (capacity,), 0, filled)
+            loss, grads = jax.value_and_grad(policy.distill_loss)(student, buffer_obs[index], buffer_action[index],
+                                                                  key_loss)
+            updates, opt_state = sd_optimizer.update(grads, opt_state, student)
+            student = optax.apply_updates(student, updates)
+            carry = (student, opt_state, buffer_obs, buffer_action, filled,
+                     (write_at + rows_per_iteration) % capacity, rollout_state)
+            return carry, {"sd_loss": loss}
+
+        key, key_sd = jax.random.split(state.key)
+        carry = (teacher, sd_optimizer.init(teacher), jnp.zeros((capacity, obs_size)),
+                 jnp.zeros((capacity, action_size)), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+                 state.rollout_state)
+        carry, metrics = jax.lax.scan(sd_iteration, carry, jax.random.split(key_sd, num_iterations))
+        student, rollout_state = carry[0], carry[-1]
+        new_state = state._replace(
+            params={**state.params, "actor": student}, rollout_state=rollout_state, key=key,
+            env_steps=state.env_steps + num_iterations * rows_per_iteration)
+        return new_state, metrics
+
+    return self_distill
+
+
+def make_train(config: TrainConfig, env: Optional[Environment] = None,
+               minibatch_sharding: Optional[jax.sharding.Sharding] = None) -> Trainer:
+    """Build the trainer for `config` (validated first; `env` defaults to `make_environment(config.env_name)`).
+
+    The algorithm enters only through `make_policy` (dipod_jax.control.policies). The functions that update
+    the parameters take an optional `hyper` (a HyperParams): None means the config's own values as Python
+    floats; a population passes per-member traced values instead. `minibatch_sharding` (e.g.
+    NamedSharding(mesh, PartitionSpec(None, "data"))) constrains every [num_minibatches, minibatch, ...] array
+    of the update epochs, so each minibatch's forward and backward passes are split over devices and the
+    compiler sums the gradients (data parallelism); None leaves placement to the compiler.
+
+    Long as a whole, on purpose: the nested functions (each under 50 lines) close over one static setup (config,
+    environment, policy, critic), as Brax's and PureJaxRL's train builders do; self-distillation, which needs
+    none of the update path, is `make_self_distill`.
+    """
     validate_config(config)
     if env is None:
         env = make_environment(config.env_name)
     obs_size, action_size = env.observation_size, env.action_size
     episode_length = config.episode_length or env.default_episode_length
     num_envs, rollout_length = config.num_envs, config.rollout_length
-    clip_eps = config.resolved_clip_eps
-    tau_schedule = config.resolved_tau_schedule
-
+    static_hyper = hyper_params(config)
+    policy = make_policy(config, action_size)
     critic = CriticMLP(config.critic_hidden)
-    if config.is_flow:
-        actor = VelocityMLP(config.actor_hidden, action_size, config.time_embed_dim, config.output_scale)
-    else:
-        actor = GaussianPolicyMLP(config.actor_hidden, action_size)
-    b1, b2 = config.adam_betas
-    adam = optax.adamw(config.resolved_learning_rate, b1, b2, weight_decay=config.weight_decay) \
-        if config.weight_decay else optax.adam(config.resolved_learning_rate, b1, b2)
-    optimizer = optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm) if config.max_grad_norm else optax.identity(), adam)
     advantage_normalization = config.resolved_advantage_normalization
-
-    def velocity_fn(actor_params):
-        return functools.partial(actor.apply, actor_params)
 
     def normalized(stats, obs):
         return normalization.normalize(stats, obs) if config.normalize_observations else obs
 
-    def draw_tau_eps(key, batch_size):
-        return losses.draw_tau_eps(key, batch_size, config.num_cfm_samples, action_size, tau_schedule,
-                                   config.num_flow_steps, config.tau_beta_b)
-
-    def cfm_loss(velocity, obs, action, tau, eps):
-        return losses.cfm_loss(velocity, obs, action, tau, eps, config.cfm_variant, config.cfm_reduction,
-                               config.cfm_huber_delta)
-
-    def make_act(actor_params, stats, deterministic=False, with_extras=True):
-        """The rollout policy: raw obs [E, S] -> (unsquashed action [E, D], extras)."""
+    def make_act(actor_params, stats, deterministic=False, store=True) -> ActFn:
+        """The policy on raw observations [E, S] -> (environment actions [E, D], PolicyExtras)."""
         def act(obs, key):
             obs_n = normalized(stats, obs)
-            key_action, key_samples = jax.random.split(key)
-            if config.is_flow:
-                velocity = velocity_fn(actor_params)
-                action = sample_actions(velocity, obs_n, key_action, action_size, config.num_flow_steps,
-                                        deterministic)
-                if not with_extras:
-                    return action, ()
-                tau, eps = draw_tau_eps(key_samples, obs.shape[0])
-                l_old = cfm_loss(velocity, obs_n, action, tau, eps)
-                return action, FlowExtras(tau, eps, l_old)
-            mean, std = actor.apply(actor_params, obs_n)
-            if deterministic:
-                return mean, ()
-            action = mean + std * jax.random.normal(key_action, mean.shape)
-            return action, GaussianExtras(gaussian_log_prob(action, mean, std))
+            if store:
+                raw_action, stored = policy.act_and_store(actor_params, obs_n, key)
+            else:
+                raw_action, stored = policy.act(actor_params, obs_n, key, deterministic), ()
+            return policy.postprocess(raw_action), PolicyExtras(raw_action, stored)
         return act
 
-    def policy_loss(actor_params, batch: Batch, key):
-        """Policy-gradient loss (DiPOD term included) and its diagnostics for one minibatch."""
+    def total_loss(params, batch: Batch, key, hyper: HyperParams):
         advantages = batch.advantages
         if advantage_normalization == "minibatch":
             advantages = losses.normalize_advantages(advantages)
-        if config.algo == "ppo":
-            mean, std = actor.apply(actor_params, batch.obs)
-            logp_new = gaussian_log_prob(batch.action, mean, std)
-            entropy = squashed_entropy_estimate(mean, std, key)
-            return losses.ppo_loss(logp_new, batch.extras.logp_old, advantages, clip_eps, entropy=entropy,
-                                   entropy_coef=config.entropy_cost, dipod_beta=config.dipod_beta)
-        l_new = cfm_loss(velocity_fn(actor_params), batch.obs, batch.action, batch.extras.tau, batch.extras.eps)
-        if config.algo == "fpo":
-            return losses.fpo_loss(batch.extras.l_old, l_new, advantages, clip_eps,
-                                   config.resolved_trust_region, config.dipod_beta)
-        return losses.fpo_pp_loss(batch.extras.l_old, l_new, advantages, clip_eps, config.resolved_trust_region,
-                                  advantage_clamp=config.advantage_clamp, loss_clamp=config.loss_clamp,
-                                  log_ratio_clamp=config.log_ratio_clamp, dipod_beta=config.dipod_beta,
-                                  cfm_loss_clamp=config.cfm_loss_clamp)
-
-    def total_loss(params, batch: Batch, key):
-        pg_total, aux = policy_loss(params["actor"], batch, key)
+        pg_total, aux = policy.loss(params["actor"], batch.obs, batch.action, batch.extras, advantages, key,
+                                    hyper)
         v_loss = losses.value_loss(critic.apply(params["critic"], batch.obs), batch.returns)
-        loss = pg_total + config.value_loss_coef * v_loss
+        loss = pg_total + hyper.value_loss_coef * v_loss
         return loss, {**aux, "value_loss": v_loss, "total_loss": loss}
 
-    def minibatch_step(carry, minibatch_and_key):
-        params, opt_state = carry
-        minibatch, key = minibatch_and_key
-        (_, aux), grads = jax.value_and_grad(total_loss, has_aux=True)(params, minibatch, key)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return (params, opt_state), {**aux, "grad_norm": optax.tree.norm(grads)}
+    def update_epochs(params, opt_state, batch: Batch, key, hyper: HyperParams):
+        """num_updates_per_batch epochs over `batch`, each a reshuffle into num_minibatches minibatches."""
+        optimizer = make_optimizer(config, hyper.learning_rate)
 
-    def epoch(carry, key):
-        params, opt_state, batch = carry
-        key_perm, key_steps = jax.random.split(key)
-        num_transitions = batch.advantages.shape[0]
-        permutation = jax.random.permutation(key_perm, num_transitions)
-        minibatches = jax.tree.map(
-            lambda x: x[permutation].reshape((config.num_minibatches, -1) + x.shape[1:]), batch)
-        (params, opt_state), metrics = jax.lax.scan(
-            minibatch_step, (params, opt_state),
-            (minibatches, jax.random.split(key_steps, config.num_minibatches)))
-        return (params, opt_state, batch), metrics
+        def minibatch_step(carry, minibatch_and_key):
+            params, opt_state = carry
+            minibatch, key = minibatch_and_key
+            (_, aux), grads = jax.value_and_grad(total_loss, has_aux=True)(params, minibatch, key, hyper)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return (params, opt_state), {**aux, "grad_norm": optax.tree.norm(grads)}
 
-    def rl_update(state: TrainState, key) -> Tuple[TrainState, Metrics]:
+        def epoch(carry, key):
+            params, opt_state = carry
+            key_perm, key_steps = jax.random.split(key)
+            num_transitions = batch.advantages.shape[0]
+            permutation = jax.random.permutation(key_perm, num_transitions)
+            minibatches = jax.tree.map(
+                lambda x: x[permutation].reshape((config.num_minibatches, -1) + x.shape[1:]), batch)
+            if minibatch_sharding is not None:
+                minibatches = jax.lax.with_sharding_constraint(minibatches, minibatch_sharding)
+            return jax.lax.scan(minibatch_step, (params, opt_state),
+                                (minibatches, jax.random.split(key_steps, config.num_minibatches)))
+
+        return jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, config.num_updates_per_batch))
+
+    def rl_update(state: TrainState, key, hyper: HyperParams) -> Tuple[TrainState, Metrics]:
         """One iteration of rollout and update epochs (no self-distillation)."""
         key_rollout, key_epochs = jax.random.split(key)
         act = make_act(state.params["actor"], state.obs_stats)
@@ -254,11 +289,10 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None) -> Traine
         if advantage_normalization == "rollout":
             trained_advantages = losses.normalize_advantages(advantages, unbiased=True)
         flatten = lambda x: x.reshape((rollout_length * num_envs,) + x.shape[2:])  # noqa: E731
-        batch = jax.tree.map(flatten, Batch(obs_n, transitions.action, trained_advantages, returns,
-                                            transitions.extras))
-        (params, opt_state, _), update_metrics = jax.lax.scan(
-            epoch, (state.params, state.opt_state, batch),
-            jax.random.split(key_epochs, config.num_updates_per_batch))
+        batch = jax.tree.map(flatten, Batch(obs_n, transitions.extras.raw_action, trained_advantages, returns,
+                                            transitions.extras.stored))
+        (params, opt_state), update_metrics = update_epochs(state.params, state.opt_state, batch, key_epochs,
+                                                            hyper)
         obs_stats = state.obs_stats
         if config.normalize_observations:
             obs_stats = normalization.update_running_stats(obs_stats, transitions.obs)
@@ -277,64 +311,13 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None) -> Traine
                                    env_steps=env_steps)
         return new_state, metrics
 
-    def self_distill(state: TrainState, num_iterations: int) -> Tuple[TrainState, Metrics]:
-        """Self-distillation: fit a student (started at the actor) to the frozen actor's own samples.
-
-        Each iteration rolls `sd_env_steps` steps of the teacher in the training environments into a ring buffer
-        of `sd_batch_size` (obs, action) pairs, then takes one AdamW step on `self_distillation_loss` over
-        `sd_batch_size` pairs drawn from the filled part, with fresh (tau, eps).
-        """
-        if not config.is_flow:
-            raise ValueError("self_distill needs a flow policy (algo fpo or fpo++)")
-        teacher = state.params["actor"]
-        teacher_act = make_act(teacher, state.obs_stats, with_extras=False)
-        capacity = config.sd_batch_size
-        sd_optimizer = optax.chain(optax.clip_by_global_norm(config.sd_max_grad_norm),
-                                   optax.adamw(config.sd_learning_rate, weight_decay=config.sd_weight_decay))
-        rows_per_iteration = config.sd_env_steps * num_envs
-
-        def sd_loss(student, obs, action, key):
-            tau, eps = draw_tau_eps(key, obs.shape[0])
-            l_student = cfm_loss(velocity_fn(student), obs, action, tau, eps)
-            return losses.self_distillation_loss(l_student)
-
-        def sd_iteration(carry, key):
-            student, opt_state, buffer_obs, buffer_action, filled, write_at, rollout_state = carry
-            key_rollout, key_index, key_loss = jax.random.split(key, 3)
-            rollout_state, transitions, _ = rollout(env, teacher_act, rollout_state, key_rollout,
-                                                    config.sd_env_steps, episode_length)
-            rows = (write_at + jnp.arange(rows_per_iteration)) % capacity
-            buffer_obs = buffer_obs.at[rows].set(
-                normalized(state.obs_stats, transitions.obs).reshape(rows_per_iteration, obs_size))
-            buffer_action = buffer_action.at[rows].set(transitions.action.reshape(rows_per_iteration, action_size))
-            filled = jnp.minimum(filled + rows_per_iteration, capacity)
-            index = jax.random.randint(key_index, (capacity,), 0, filled)
-            loss, grads = jax.value_and_grad(sd_loss)(student, buffer_obs[index], buffer_action[index], key_loss)
-            updates, opt_state = sd_optimizer.update(grads, opt_state, student)
-            student = optax.apply_updates(student, updates)
-            carry = (student, opt_state, buffer_obs, buffer_action, filled,
-                     (write_at + rows_per_iteration) % capacity, rollout_state)
-            return carry, {"sd_loss": loss}
-
-        key, key_sd = jax.random.split(state.key)
-        carry = (teacher, sd_optimizer.init(teacher), jnp.zeros((capacity, obs_size)),
-                 jnp.zeros((capacity, action_size)), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
-                 state.rollout_state)
-        carry, metrics = jax.lax.scan(sd_iteration, carry, jax.random.split(key_sd, num_iterations))
-        student, rollout_state = carry[0], carry[-1]
-        new_state = state._replace(
-            params={**state.params, "actor": student}, rollout_state=rollout_state, key=key,
-            env_steps=state.env_steps + num_iterations * rows_per_iteration)
-        return new_state, metrics
+    self_distill = make_self_distill(config, env, episode_length, policy, make_act, normalized)
 
     def init(key) -> TrainState:
         key_actor, key_critic, key_env, key_state = jax.random.split(key, 4)
-        dummy_obs = jnp.zeros((1, obs_size))
-        if config.is_flow:
-            actor_params = actor.init(key_actor, dummy_obs, jnp.zeros((1, action_size)), jnp.zeros((1,)))
-        else:
-            actor_params = actor.init(key_actor, dummy_obs)
-        params = {"actor": actor_params, "critic": critic.init(key_critic, dummy_obs)}
+        params = {"actor": policy.init(key_actor, obs_size),
+                  "critic": critic.init(key_critic, jnp.zeros((1, obs_size)))}
+        optimizer = make_optimizer(config, static_hyper.learning_rate)
         state = TrainState(params, optimizer.init(params), normalization.init_running_stats(obs_size),
                            init_rollout_state(env, key_env, num_envs), key_state,
                            jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
@@ -342,9 +325,9 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None) -> Traine
             state, _ = self_distill(state, config.sd_init_iterations)
         return state
 
-    def train_iteration(state: TrainState) -> Tuple[TrainState, Metrics]:
+    def train_iteration(state: TrainState, hyper: Optional[HyperParams] = None) -> Tuple[TrainState, Metrics]:
         key, key_iteration = jax.random.split(state.key)
-        state, metrics = rl_update(state._replace(key=key), key_iteration)
+        state, metrics = rl_update(state._replace(key=key), key_iteration, static_hyper if hyper is None else hyper)
         if config.sd_every:
             def distill(s):
                 s, sd_metrics = self_distill(s, config.sd_interleaved_iterations)
@@ -357,13 +340,14 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None) -> Traine
                 state.iteration % config.sd_every == 0, distill, skip, state)
         return state, metrics
 
-    def train_iterations(state: TrainState, num_iterations: int) -> Tuple[TrainState, Metrics]:
-        return jax.lax.scan(lambda s, _: train_iteration(s), state, None, length=num_iterations)
+    def train_iterations(state: TrainState, num_iterations: int,
+                         hyper: Optional[HyperParams] = None) -> Tuple[TrainState, Metrics]:
+        return jax.lax.scan(lambda s, _: train_iteration(s, hyper), state, None, length=num_iterations)
 
     def evaluate(state: TrainState, key) -> Metrics:
-        act = make_act(state.params["actor"], state.obs_stats, deterministic=True, with_extras=False)
+        act = make_act(state.params["actor"], state.obs_stats, deterministic=True, store=False)
         returns, lengths = evaluate_episodes(env, act, key, config.num_eval_envs, episode_length)
         return {"eval_return_mean": jnp.mean(returns), "eval_return_std": jnp.std(returns),
                 "eval_length_mean": jnp.mean(lengths)}
 
-    return Trainer(init, train_iteration, train_iterations, evaluate, self_distill, env, config)
+    return Trainer(init, train_iteration, train_iterations, evaluate, self_distill, env, config, policy)

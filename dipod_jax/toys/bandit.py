@@ -146,7 +146,7 @@ def train_step(state: BanditState, config: BanditConfig, dipod_beta: float) -> T
     Args:
       state: one seed's state.
       config: static hyper-parameters.
-      dipod_beta: Python float >= 0 (0 is FPO exactly).
+      dipod_beta: >= 0, a Python float (0 is FPO exactly) or a traced scalar (`make_population_step`).
 
     Returns:
       the new state and a dict of scalars: "reward" (mean rollout reward), "bound_gap" (mean of
@@ -220,6 +220,19 @@ def make_seed_batched_step(config: BanditConfig, dipod_beta: float):
     """
     check_config(config)
     return jax.jit(jax.vmap(lambda state: train_step(state, config, dipod_beta)))
+
+
+@functools.lru_cache(maxsize=None)
+def make_population_step(config: BanditConfig):
+    """A jitted step over a population: (state [P], dipod_beta [P] float32) -> (state, metrics [P]).
+
+    Each member is one seed's state with its own traced DiPOD beta, so a (seed x beta) sweep of a setting is one
+    program (init the states with `init_seed_batch`; seeds may repeat). A member at beta 0 adds the term times
+    a traced zero, which changes no value: it is bit-identical to `make_seed_batched_step(config, 0.0)` on the
+    same states (tests/test_toys.py). Memoised on `config`.
+    """
+    check_config(config)
+    return jax.jit(jax.vmap(lambda state, beta: train_step(state, config, beta)))
 
 
 def init_seed_batch(seeds: chex.Array, config: BanditConfig) -> BanditState:

@@ -193,7 +193,7 @@ def train_step(state: SequenceState, config: SequenceConfig, dipod_beta: float) 
     Args:
       state: one seed's state.
       config: static configuration.
-      dipod_beta: Python float >= 0 (0 is the baseline exactly).
+      dipod_beta: >= 0, a Python float (0 is the baseline exactly) or a traced scalar (`make_population_step`).
 
     Returns:
       the new state and a dict of scalars: "reward", "bound_gap" (mean log pi - exact ELBO at the generation
@@ -277,6 +277,14 @@ def make_seed_batched_step(config: SequenceConfig, dipod_beta: float):
     """
     check_config(config)
     return jax.jit(jax.vmap(lambda state: train_step(state, config, dipod_beta)))
+
+
+@functools.lru_cache(maxsize=None)
+def make_population_step(config: SequenceConfig):
+    """A jitted step over a population of (seed, traced DiPOD beta) members, as
+    `dipod_jax.toys.bandit.make_population_step`: (state [P], dipod_beta [P]) -> (state, metrics [P])."""
+    check_config(config)
+    return jax.jit(jax.vmap(lambda state, beta: train_step(state, config, beta)))
 
 
 def init_seed_batch(seeds: chex.Array, config: SequenceConfig) -> SequenceState:
