@@ -19,6 +19,11 @@ base model's logits. Adapters are `LoRAParam` variables; `LORA_FILTER` / `BASE_F
 
 Calling convention: `model(tokens [B, T] int32, attention_mask [B, T] bool | None) -> logits [B, T, V] float32`.
 Positions with attention_mask False are never attended to (padding); their own outputs are unspecified.
+
+Key/value caching for the sampler (Fast-dLLM): `model.forward_with_cache(tokens, attention_mask, start, n)` is the
+full pass that also returns every layer's keys and values (`KVCache`, [L, B, T, KV, hd]) and the logits of
+positions [start, start + n) only; `model.forward_cached(window_tokens, start, cache, attention_mask, n)` runs
+only a window of positions, whose fresh keys / values replace the cached ones there, against the cache elsewhere.
 """
 from __future__ import annotations
 
