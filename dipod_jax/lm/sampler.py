@@ -19,7 +19,8 @@ Options (all off by default; off, the result is the exact sampler's bit for bit)
     (`LLaDA.forward_cached`), attending to the cached keys / values of the prompt and finished blocks.
   * cache="dual": the other steps run the block alone; the masked suffix's keys / values are cached too.
     The cache is approximate (positions outside the window do not see the block's new tokens until the next
-    refresh); refresh_interval=k recomputes it every k steps of a block (1: every step, the exact sampler).
+    refresh); refresh_interval=k recomputes it every k steps of a block (1: every step, the exact sampler's
+    greedy tokens).
   * threshold=c (low_confidence only): parallel decoding, each step unmasks every candidate of the block whose
     confidence exceeds c, and at least its scheduled count (so a threshold no confidence exceeds is the exact
     schedule, and every block still ends within its steps; with steps <= gen_length that is at least one
@@ -355,9 +356,10 @@ def generate(model, prompt: jax.Array, key: jax.Array, *, gen_length: int, block
     mask_id: the mask token id (an argument, never a global).
     cache: "none" (every step a full forward pass), "prefix" or "dual" (Fast-dLLM's key/value caches; see the
       module docstring). refresh_interval: with a cache, recompute it every this many steps of a block
-      (None: once per block, at its first step; 1: every step, which is the exact sampler).
-    threshold: None, or a confidence in (0, 1] for parallel decoding: each step also unmasks every candidate
-      whose confidence exceeds it (low_confidence remasking only).
+      (None: once per block, at its first step; 1: every step is a full pass, giving the exact sampler's greedy
+      tokens; at temperature > 0 the fast paths draw their noise differently, same distribution).
+    threshold: None, or a confidence in (0, 1] for parallel decoding: each step unmasks every candidate whose
+      confidence exceeds it, and at least its scheduled count (low_confidence remasking only).
     Returns tokens [B, P + gen_length] int32 (prompt then completion), plus the per-step history
     [steps, B, P + gen_length] when return_history is True (steps a block skipped repeat its final tokens),
     or {"full_passes", "cached_passes", "cached_positions"} (int32 scalars: forward passes run, and window
