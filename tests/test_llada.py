@@ -204,15 +204,21 @@ def _check_cached_forward():
     nnx.update(model, jax.tree.map(lambda x: x + 0.1, nnx.state(model, LORA_FILTER)))  # non-zero adapters
     tokens = _tokens(8, batch=3, length=12)
     attention_mask = jnp.arange(12)[None] >= jnp.array([[0], [2], [3]])
-    full = model(tokens, attention_mask)
-    logits, cache = model.forward_with_cache(tokens, attention_mask, 4, 3)
-    assert cache.keys.shape == cache.values.shape == (config.n_layers, 3, 12, 2, config.head_dim)
-    np.testing.assert_allclose(logits, full[:, 4:7], atol=1e-5)
-    dual = jax.jit(lambda window, start, cache: model.forward_cached(window, start, cache, attention_mask, 3))
-    np.testing.assert_allclose(dual(tokens[:, 4:7], jnp.int32(4), cache), full[:, 4:7], atol=1e-5)
-    prefix = model.forward_cached(tokens[:, 4:], 4, cache, attention_mask, 3)
-    np.testing.assert_allclose(prefix, full[:, 4:7], atol=1e-5)
-    # A stale cache is really used: changing a token outside the window changes the full forward, not the window's.
+    # A stale cache: changing a token outside the window changes the full forward, not the cached window's.
     changed = tokens.at[:, 10].set((tokens[:, 10] + 1) % (VOCAB - 1))
-    np.testing.assert_allclose(dual(changed[:, 4:7], jnp.int32(4), cache), full[:, 4:7], atol=1e-5)
-    assert float(jnp.max(jnp.abs(model(changed, attention_mask)[:, 4:7] - full[:, 4:7]))) > 1e-4
+
+    @nnx.jit
+    def passes(model, start):
+        full = model(tokens, attention_mask)
+        logits, cache = model.forward_with_cache(tokens, attention_mask, 4, 3)
+        dual = model.forward_cached(jax.lax.dynamic_slice_in_dim(tokens, start, 3, axis=1), start, cache,
+                                    attention_mask, 3)
+        prefix = model.forward_cached(tokens[:, 4:], 4, cache, attention_mask, 3)
+        stale = model.forward_cached(changed[:, 4:7], 4, cache, attention_mask, 3)
+        return full, logits, cache, dual, prefix, stale, model(changed, attention_mask)
+
+    full, logits, cache, dual, prefix, stale, changed_full = passes(model, jnp.int32(4))
+    assert cache.keys.shape == cache.values.shape == (config.n_layers, 3, 12, 2, config.head_dim)
+    for window in (logits, dual, prefix, stale):
+        np.testing.assert_allclose(window, full[:, 4:7], atol=1e-5)
+    assert float(jnp.max(jnp.abs(changed_full[:, 4:7] - full[:, 4:7]))) > 1e-4
