@@ -32,12 +32,13 @@ import statistics
 from typing import Any, Dict, Sequence
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from benchmarks.timing import matmul_gflops_per_s, time_call
 from dipod_jax.control.configs import TrainConfig, preset_config
 from dipod_jax.control.envs import make_environment
 from dipod_jax.control.train import make_train
+from dipod_jax.run.program import UsageError, run_program, user_errors
 
 FLAGS = flags.FLAGS
 
@@ -55,23 +56,25 @@ def define_flags() -> None:
     flags.DEFINE_string("env", "CartpoleBalance", "Environment name (see dipod_jax.control.envs).")
     flags.DEFINE_enum("layout", "reference", sorted(LAYOUTS), "Batch layout (module docstring).")
     for field in LAYOUT_FIELDS:
-        flags.DEFINE_integer(field, 0, f"Override the layout's {field} (0 = the layout's).")
+        flags.DEFINE_integer(field, 0, f"Override the layout's {field} (0 = the layout's).", lower_bound=0)
     flags.DEFINE_list("variants", list(VARIANTS), f"Variants to time, from {list(VARIANTS)}.")
-    flags.DEFINE_integer("timed_iterations", 5, "Timed iterations per algorithm (median reported; >= 3).")
+    flags.DEFINE_integer("timed_iterations", 5, "Timed iterations per algorithm (median reported; >= 3).",
+                         lower_bound=3)
     flags.DEFINE_float("dipod_beta", 0.05, "beta of the fpo_dipod variant.")
     flags.DEFINE_bool("split", True, "Also time one-epoch iterations to split rollout and update time.")
     flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of one iteration per variant here.")
-    flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matrices of the matmul-rate probe.")
+    flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matrices of the matmul-rate probe.",
+                         lower_bound=1)
 
 
 def layout_fields(layout: str, overrides: Dict[str, int]) -> Dict[str, int]:
-    """The layout's batch fields with the non-zero overrides applied; ValueError naming a bad flag."""
+    """The layout's batch fields with the non-zero overrides applied; UsageError naming a bad flag."""
     if layout not in LAYOUTS:
-        raise ValueError(f"--layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
+        raise UsageError(f"--layout={layout} must be one of {sorted(LAYOUTS)}")
     fields = dict(LAYOUTS[layout])
     for name, value in overrides.items():
         if value < 0:
-            raise ValueError(f"--{name} must be >= 0 (0 = the layout's), got {value}")
+            raise UsageError(f"--{name}={value} must be >= 0 (0 = the layout's)")
         if value:
             fields[name] = value
     return fields
@@ -79,14 +82,16 @@ def layout_fields(layout: str, overrides: Dict[str, int]) -> Dict[str, int]:
 
 def variant_configs(env_name: str, fields: Dict[str, int], variants: Sequence[str],
                     dipod_beta: float) -> Dict[str, TrainConfig]:
-    """{variant: TrainConfig} on the layout; ValueError naming the flag for bad variants or beta."""
+    """{variant: TrainConfig} on the layout; UsageError naming the flag for bad variants or beta, or the
+    TrainConfig field a layout breaks."""
     unknown = [name for name in variants if name not in VARIANTS]
     if not variants or unknown or len(set(variants)) != len(variants):
-        raise ValueError(f"--variants must be distinct names from {list(VARIANTS)}, got {list(variants)}")
-    if "fpo_dipod" in variants and not dipod_beta > 0:
-        raise ValueError(f"--dipod_beta must be > 0 (it defines the fpo_dipod variant), got {dipod_beta}")
-    return {name: preset_config(env_name, dipod_beta=dipod_beta if name == "fpo_dipod" else 0.0,
-                                **VARIANTS[name], **fields) for name in variants}
+        raise UsageError(f"--variants={','.join(variants)} must be distinct names from {list(VARIANTS)}")
+    if "fpo_dipod" in variants and not 0 < dipod_beta < float("inf"):
+        raise UsageError(f"--dipod_beta={dipod_beta} must be > 0 (it defines the fpo_dipod variant)")
+    with user_errors():
+        return {name: preset_config(env_name, dipod_beta=dipod_beta if name == "fpo_dipod" else 0.0,
+                                    **VARIANTS[name], **fields) for name in variants}
 
 
 def mlp_flops(widths: Sequence[int]) -> int:
@@ -158,14 +163,14 @@ def profile(configs: Dict[str, TrainConfig], env, directory: str) -> None:
 
 def main(argv):
     del argv
-    if FLAGS.timed_iterations < 3:
-        raise ValueError(f"--timed_iterations must be >= 3, got {FLAGS.timed_iterations}")
     fields = layout_fields(FLAGS.layout, {name: FLAGS[name].value for name in LAYOUT_FIELDS})
     configs = variant_configs(FLAGS.env, fields, FLAGS.variants, FLAGS.dipod_beta)
     epochs = fields["num_updates_per_batch"]
     if FLAGS.split and epochs < 2:
-        raise ValueError("--split needs num_updates_per_batch >= 2 (it compares with a one-epoch iteration)")
-    env = make_environment(FLAGS.env)
+        raise UsageError(f"--split needs --num_updates_per_batch >= 2 (it compares with a one-epoch iteration), "
+                         f"got {epochs}")
+    with user_errors():
+        env = make_environment(FLAGS.env)
     timed = dict(configs)
     if FLAGS.split:
         timed.update({f"{name}/one_epoch": dataclasses.replace(config, num_updates_per_batch=1)
@@ -201,4 +206,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_program(main)

@@ -24,7 +24,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from benchmarks.timing import time_call
 from dipod_jax.lm import data, rl
@@ -32,6 +32,7 @@ from dipod_jax.lm.pretrain import load_pretrained
 from dipod_jax.lm.rl_config import METHODS, preset
 from dipod_jax.lm.sampler import SAMPLERS
 from dipod_jax.lm.tasks import get_task
+from dipod_jax.run.program import UsageError, run_program, user_errors
 
 FLAGS = flags.FLAGS
 
@@ -50,23 +51,23 @@ def define_flags() -> None:
 
 
 def validate(values: dict[str, Any]) -> list[int]:
-    """ValueError naming the flag for a bad setting; returns the seeds as ints."""
+    """UsageError naming the flag for a bad setting; returns the seeds as ints."""
     if not values["checkpoint_dir"]:
-        raise ValueError("--checkpoint_dir is required")
+        raise UsageError("--checkpoint_dir is required")
     unknown = [name for name in values["samplers"] if name not in SAMPLERS]
     if not values["samplers"] or unknown or len(set(values["samplers"])) != len(values["samplers"]):
-        raise ValueError(f"--samplers must be distinct names from {sorted(SAMPLERS)}, got {values['samplers']}")
+        raise UsageError(f"--samplers={','.join(values['samplers'])} must be distinct names from {sorted(SAMPLERS)}")
     try:
         seeds = [int(seed) for seed in values["seeds"]]
     except ValueError as error:
-        raise ValueError(f"--seeds must be integers, got {values['seeds']}") from error
+        raise UsageError(f"--seeds={','.join(values['seeds'])} must be integers") from error
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds must be distinct integers, got {values['seeds']}")
+        raise UsageError(f"--seeds={','.join(values['seeds'])} must be distinct integers")
     if values["steps"] < 3:
-        raise ValueError(f"--steps must be >= 3, got {values['steps']}")
+        raise UsageError(f"--steps={values['steps']} must be >= 3")
     for name in ("refresh_interval", "block_length", "diffusion_steps"):
         if values[name] < 0:
-            raise ValueError(f"--{name} must be >= 0, got {values[name]}")
+            raise UsageError(f"--{name}={values[name]} must be >= 0")
     return seeds
 
 
@@ -75,17 +76,19 @@ def main(argv):
     values = {name: FLAGS[name].value for name in ("checkpoint_dir", "samplers", "threshold", "refresh_interval",
                                                    "seeds", "steps", "method", "block_length", "diffusion_steps")}
     seeds = validate(values)
-    model, tokenizer, run_config = load_pretrained(values["checkpoint_dir"])
+    with user_errors():
+        model, tokenizer, run_config = load_pretrained(values["checkpoint_dir"])
     task = get_task(run_config["task"])
     gen_length, prompt_length = run_config["gen_length"], run_config["prompt_length"]
     runs = {}
     for name in values["samplers"]:
-        config = preset(run_config["task"], method=values["method"], gen_length=gen_length,
-                        block_length=values["block_length"] or gen_length,
-                        diffusion_steps=values["diffusion_steps"] or gen_length,
-                        spg_block_length=min(preset(run_config["task"]).spg_block_length, gen_length),
-                        sampler=name, sampler_threshold=values["threshold"],
-                        sampler_refresh_interval=values["refresh_interval"])
+        with user_errors():  # an RLConfig field the flags break (e.g. --threshold) is named in one line
+            config = preset(run_config["task"], method=values["method"], gen_length=gen_length,
+                            block_length=values["block_length"] or gen_length,
+                            diffusion_steps=values["diffusion_steps"] or gen_length,
+                            spg_block_length=min(preset(run_config["task"]).spg_block_length, gen_length),
+                            sampler=name, sampler_threshold=values["threshold"],
+                            sampler_refresh_interval=values["refresh_interval"])
         graphdef, params, frozen = rl.split_model(model, config.lora_only)
         sample_fn = rl.make_sample_fn(config, graphdef, tokenizer.mask_id)
         update_fn = rl.make_update_fn(config, graphdef, tokenizer.mask_id)
@@ -129,4 +132,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_program(main)

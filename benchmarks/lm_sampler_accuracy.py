@@ -20,7 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
 from benchmarks.timing import time_call
 from dipod_jax.lm import data
@@ -28,6 +28,7 @@ from dipod_jax.lm.evaluation import evaluate
 from dipod_jax.lm.pretrain import load_pretrained
 from dipod_jax.lm.sampler import SAMPLERS, generate, sampler_options
 from dipod_jax.lm.tasks import get_task
+from dipod_jax.run.program import UsageError, run_program, user_errors
 
 FLAGS = flags.FLAGS
 
@@ -58,21 +59,21 @@ def variants(samplers: list[str], thresholds: list[float], refresh_interval: int
 
 
 def validate(values: dict[str, Any]) -> list[float]:
-    """ValueError naming the flag for a bad setting; returns the thresholds as floats."""
+    """UsageError naming the flag for a bad setting; returns the thresholds as floats."""
     if not values["checkpoint_dir"]:
-        raise ValueError("--checkpoint_dir is required")
+        raise UsageError("--checkpoint_dir is required")
     unknown = [name for name in values["samplers"] if name not in SAMPLERS]
     if not values["samplers"] or unknown or len(set(values["samplers"])) != len(values["samplers"]):
-        raise ValueError(f"--samplers must be distinct names from {sorted(SAMPLERS)}, got {values['samplers']}")
+        raise UsageError(f"--samplers={','.join(values['samplers'])} must be distinct names from {sorted(SAMPLERS)}")
     try:
         thresholds = [float(value) for value in values["thresholds"]]
     except ValueError as error:
-        raise ValueError(f"--thresholds must be numbers, got {values['thresholds']}") from error
+        raise UsageError(f"--thresholds={','.join(values['thresholds'])} must be numbers") from error
     if not thresholds or not all(0 < value <= 1 for value in thresholds):
-        raise ValueError(f"--thresholds must be numbers in (0, 1], got {values['thresholds']}")
+        raise UsageError(f"--thresholds={','.join(values['thresholds'])} must be numbers in (0, 1]")
     for name in ("block_length", "steps", "refresh_interval", "repeats"):
         if values[name] < 0:
-            raise ValueError(f"--{name} must be >= 0, got {values[name]}")
+            raise UsageError(f"--{name}={values[name]} must be >= 0")
     return thresholds
 
 
@@ -81,7 +82,8 @@ def main(argv):
     values = {name: FLAGS[name].value for name in ("checkpoint_dir", "samplers", "thresholds", "block_length",
                                                    "steps", "refresh_interval", "repeats", "seed")}
     thresholds = validate(values)
-    model, tokenizer, run_config = load_pretrained(values["checkpoint_dir"])
+    with user_errors():
+        model, tokenizer, run_config = load_pretrained(values["checkpoint_dir"])
     sampler_config = run_config["sampler"]
     gen_length = run_config["gen_length"]
     settings = dict(gen_length=gen_length, block_length=values["block_length"] or sampler_config["block_length"],
@@ -129,4 +131,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_program(main)

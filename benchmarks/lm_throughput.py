@@ -33,13 +33,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
 from benchmarks.timing import matmul_probe, time_call
 from dipod_jax.lm.sampler import SAMPLERS, generate, sampler_options
 from dipod_jax.losses.masked import elbo_masked, mask_uniform_count
 from dipod_jax.models.llada import LLaDA, LLaDAConfig, count_params, masked_diffusion_logits_fn
+from dipod_jax.run.program import UsageError, run_program
 
 FLAGS = flags.FLAGS
 POSITIVE_INT_FLAGS = ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "batch", "prompt_length",
@@ -48,56 +49,56 @@ POSITIVE_INT_FLAGS = ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidde
 
 def define_flags() -> None:
     """Register the flags; called only when run as a program, so importing this module defines none."""
-    flags.DEFINE_integer("vocab_size", 512, "Vocabulary size (mask id = vocab_size - 1).")
-    flags.DEFINE_integer("d_model", 256, "Model width.")
-    flags.DEFINE_integer("n_layers", 4, "Number of blocks.")
-    flags.DEFINE_integer("n_heads", 8, "Attention heads.")
-    flags.DEFINE_integer("mlp_hidden", 704, "SwiGLU hidden width.")
-    flags.DEFINE_integer("batch", 8, "Sequences per call.")
-    flags.DEFINE_integer("prompt_length", 32, "Prompt tokens.")
-    flags.DEFINE_integer("gen_length", 64, "Generated tokens.")
-    flags.DEFINE_integer("block_length", 32, "Sampler block length.")
-    flags.DEFINE_integer("steps", 64, "Sampler denoising steps.")
+    flags.DEFINE_integer("vocab_size", 512, "Vocabulary size (mask id = vocab_size - 1).", lower_bound=1)
+    flags.DEFINE_integer("d_model", 256, "Model width.", lower_bound=1)
+    flags.DEFINE_integer("n_layers", 4, "Number of blocks.", lower_bound=1)
+    flags.DEFINE_integer("n_heads", 8, "Attention heads.", lower_bound=1)
+    flags.DEFINE_integer("mlp_hidden", 704, "SwiGLU hidden width.", lower_bound=1)
+    flags.DEFINE_integer("batch", 8, "Sequences per call.", lower_bound=1)
+    flags.DEFINE_integer("prompt_length", 32, "Prompt tokens.", lower_bound=1)
+    flags.DEFINE_integer("gen_length", 64, "Generated tokens.", lower_bound=1)
+    flags.DEFINE_integer("block_length", 32, "Sampler block length.", lower_bound=1)
+    flags.DEFINE_integer("steps", 64, "Sampler denoising steps.", lower_bound=1)
     flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0 = greedy).")
     flags.DEFINE_list("samplers", ["exact", "prefix", "dual", "dual_parallel"],
                       f"Sampler variants to time, from {sorted(SAMPLERS)}.")
     flags.DEFINE_float("threshold", 0.9, "Confidence threshold of the *_parallel variants, in (0, 1].")
-    flags.DEFINE_integer("num_draws", 2, "Forward masks per sequence in the ELBO.")
+    flags.DEFINE_integer("num_draws", 2, "Forward masks per sequence in the ELBO.", lower_bound=1)
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-    flags.DEFINE_integer("repeats", 5, "Timed rounds (median reported), >= 3.")
+    flags.DEFINE_integer("repeats", 5, "Timed rounds (median reported), >= 3.", lower_bound=3)
     flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s for MFU (0 = the float32 matmul rate measured here).")
-    flags.DEFINE_integer("matmul_size", 2048, "Side of the square matrices of the matmul-rate probe.")
+    flags.DEFINE_integer("matmul_size", 2048, "Side of the square matrices of the matmul-rate probe.", lower_bound=1)
 
 
 def validate_flags(values: dict[str, Any]) -> None:
-    """ValueError naming the flag for any nonsense value, before anything is built or compiled."""
+    """UsageError naming the flag for a nonsense value, before anything is built or compiled. (Positive
+    integers and --repeats >= 3 are bounds of the flags themselves; they are checked here too for callers that
+    pass values directly.)"""
     for name in POSITIVE_INT_FLAGS:
         if values[name] <= 0:
-            raise ValueError(f"--{name} must be a positive integer, got {values[name]}")
+            raise UsageError(f"--{name}={values[name]} must be a positive integer")
     if values["vocab_size"] < 2:
-        raise ValueError(f"--vocab_size must be >= 2 (one token plus the mask), got {values['vocab_size']}")
+        raise UsageError(f"--vocab_size={values['vocab_size']} must be >= 2 (one token plus the mask)")
     if values["repeats"] < 3:
-        raise ValueError(f"--repeats must be >= 3, got {values['repeats']}")
+        raise UsageError(f"--repeats={values['repeats']} must be >= 3")
     if values["gen_length"] % values["block_length"]:
-        raise ValueError(f"--gen_length={values['gen_length']} must be divisible by "
+        raise UsageError(f"--gen_length={values['gen_length']} must be divisible by "
                          f"--block_length={values['block_length']}")
     num_blocks = values["gen_length"] // values["block_length"]
     if values["steps"] % num_blocks:
-        raise ValueError(f"--steps={values['steps']} must be a multiple of the number of blocks {num_blocks}")
+        raise UsageError(f"--steps={values['steps']} must be a multiple of the number of blocks {num_blocks}")
     if values["d_model"] % values["n_heads"] or (values["d_model"] // values["n_heads"]) % 2:
-        raise ValueError(f"--d_model={values['d_model']} must be divisible by --n_heads={values['n_heads']} "
+        raise UsageError(f"--d_model={values['d_model']} must be divisible by --n_heads={values['n_heads']} "
                          "into an even head dimension")
-    if not values["samplers"]:
-        raise ValueError("--samplers must name at least one variant")
     unknown = [name for name in values["samplers"] if name not in SAMPLERS]
-    if unknown or len(set(values["samplers"])) != len(values["samplers"]):
-        raise ValueError(f"--samplers must be distinct names from {sorted(SAMPLERS)}, got {values['samplers']}")
+    if not values["samplers"] or unknown or len(set(values["samplers"])) != len(values["samplers"]):
+        raise UsageError(f"--samplers={','.join(values['samplers'])} must be distinct names from {sorted(SAMPLERS)}")
     if not 0 < values["threshold"] <= 1:
-        raise ValueError(f"--threshold must be in (0, 1], got {values['threshold']}")
-    if not values["temperature"] >= 0:
-        raise ValueError(f"--temperature must be >= 0, got {values['temperature']}")
-    if not values["peak_tflops"] >= 0 or values["matmul_size"] <= 0:
-        raise ValueError("--peak_tflops must be >= 0 and --matmul_size > 0")
+        raise UsageError(f"--threshold={values['threshold']} must be in (0, 1]")
+    if not 0 <= values["temperature"] < float("inf"):
+        raise UsageError(f"--temperature={values['temperature']} must be a finite number >= 0")
+    if not 0 <= values["peak_tflops"] < float("inf"):
+        raise UsageError(f"--peak_tflops={values['peak_tflops']} must be a finite number >= 0")
 
 
 def pass_flops(config: LLaDAConfig, queries: int, keys: int, logits_positions: int) -> int:
@@ -205,4 +206,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_program(main)

@@ -21,9 +21,11 @@ def test_paper_layout_and_overrides():
 
 @pytest.mark.parametrize("call, message", [
     (lambda: layout_fields("huge", {}), "--layout"),
-    (lambda: layout_fields("paper", {"batch_size": -1}), "--batch_size must be >= 0"),
+    (lambda: layout_fields("paper", {"batch_size": -1}), "--batch_size=-1 must be >= 0"),
     (lambda: variant_configs("CartpoleBalance", layout_fields("paper", {}), ["sac"], 0.05), "--variants"),
-    (lambda: variant_configs("CartpoleBalance", layout_fields("paper", {}), ["fpo_dipod"], 0.0), "--dipod_beta"),
+    (lambda: variant_configs("CartpoleBalance", layout_fields("paper", {}), ["fpo_dipod"], 0.0), "--dipod_beta=0.0"),
+    (lambda: variant_configs("CartpoleBalance", layout_fields("paper", {}), ["fpo_dipod"], float("inf")),
+     "--dipod_beta=inf"),
     (lambda: variant_configs("CartpoleBalance", layout_fields("paper", {"num_envs": 7}), ["fpo"], 0.05), "num_envs"),
 ])
 def test_bad_layout_flags_raise(call, message):

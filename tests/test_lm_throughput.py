@@ -33,9 +33,12 @@ def test_pass_flops_known_values():
 
 
 def test_batch_zero_is_refused_by_the_program():
-    """--batch=0 stops the program with an error naming the flag, before anything is compiled."""
-    result = _run("--batch=0")
-    assert result.returncode != 0 and "--batch must be a positive integer" in result.stderr, result.stderr[-2000:]
+    """--batch=0 and a block length that does not divide gen_length stop the program with one line naming the
+    flag and exit status 2, before anything is compiled."""
+    for flag, fragment in (("--batch=0", "--batch=0"), ("--block_length=3", "--block_length=3")):
+        result = _run(flag)
+        errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+        assert result.returncode == 2 and len(errors) == 1 and fragment in errors[0], result.stderr[-2000:]
 
 
 VALID = dict(vocab_size=16, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32, batch=2, prompt_length=4, gen_length=8,
@@ -44,17 +47,18 @@ VALID = dict(vocab_size=16, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32, ba
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(repeats=2), "--repeats must be >= 3"),
+    (dict(batch=0), "--batch=0 must be a positive integer"),
     (dict(block_length=3), "--gen_length=8 must be divisible by --block_length=3"),
-    (dict(steps=3), "--steps=3 must be a multiple of the number of blocks 2"),
+    (dict(repeats=2), "--repeats=2 must be >= 3"),
     (dict(n_heads=3), "--d_model=16 must be divisible by --n_heads=3"),
-    (dict(samplers=["exact", "fast"]), "--samplers must be distinct names"),
-    (dict(samplers=[]), "--samplers must name at least one"),
-    (dict(threshold=1.5), "--threshold must be in"),
-    (dict(temperature=-1.0), "--temperature must be >= 0"),
+    (dict(steps=3), "--steps=3 must be a multiple of the number of blocks 2"),
+    (dict(samplers=["exact", "fast"]), "--samplers=exact,fast must be distinct names"),
+    (dict(samplers=[]), "--samplers= must be distinct names"),
+    (dict(threshold=1.5), "--threshold=1.5 must be in (0, 1]"),
+    (dict(temperature=-1.0), "--temperature=-1.0 must be a finite number >= 0"),
 ])
 def test_nonsense_flags_are_refused(overrides, message):
-    """Each nonsense flag value raises ValueError naming the flag; the valid set passes."""
+    """Each nonsense flag value raises a UsageError (a ValueError) naming the flag; the valid set passes."""
     from benchmarks.lm_throughput import validate_flags
 
     validate_flags(VALID)
