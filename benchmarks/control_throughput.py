@@ -1,40 +1,97 @@
 """Throughput of the full continuous-control training loop (rollout + every update epoch), compile excluded.
 
     python -m benchmarks.control_throughput [--env=CartpoleBalance] [--timed_iterations=5]
+    python -m benchmarks.control_throughput --layout=paper --variants=fpo,fpo_dipod    # the GPU comparison
 
-For ppo, fpo, fpo with dipod_beta > 0 and fpo++ at the FPO reference configuration (256 envs, batch 256,
-8 minibatches, unroll 30, 4 updates per batch, 10 flow steps, 8 (tau, eps) samples, actor 4x32, critic 5x256),
-times single jitted `train_iteration` calls (interleaved across variants) and reports the median env-steps/s.
-It counts the dense-layer (matrix-multiply) FLOPs of one iteration analytically and reports the GFLOP/s
-achieved beside the float32 matrix-multiply rate measured on this machine. The last line of output is one JSON object.
+Batch layouts (--layout; any of --num_envs, --batch_size, --num_minibatches, --unroll_length,
+--num_updates_per_batch overrides one field of it):
+  reference  the FPO reference configuration (the presets): 256 envs, batch 256 x 8 minibatches, unroll 30,
+             4 updates per batch (61,440 env steps an iteration);
+  paper      the FPO paper's MuJoCo Playground layout: 2048 envs, batch 1024 x 32 minibatches, unroll 30,
+             16 updates per batch (983,040 env steps an iteration).
+Both use 10 flow steps, 8 (tau, eps) samples, actor 4x32 and critic 5x256.
+
+For each variant (--variants of ppo, fpo, fpo with dipod_beta > 0, fpo++) it times single jitted
+`train_iteration` calls (interleaved across variants) and reports the median env-steps/s. It counts the
+dense-layer (matrix-multiply) FLOPs of one iteration analytically and reports the GFLOP/s achieved beside the
+float32 matrix-multiply rate measured on this machine.
+
+Rollout vs update split (--split): an iteration is the rollout (with the critic values and GAE of its batch)
+plus num_updates_per_batch identical update epochs, so its time is R + E * U. Each variant is also timed with
+one epoch (E = 1; same compiled structure otherwise), which gives U = (t_E - t_1) / (E - 1) and R = t_E - E * U.
+--profile_dir writes a `jax.profiler` trace of one iteration of each variant (TensorBoard / Perfetto).
+The last line of output is one JSON object.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
 import statistics
-import time
-from typing import Dict, Sequence
+from typing import Any, Dict, Sequence
 
 import jax
-import jax.numpy as jnp
 from absl import flags
 
+from benchmarks.timing import matmul_gflops_per_s, time_call
 from dipod_jax.control.configs import TrainConfig, preset_config
 from dipod_jax.control.envs import make_environment
 from dipod_jax.control.train import make_train
 from dipod_jax.run.program import UsageError, run_program, user_errors
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("env", "CartpoleBalance", "Environment name (see dipod_jax.control.envs).")
-flags.DEFINE_integer("timed_iterations", 5, "Timed iterations per algorithm (median reported; >= 3).")
-flags.DEFINE_float("dipod_beta", 0.05, "beta of the fpo_dipod variant.")
-flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matrices of the matmul-rate probe.",
-                     lower_bound=1)
 
 VARIANTS = {"ppo": dict(algo="ppo"), "fpo": dict(algo="fpo"), "fpo_dipod": dict(algo="fpo"),
             "fpo++": dict(algo="fpo++")}
+LAYOUT_FIELDS = ("num_envs", "batch_size", "num_minibatches", "unroll_length", "num_updates_per_batch")
+LAYOUTS = {
+    "reference": dict(num_envs=256, batch_size=256, num_minibatches=8, unroll_length=30, num_updates_per_batch=4),
+    "paper": dict(num_envs=2048, batch_size=1024, num_minibatches=32, unroll_length=30, num_updates_per_batch=16),
+}
+
+
+def define_flags() -> None:
+    """Register the flags; called only when run as a program, so importing this module defines none."""
+    flags.DEFINE_string("env", "CartpoleBalance", "Environment name (see dipod_jax.control.envs).")
+    flags.DEFINE_enum("layout", "reference", sorted(LAYOUTS), "Batch layout (module docstring).")
+    for field in LAYOUT_FIELDS:
+        flags.DEFINE_integer(field, 0, f"Override the layout's {field} (0 = the layout's).", lower_bound=0)
+    flags.DEFINE_list("variants", list(VARIANTS), f"Variants to time, from {list(VARIANTS)}.")
+    flags.DEFINE_integer("timed_iterations", 5, "Timed iterations per algorithm (median reported; >= 3).",
+                         lower_bound=3)
+    flags.DEFINE_float("dipod_beta", 0.05, "beta of the fpo_dipod variant.")
+    flags.DEFINE_bool("split", True, "Also time one-epoch iterations to split rollout and update time.")
+    flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of one iteration per variant here.")
+    flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matrices of the matmul-rate probe.",
+                         lower_bound=1)
+
+
+def layout_fields(layout: str, overrides: Dict[str, int]) -> Dict[str, int]:
+    """The layout's batch fields with the non-zero overrides applied; UsageError naming a bad flag."""
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout={layout} must be one of {sorted(LAYOUTS)}")
+    fields = dict(LAYOUTS[layout])
+    for name, value in overrides.items():
+        if value < 0:
+            raise UsageError(f"--{name}={value} must be >= 0 (0 = the layout's)")
+        if value:
+            fields[name] = value
+    return fields
+
+
+def variant_configs(env_name: str, fields: Dict[str, int], variants: Sequence[str],
+                    dipod_beta: float) -> Dict[str, TrainConfig]:
+    """{variant: TrainConfig} on the layout; UsageError naming the flag for bad variants or beta, or the
+    TrainConfig field a layout breaks."""
+    unknown = [name for name in variants if name not in VARIANTS]
+    if not variants or unknown or len(set(variants)) != len(variants):
+        raise UsageError(f"--variants={','.join(variants)} must be distinct names from {list(VARIANTS)}")
+    if "fpo_dipod" in variants and not 0 < dipod_beta < float("inf"):
+        raise UsageError(f"--dipod_beta={dipod_beta} must be > 0 (it defines the fpo_dipod variant)")
+    with user_errors():
+        return {name: preset_config(env_name, dipod_beta=dipod_beta if name == "fpo_dipod" else 0.0,
+                                    **VARIANTS[name], **fields) for name in variants}
 
 
 def mlp_flops(widths: Sequence[int]) -> int:
@@ -64,74 +121,81 @@ def iteration_flops(config: TrainConfig, obs_size: int, action_size: int) -> int
     return transitions * (rollout + critic + config.num_updates_per_batch * update) + 2 * config.num_envs * critic
 
 
-def matmul_gflops_per_s(size: int, repeats: int = 5) -> float:
-    """Median float32 GFLOP/s of a jitted size x size matrix product on the default device."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-    matmul(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / statistics.median(times) / 1e9
-
-
 def compile_variant(config: TrainConfig, env):
     """(jitted train_iteration, state after one compile-and-warm-up call, seconds of that first call)."""
     trainer = make_train(config, env)
     state = jax.jit(trainer.init)(jax.random.key(0))
     step = jax.jit(trainer.train_iteration)
-    start = time.perf_counter()
-    state, metrics = step(state)
-    jax.block_until_ready(metrics)
-    return step, state, time.perf_counter() - start
+    seconds, (state, _) = time_call(step, state)
+    return step, state, seconds
 
 
 def time_variants(configs: Dict[str, TrainConfig], env, timed_iterations: int) -> Dict[str, Dict[str, float]]:
-    """Median env-steps/s of each variant; the timed iterations are interleaved across variants (one round
-    times each variant once) so that a drifting machine load affects all of them alike."""
+    """Median seconds of an iteration of each configuration; the timed iterations are interleaved (one round
+    times each configuration once) so that a drifting machine load affects all of them alike."""
     compiled = {name: compile_variant(config, env) for name, config in configs.items()}
     states = {name: state for name, (_, state, _) in compiled.items()}
     durations = {name: [] for name in configs}
     for _ in range(timed_iterations):
         for name, (step, _, _) in compiled.items():
-            start = time.perf_counter()
-            states[name], metrics = step(states[name])
-            jax.block_until_ready(metrics)
-            durations[name].append(time.perf_counter() - start)
-    results = {}
+            seconds, (states[name], _) = time_call(step, states[name])
+            durations[name].append(seconds)
+    return {name: {"median_iteration_s": statistics.median(durations[name]), "iteration_s": durations[name],
+                   "first_call_s": compiled[name][2]} for name in configs}
+
+
+def split_seconds(full_s: float, one_epoch_s: float, epochs: int) -> Dict[str, float]:
+    """Rollout and update seconds of an iteration from its time with `epochs` and with one epoch:
+    t_E = R + E U and t_1 = R + U."""
+    update_epoch_s = (full_s - one_epoch_s) / (epochs - 1)
+    rollout_s = full_s - epochs * update_epoch_s
+    return {"rollout_s": rollout_s, "update_s": epochs * update_epoch_s, "update_epoch_s": update_epoch_s,
+            "rollout_fraction": rollout_s / full_s}
+
+
+def profile(configs: Dict[str, TrainConfig], env, directory: str) -> None:
+    """A jax.profiler trace of one (compiled) iteration of each configuration, under directory/<variant>."""
     for name, config in configs.items():
-        median_s = statistics.median(durations[name])
-        flops = iteration_flops(config, env.observation_size, env.action_size)
-        results[name] = {"env_steps_per_s": config.env_steps_per_iteration / median_s,
-                         "gflops_per_s": flops / median_s / 1e9, "gflop_per_iteration": flops / 1e9,
-                         "median_iteration_s": median_s, "iteration_s": durations[name],
-                         "first_call_s": compiled[name][2]}
-        print(f"{name}: {json.dumps(results[name])}", flush=True)
-    return results
+        step, state, _ = compile_variant(config, env)
+        with jax.profiler.trace(os.path.join(directory, name)):
+            jax.block_until_ready(step(state))
 
 
 def main(argv):
     del argv
-    if FLAGS.timed_iterations < 3:
-        raise UsageError(f"--timed_iterations must be >= 3, got {FLAGS.timed_iterations}")
-    if not 0 < FLAGS.dipod_beta < float("inf"):
-        raise UsageError(f"--dipod_beta must be > 0 (it defines the fpo_dipod variant), got {FLAGS.dipod_beta}")
+    fields = layout_fields(FLAGS.layout, {name: FLAGS[name].value for name in LAYOUT_FIELDS})
+    configs = variant_configs(FLAGS.env, fields, FLAGS.variants, FLAGS.dipod_beta)
+    epochs = fields["num_updates_per_batch"]
+    if FLAGS.split and epochs < 2:
+        raise UsageError(f"--split needs --num_updates_per_batch >= 2 (it compares with a one-epoch iteration), "
+                         f"got {epochs}")
     with user_errors():
         env = make_environment(FLAGS.env)
-    configs = {name: preset_config(FLAGS.env, dipod_beta=FLAGS.dipod_beta if name == "fpo_dipod" else 0.0,
-                                   **overrides) for name, overrides in VARIANTS.items()}
-    results = time_variants(configs, env, FLAGS.timed_iterations)
-    reference = preset_config(FLAGS.env)
+    timed = dict(configs)
+    if FLAGS.split:
+        timed.update({f"{name}/one_epoch": dataclasses.replace(config, num_updates_per_batch=1)
+                      for name, config in configs.items()})
+    timings = time_variants(timed, env, FLAGS.timed_iterations)
+    results: Dict[str, Any] = {}
+    for name, config in configs.items():
+        median_s = timings[name]["median_iteration_s"]
+        flops = iteration_flops(config, env.observation_size, env.action_size)
+        results[name] = {"env_steps_per_s": config.env_steps_per_iteration / median_s,
+                         "gflops_per_s": flops / median_s / 1e9, "gflop_per_iteration": flops / 1e9,
+                         **timings[name]}
+        if FLAGS.split:
+            results[name].update(split_seconds(median_s, timings[f"{name}/one_epoch"]["median_iteration_s"], epochs))
+            results[name]["one_epoch_iteration_s"] = timings[f"{name}/one_epoch"]["iteration_s"]
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
+    if FLAGS.profile_dir:
+        profile(configs, env, FLAGS.profile_dir)
     results["matmul_gflops_per_s"] = matmul_gflops_per_s(FLAGS.matmul_size)
-    results["dipod_overhead_fraction"] = (results["fpo"]["env_steps_per_s"]
-                                          / results["fpo_dipod"]["env_steps_per_s"] - 1.0)
+    if "fpo" in results and "fpo_dipod" in results:
+        results["dipod_overhead_fraction"] = (results["fpo"]["env_steps_per_s"]
+                                              / results["fpo_dipod"]["env_steps_per_s"] - 1.0)
+    reference = next(iter(configs.values()))
     results["config"] = {
-        "env": FLAGS.env, "num_envs": reference.num_envs, "batch_size": reference.batch_size,
-        "num_minibatches": reference.num_minibatches, "unroll_length": reference.unroll_length,
-        "num_updates_per_batch": reference.num_updates_per_batch, "num_flow_steps": reference.num_flow_steps,
+        "env": FLAGS.env, "layout": FLAGS.layout, **fields, "num_flow_steps": reference.num_flow_steps,
         "num_cfm_samples": reference.num_cfm_samples, "actor_hidden": list(reference.actor_hidden),
         "critic_hidden": list(reference.critic_hidden), "env_steps_per_iteration": reference.env_steps_per_iteration,
         "timed_iterations": FLAGS.timed_iterations, "dipod_beta": FLAGS.dipod_beta,
@@ -141,4 +205,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     run_program(main)

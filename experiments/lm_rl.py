@@ -90,6 +90,11 @@ CONFIG_FLAGS = {
     "block_length": ("block_length", int, "Sampler block length (default gen_length)."),
     "diffusion_steps": ("diffusion_steps", int, "Sampler steps (default gen_length)."),
     "placebo": ("placebo", bool, "Control run: shuffle the rewards within each group before the update."),
+    "sampler": ("sampler", str, "Rollout sampler: exact, or a Fast-dLLM variant of dipod_jax.lm.sampler.SAMPLERS "
+                "(prefix, dual, *_parallel); evaluations always use the exact sampler."),
+    "sampler_threshold": ("sampler_threshold", float, "Confidence threshold of the *_parallel samplers."),
+    "sampler_refresh_interval": ("sampler_refresh_interval", int,
+                                 "Recompute a sampler cache every this many steps of a block (0 = once per block)."),
 }
 
 
@@ -159,7 +164,8 @@ def define_flags() -> None:
                          "Size of the mesh's data axis; the remaining devices form the fsdp axis.")
     flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host) before anything else.")
     flags.DEFINE_bool("plot", defaults.plot, "Write curves.png at the end.")
-    definers = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_bool}
+    definers = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_bool,
+                str: flags.DEFINE_string}
     for flag_name, kind, help_text in CONFIG_FLAGS.values():
         definers[kind](flag_name, None, help_text + " Default: the task preset.")
 
@@ -336,7 +342,8 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
     mask_id, eos_id = tokenizer.mask_id, tokenizer.eos_id
     sample_fn = rl.make_sample_fn(config, graphdef, mask_id)
     update_fn = rl.make_update_fn(config, graphdef, mask_id, mesh)
-    eval_sample = rl.make_sample_fn(dataclasses.replace(config, temperature=settings.temperature), graphdef, mask_id)
+    eval_sample = rl.make_sample_fn(dataclasses.replace(config, temperature=settings.temperature, sampler="exact"),
+                                    graphdef, mask_id)
     curve_items = settings.eval_items or len(test_items)
     prompt_length, local_prompts = info["prompt_length"], config.num_prompts // jax.process_count()
     base_key = jax.random.key(settings.seed)

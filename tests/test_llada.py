@@ -187,3 +187,38 @@ def test_sharding_rules_map_logical_axes_to_mesh():
         sharding.make_mesh(data=3, fsdp=1, tensor=1)
     with pytest.raises(ValueError, match="no sharding rule"):
         sharding.logical_to_mesh_spec(("unknown_axis",))
+
+
+def test_cached_forward_equals_full_forward_with_a_fresh_cache():
+    """With keys / values cached from a full pass over the same tokens (GQA, LoRA, left padding), the
+    window forward equals the full forward at the window's positions: for a "dual" window (one block, traced
+    start under jit) and a "prefix" window (block and everything after it); forward_with_cache returns the
+    full logits of its window and a cache of shape [L, B, T, KV, hd]."""
+    with jax.default_matmul_precision("highest"):  # full float32 on GPUs too: differently shaped matmuls agree
+        _check_cached_forward()
+
+
+def _check_cached_forward():
+    config = LLaDAConfig.tiny(VOCAB, n_kv_heads=2, lora_rank=2, lora_alpha=4.0)
+    model = LLaDA(config, rngs=nnx.Rngs(5))
+    nnx.update(model, jax.tree.map(lambda x: x + 0.1, nnx.state(model, LORA_FILTER)))  # non-zero adapters
+    tokens = _tokens(8, batch=3, length=12)
+    attention_mask = jnp.arange(12)[None] >= jnp.array([[0], [2], [3]])
+    # A stale cache: changing a token outside the window changes the full forward, not the cached window's.
+    changed = tokens.at[:, 10].set((tokens[:, 10] + 1) % (VOCAB - 1))
+
+    @nnx.jit
+    def passes(model, start):
+        full = model(tokens, attention_mask)
+        logits, cache = model.forward_with_cache(tokens, attention_mask, 4, 3)
+        dual = model.forward_cached(jax.lax.dynamic_slice_in_dim(tokens, start, 3, axis=1), start, cache,
+                                    attention_mask, 3)
+        prefix = model.forward_cached(tokens[:, 4:], 4, cache, attention_mask, 3)
+        stale = model.forward_cached(changed[:, 4:7], 4, cache, attention_mask, 3)
+        return full, logits, cache, dual, prefix, stale, model(changed, attention_mask)
+
+    full, logits, cache, dual, prefix, stale, changed_full = passes(model, jnp.int32(4))
+    assert cache.keys.shape == cache.values.shape == (config.n_layers, 3, 12, 2, config.head_dim)
+    for window in (logits, dual, prefix, stale):
+        np.testing.assert_allclose(window, full[:, 4:7], atol=1e-5)
+    assert float(jnp.max(jnp.abs(changed_full[:, 4:7] - full[:, 4:7]))) > 1e-4

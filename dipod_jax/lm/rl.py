@@ -44,7 +44,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from dipod_jax.lm import sharding
 from dipod_jax.lm.data import completion_mask_from_tokens
 from dipod_jax.lm.rl_config import RLConfig
-from dipod_jax.lm.sampler import generate
+from dipod_jax.lm.sampler import generate, sampler_options
 from dipod_jax.losses.advantages import grpo_advantages
 from dipod_jax.losses.dipod import weighted_mean
 from dipod_jax.losses.lm import diffu_grpo_loss, fpo_dllm_loss, spg_loss
@@ -426,13 +426,16 @@ def make_update_fn(config: RLConfig, graphdef, mask_id: int, mesh: Optional[Mesh
 
 @functools.lru_cache(maxsize=None)
 def make_sample_fn(config: RLConfig, graphdef, mask_id: int):
-    """The jitted sampler: fn(params, frozen, prompts [N, P] int32, prompt_mask [N, P] bool, key)
-    -> tokens [N, P + gen_length] int32 (one completion per row; rows are the prompts already repeated G times)."""
+    """The jitted sampler (variant config.sampler): fn(params, frozen, prompts [N, P] int32, prompt_mask [N, P]
+    bool, key) -> tokens [N, P + gen_length] int32 (one completion per row; rows are the prompts already
+    repeated G times)."""
+    options = sampler_options(config.sampler, config.sampler_threshold, config.sampler_refresh_interval)
+
     def sample(params, frozen, prompts, prompt_mask, key):
         model = nnx.merge(graphdef, params, frozen)
         return generate(model, prompts, key, gen_length=config.gen_length, block_length=config.block_length,
                         steps=config.diffusion_steps, temperature=config.temperature,
-                        remasking=config.remasking, mask_id=mask_id, prompt_mask=prompt_mask)
+                        remasking=config.remasking, mask_id=mask_id, prompt_mask=prompt_mask, **options)
     return jax.jit(sample)
 
 

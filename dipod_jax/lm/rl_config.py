@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from dipod_jax.lm.sampler import SAMPLERS
+
 METHODS = ("diffu_grpo", "fpo", "spg")
 SPG_ESTIMATORS = ("elbo", "eubo", "mix")
 REMASKING = ("low_confidence", "random")
@@ -33,7 +35,10 @@ class RLConfig:
       spg_min_t, spg_max_t, spg_beta_e, spg_mix_weight for SPG's block-random masks and EUBO (a fresh draw per
       inner iteration; the blocks cut the gen_length window, at most ceil(gen_length / spg_block_length) draws);
       spg_use_mask_prompt masks SPG's prompt and earlier-block tokens with probability p_mask_prompt too.
-    Sampler: gen_length, block_length, diffusion_steps, temperature, remasking (dipod_jax.lm.sampler).
+    Sampler: gen_length, block_length, diffusion_steps, temperature, remasking (dipod_jax.lm.sampler);
+      sampler names the rollout sampler variant in dipod_jax.lm.sampler.SAMPLERS ("exact", or Fast-dLLM's
+      "prefix" / "dual" key-value caches, refreshed every sampler_refresh_interval steps of a block, 0 = once
+      per block; "*_parallel" with confidence threshold sampler_threshold in (0, 1]).
     Controls and monitoring: placebo shuffles the rewards within each group before the advantages are formed
       (the same update machinery driven by uninformative advantages: the drift a real result must overcome);
       log_kl_to_start keeps a copy of the starting trainable parameters and logs the KL of each step's rollout
@@ -74,6 +79,9 @@ class RLConfig:
     remasking: str = "low_confidence"
     placebo: bool = False
     log_kl_to_start: bool = True
+    sampler: str = "exact"
+    sampler_threshold: float = 0.9
+    sampler_refresh_interval: int = 0
 
     def __post_init__(self):
         validate_config(self)
@@ -103,6 +111,11 @@ def validate_config(config: RLConfig) -> None:
     _require(config.spg_estimator in SPG_ESTIMATORS, "spg_estimator", config.spg_estimator,
              f"one of {SPG_ESTIMATORS}")
     _require(config.remasking in REMASKING, "remasking", config.remasking, f"one of {REMASKING}")
+    _require(config.sampler in SAMPLERS, "sampler", config.sampler, f"one of {sorted(SAMPLERS)}")
+    _require(_is_real(config.sampler_threshold) and 0 < config.sampler_threshold <= 1, "sampler_threshold",
+             config.sampler_threshold, "in (0, 1]")
+    _require(not SAMPLERS[config.sampler][1] or config.remasking == "low_confidence", "sampler", config.sampler,
+             "a variant without parallel decoding when remasking is 'random' (thresholds compare confidences)")
     _require(_is_real(config.dipod_beta) and config.dipod_beta >= 0, "dipod_beta", config.dipod_beta,
              "a finite number >= 0")
     _require(_is_int(config.num_generations) and config.num_generations >= 2, "num_generations",
@@ -114,7 +127,7 @@ def validate_config(config: RLConfig) -> None:
     for field in ("scale_rewards_by_std", "lora_only", "placebo", "log_kl_to_start"):
         value = getattr(config, field)
         _require(isinstance(value, bool), field, value, "True or False")
-    for field in ("warmup_steps", "ref_sync_every"):
+    for field in ("warmup_steps", "ref_sync_every", "sampler_refresh_interval"):
         value = getattr(config, field)
         _require(_is_int(value) and value >= 0, field, value, "an int >= 0")
     for field in ("clip_eps", "learning_rate", "max_grad_norm", "spg_beta_e"):

@@ -19,12 +19,17 @@ base model's logits. Adapters are `LoRAParam` variables; `LORA_FILTER` / `BASE_F
 
 Calling convention: `model(tokens [B, T] int32, attention_mask [B, T] bool | None) -> logits [B, T, V] float32`.
 Positions with attention_mask False are never attended to (padding); their own outputs are unspecified.
+
+Key/value caching for the sampler (Fast-dLLM): `model.forward_with_cache(tokens, attention_mask, start, n)` is the
+full pass that also returns every layer's keys and values (`KVCache`, [L, B, T, KV, hd]) and the logits of
+positions [start, start + n) only; `model.forward_cached(window_tokens, start, cache, attention_mask, n)` runs
+only a window of positions, whose fresh keys / values replace the cached ones there, against the cache elsewhere.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
@@ -215,6 +220,22 @@ class LLaDA(nnx.Module):
         return transformer_forward(self.config, self.embedding[...], self.block_params(), self.final_norm[...],
                                    self.head[...], tokens, attention_mask)
 
+    def forward_with_cache(self, tokens: jax.Array, attention_mask: jax.Array | None, logits_start: int | jax.Array,
+                           logits_length: int) -> tuple[jax.Array, KVCache]:
+        """(logits [B, logits_length, V] of positions [logits_start, +logits_length), KVCache of every position);
+        see `transformer_forward_with_cache`."""
+        return transformer_forward_with_cache(self.config, self.embedding[...], self.block_params(),
+                                              self.final_norm[...], self.head[...], tokens, attention_mask,
+                                              logits_start, logits_length)
+
+    def forward_cached(self, window_tokens: jax.Array, window_start: int | jax.Array, cache: KVCache,
+                       attention_mask: jax.Array | None, logits_length: int) -> jax.Array:
+        """Logits [B, logits_length, V] of a window of positions that attends to cached keys / values
+        elsewhere; see `transformer_forward_cached`."""
+        return transformer_forward_cached(self.config, self.embedding[...], self.block_params(),
+                                          self.final_norm[...], self.head[...], window_tokens, window_start,
+                                          cache, attention_mask, logits_length)
+
 
 def masked_diffusion_logits_fn(model: LLaDA, attention_mask: jax.Array | None = None
                                ) -> Callable[[jax.Array], jax.Array]:
@@ -263,16 +284,25 @@ def _project(config: LLaDAConfig, params: dict[str, jax.Array], name: str, x: ja
     return out
 
 
-def _block(config: LLaDAConfig, x: jax.Array, params: dict[str, jax.Array], key_bias: jax.Array,
-           cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """One pre-norm block. x [B, T, D]; params: one layer's slice of LLaDA.block_params(); key_bias [B, 1, 1, T]."""
+def _attention_inputs(config: LLaDAConfig, x: jax.Array, params: dict[str, jax.Array], cos: jax.Array,
+                      sin: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Queries, keys and values of x [B, S, D] at the positions of cos/sin [S, hd]: q [B, S, H, hd] and
+    k, v [B, S, KV, hd] (q and k rotated)."""
     batch, seq_len, _ = x.shape
     c = config
     normed = rms_norm(x, params["attn_norm"], c.rms_norm_eps)
     q = _project(c, params, "q", normed).reshape(batch, seq_len, c.n_heads, c.head_dim)
     k = _project(c, params, "k", normed).reshape(batch, seq_len, c.n_kv_heads, c.head_dim)
     v = _project(c, params, "v", normed).reshape(batch, seq_len, c.n_kv_heads, c.head_dim)
-    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+
+def _attend_and_mlp(config: LLaDAConfig, x: jax.Array, params: dict[str, jax.Array], q: jax.Array, k: jax.Array,
+                    v: jax.Array, key_bias: jax.Array) -> jax.Array:
+    """The rest of a block: x [B, S, D] with queries q [B, S, H, hd] attending to keys / values k, v
+    [B, T, KV, hd] (key_bias [B, 1, 1, T]), then the residual and the MLP -> [B, S, D]."""
+    batch, seq_len, _ = x.shape
+    c = config
     group = c.n_heads // c.n_kv_heads
     k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(c.head_dim)
@@ -302,36 +332,125 @@ def constrain_batch_sharding(x: jax.Array) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, spec)
 
 
+class KVCache(NamedTuple):
+    """Keys and values of every layer at every position of a sequence, as a full forward pass computed them:
+    keys, values [L, B, T, KV, hd] in the compute dtype (keys already rotated)."""
+
+    keys: jax.Array
+    values: jax.Array
+
+
+def _check_tokens(config: LLaDAConfig, tokens: jax.Array) -> None:
+    chex.assert_rank(tokens, 2)
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"tokens must be an integer array, got dtype {tokens.dtype}")
+
+
+def _key_bias(attention_mask: jax.Array | None, batch: int, seq_len: int) -> jax.Array:
+    """[B, 1, 1, T] additive attention bias: 0 for attended keys, _MASKED_SCORE for padding."""
+    if attention_mask is None:
+        return jnp.zeros((batch, 1, 1, seq_len), jnp.float32)
+    chex.assert_shape(attention_mask, (batch, seq_len))
+    return jnp.where(attention_mask.astype(bool), 0.0, _MASKED_SCORE)[:, None, None, :]
+
+
+def _output_logits(config: LLaDAConfig, final_norm: jax.Array, head: jax.Array, x: jax.Array) -> jax.Array:
+    """Final hidden states x [B, S, D] -> logits [B, S, V] float32."""
+    x = rms_norm(x, final_norm, config.rms_norm_eps)
+    logits = jnp.einsum("btd,dv->btv", x, head.astype(config.dtype), preferred_element_type=jnp.float32)
+    return constrain_batch_sharding(logits)
+
+
+def _full_pass(config: LLaDAConfig, embedding: jax.Array, block_params: dict[str, jax.Array], tokens: jax.Array,
+               attention_mask: jax.Array | None, keep_cache: bool) -> tuple[jax.Array, KVCache | None]:
+    """Every layer over every position: (final hidden states [B, T, D], KVCache or None)."""
+    _check_tokens(config, tokens)
+    batch, seq_len = tokens.shape
+    if seq_len > config.max_seq_len:
+        raise ValueError(f"tokens length {seq_len} exceeds LLaDAConfig.max_seq_len={config.max_seq_len}")
+    key_bias = _key_bias(attention_mask, batch, seq_len)
+    cos, sin = rotary_tables(seq_len, config.head_dim, config.rope_theta)
+    x = constrain_batch_sharding(jnp.take(embedding, tokens, axis=0).astype(config.dtype))
+
+    def layer(carry: jax.Array, layer_params: dict[str, jax.Array]):
+        q, k, v = _attention_inputs(config, carry, layer_params, cos, sin)
+        out = constrain_batch_sharding(_attend_and_mlp(config, carry, layer_params, q, k, v, key_bias))
+        return out, ((constrain_batch_sharding(k), constrain_batch_sharding(v)) if keep_cache else None)
+
+    if config.remat:
+        layer = jax.checkpoint(layer)
+    x, kv = jax.lax.scan(layer, x, block_params)
+    return x, (KVCache(*kv) if keep_cache else None)
+
+
 def transformer_forward(config: LLaDAConfig, embedding: jax.Array, block_params: dict[str, jax.Array],
                         final_norm: jax.Array, head: jax.Array, tokens: jax.Array,
                         attention_mask: jax.Array | None) -> jax.Array:
     """The whole forward pass on raw arrays. embedding [V, D], block_params {name: [L, ...]}, final_norm [D],
     head [D, V], tokens [B, T] int, attention_mask [B, T] bool or None -> logits [B, T, V] float32."""
-    chex.assert_rank(tokens, 2)
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise ValueError(f"tokens must be an integer array, got dtype {tokens.dtype}")
-    batch, seq_len = tokens.shape
-    if seq_len > config.max_seq_len:
-        raise ValueError(f"tokens length {seq_len} exceeds LLaDAConfig.max_seq_len={config.max_seq_len}")
-    if attention_mask is None:
-        key_bias = jnp.zeros((batch, 1, 1, seq_len), jnp.float32)
-    else:
-        chex.assert_shape(attention_mask, (batch, seq_len))
-        key_bias = jnp.where(attention_mask.astype(bool), 0.0, _MASKED_SCORE)[:, None, None, :]
-    cos, sin = rotary_tables(seq_len, config.head_dim, config.rope_theta)
-    x = constrain_batch_sharding(jnp.take(embedding, tokens, axis=0).astype(config.dtype))
-
-    def layer(carry: jax.Array, layer_params: dict[str, jax.Array]) -> tuple[jax.Array, None]:
-        return constrain_batch_sharding(_block(config, carry, layer_params, key_bias, cos, sin)), None
-
-    if config.remat:
-        layer = jax.checkpoint(layer)
-    x, _ = jax.lax.scan(layer, x, block_params)
-    x = rms_norm(x, final_norm, config.rms_norm_eps)
-    logits = jnp.einsum("btd,dv->btv", x, head.astype(config.dtype), preferred_element_type=jnp.float32)
-    logits = constrain_batch_sharding(logits)
-    chex.assert_shape(logits, (batch, seq_len, config.vocab_size))
+    x, _ = _full_pass(config, embedding, block_params, tokens, attention_mask, keep_cache=False)
+    logits = _output_logits(config, final_norm, head, x)
+    chex.assert_shape(logits, tokens.shape + (config.vocab_size,))
     return logits
+
+
+def transformer_forward_with_cache(config: LLaDAConfig, embedding: jax.Array, block_params: dict[str, jax.Array],
+                                   final_norm: jax.Array, head: jax.Array, tokens: jax.Array,
+                                   attention_mask: jax.Array | None, logits_start: int | jax.Array,
+                                   logits_length: int) -> tuple[jax.Array, KVCache]:
+    """A full forward pass that also returns every layer's keys and values, and the logits of only the
+    positions [logits_start, logits_start + logits_length) (the head is the most expensive matmul of a
+    large-vocabulary model, and a sampler needs it only where it decodes).
+
+    tokens [B, T] int, attention_mask [B, T] bool or None; logits_start a Python int or a traced int scalar,
+    logits_length a Python int -> (logits [B, logits_length, V] float32, KVCache [L, B, T, KV, hd]).
+    """
+    x, cache = _full_pass(config, embedding, block_params, tokens, attention_mask, keep_cache=True)
+    x = jax.lax.dynamic_slice_in_dim(x, logits_start, logits_length, axis=1)
+    return _output_logits(config, final_norm, head, x), cache
+
+
+def transformer_forward_cached(config: LLaDAConfig, embedding: jax.Array, block_params: dict[str, jax.Array],
+                               final_norm: jax.Array, head: jax.Array, window_tokens: jax.Array,
+                               window_start: int | jax.Array, cache: KVCache, attention_mask: jax.Array | None,
+                               logits_length: int) -> jax.Array:
+    """The forward pass of a window of positions, reusing cached keys and values for every other position.
+
+    window_tokens [B, S] int are the tokens at positions [window_start, window_start + S) of a sequence of
+    T = cache.keys.shape[2] positions. In every layer the window's fresh keys and values replace the cache's
+    at those positions, and the window's queries attend to all T positions; positions outside the window
+    contribute the cached keys / values (stale if their inputs changed since the cache was computed: the
+    Fast-dLLM approximation). With a cache computed from the same tokens, the result equals the full
+    forward pass's logits at the window's positions (up to float rounding).
+
+    attention_mask [B, T] bool or None (padding of the whole sequence). Returns the logits of the window's
+    first logits_length positions, [B, logits_length, V] float32.
+    """
+    _check_tokens(config, window_tokens)
+    batch, window_length = window_tokens.shape
+    seq_len = cache.keys.shape[2]
+    chex.assert_shape([cache.keys, cache.values],
+                      (config.n_layers, batch, seq_len, config.n_kv_heads, config.head_dim))
+    if window_length > seq_len or logits_length > window_length:
+        raise ValueError(f"window of {window_length} positions (logits of {logits_length}) does not fit the "
+                         f"cached sequence of {seq_len}")
+    key_bias = _key_bias(attention_mask, batch, seq_len)
+    cos, sin = rotary_tables(seq_len, config.head_dim, config.rope_theta)
+    cos = jax.lax.dynamic_slice_in_dim(cos, window_start, window_length, axis=0)
+    sin = jax.lax.dynamic_slice_in_dim(sin, window_start, window_length, axis=0)
+    x = constrain_batch_sharding(jnp.take(embedding, window_tokens, axis=0).astype(config.dtype))
+
+    def layer(carry: jax.Array, inputs) -> tuple[jax.Array, None]:
+        layer_params, cached_keys, cached_values = inputs
+        q, k, v = _attention_inputs(config, carry, layer_params, cos, sin)
+        keys = jax.lax.dynamic_update_slice_in_dim(cached_keys, k.astype(cached_keys.dtype), window_start, axis=1)
+        values = jax.lax.dynamic_update_slice_in_dim(cached_values, v.astype(cached_values.dtype), window_start,
+                                                     axis=1)
+        keys, values = constrain_batch_sharding(keys), constrain_batch_sharding(values)
+        return constrain_batch_sharding(_attend_and_mlp(config, carry, layer_params, q, keys, values, key_bias)), None
+
+    x, _ = jax.lax.scan(layer, x, (block_params, cache.keys, cache.values))
+    return _output_logits(config, final_norm, head, x[:, :logits_length])
 
 
 def lora_optax_mask(params: Any) -> Any:
