@@ -5,7 +5,7 @@
 For every variant of --samplers (`dipod_jax.lm.sampler.SAMPLERS`, threshold --threshold, caches refreshed every
 --refresh_interval steps of a block, 0 = once per block) and every seed of --seeds, an RL run of --steps steps
 of `dipod_jax.lm.rl.rl_step` (sample, host-side task reward, update) starts from the checkpoint. The RL
-settings are those of experiments.lm_rl: the task preset with --method, the checkpoint's generation length,
+settings are those of experiments.lm_rl: the task preset with --algo, the checkpoint's generation length,
 and block length / steps from --block_length / --diffusion_steps (0 = one block of gen_length steps). Step s of
 every run uses the task items drawn from a generator seeded by (seed, s) and the key fold_in(seed key, s).
 
@@ -29,7 +29,7 @@ from absl import flags
 from benchmarks.timing import time_call
 from dipod_jax.lm import data, rl
 from dipod_jax.lm.pretrain import load_pretrained
-from dipod_jax.lm.rl_config import METHODS, preset
+from dipod_jax.lm.rl_config import ALGORITHMS, preset
 from dipod_jax.lm.sampler import SAMPLERS
 from dipod_jax.lm.tasks import get_task
 from dipod_jax.run.program import UsageError, run_program, user_errors
@@ -45,7 +45,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("refresh_interval", 0, "Cache refresh interval in steps of a block (0 = once per block).")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (one run per variant and seed).")
     flags.DEFINE_integer("steps", 20, "RL steps per run (>= 3).")
-    flags.DEFINE_enum("method", "fpo", list(METHODS), "RL loss.")
+    flags.DEFINE_enum("algo", "fpo", list(ALGORITHMS), "RL algorithm (its loss).")
     flags.DEFINE_integer("block_length", 0, "Sampler block length (0 = gen_length, as experiments.lm_rl).")
     flags.DEFINE_integer("diffusion_steps", 0, "Sampler steps (0 = gen_length, as experiments.lm_rl).")
 
@@ -74,7 +74,7 @@ def validate(values: dict[str, Any]) -> list[int]:
 def main(argv):
     del argv
     values = {name: FLAGS[name].value for name in ("checkpoint_dir", "samplers", "threshold", "refresh_interval",
-                                                   "seeds", "steps", "method", "block_length", "diffusion_steps")}
+                                                   "seeds", "steps", "algo", "block_length", "diffusion_steps")}
     seeds = validate(values)
     with user_errors():
         model, tokenizer, run_config = load_pretrained(values["checkpoint_dir"])
@@ -83,7 +83,7 @@ def main(argv):
     runs = {}
     for name in values["samplers"]:
         with user_errors():  # an RLConfig field the flags break (e.g. --threshold) is named in one line
-            config = preset(run_config["task"], method=values["method"], gen_length=gen_length,
+            config = preset(run_config["task"], algo=values["algo"], gen_length=gen_length,
                             block_length=values["block_length"] or gen_length,
                             diffusion_steps=values["diffusion_steps"] or gen_length,
                             spg_block_length=min(preset(run_config["task"]).spg_block_length, gen_length),
@@ -125,8 +125,8 @@ def main(argv):
                           "reward_mean_per_seed": per_seed, "reward_mean": statistics.mean(per_seed),
                           "reward_seed_std": statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0,
                           "rl_config": {k: getattr(mine[0]["config"], k) for k in (
-                              "method", "num_prompts", "num_generations", "num_inner_iterations", "gen_length",
-                              "block_length", "diffusion_steps", "temperature", "sampler", "sampler_threshold",
+                              "algo", "num_prompts", "num_generations", "num_inner_iterations", "gen_length",
+                              "block_length", "diffusion_steps", "rollout_temperature", "sampler", "sampler_threshold",
                               "sampler_refresh_interval")}}))
 
 

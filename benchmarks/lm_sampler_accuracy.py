@@ -1,6 +1,6 @@
 """Greedy task accuracy and speed of the sampler variants on a pre-trained model's whole test set, as JSON lines.
 
-    python -m experiments.lm_pretrain --task=sudoku --out_dir=/tmp/sudoku --model_size=tiny --steps=3000
+    python -m experiments.lm_pretrain --task=sudoku --workdir=/tmp/sudoku --model_size=tiny --steps=3000
     python -m benchmarks.lm_sampler_accuracy --checkpoint_dir=/tmp/sudoku --samplers=exact,dual,dual_parallel
 
 For every variant of --samplers (`dipod_jax.lm.sampler.SAMPLERS`; each *_parallel variant once per

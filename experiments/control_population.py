@@ -18,9 +18,9 @@ members, mesh), metrics.jsonl (per host call: env-steps/s of the whole populatio
 sharded population, and for each member members/<name>/metrics.jsonl ("step" = iteration; train records and eval
 records, "kind": "eval", with the zero-noise evaluation return) with its TensorBoard events. manifest.json lists
 the members as launch/sweep.py lists its runs, so the summary is launch/sweep.py's own: at the end the program
-writes summary_eval_return_mean.json (final evaluation return per method and beta: mean over seeds with a 95%
+writes summary_eval_return_mean.json (final evaluation return per group and beta: mean over seeds with a 95%
 t-interval, dipod_jax.run.statistics) and curves_eval_return_mean.png, exactly as
-`python -m launch.sweep --summarize=eval_return_mean --out_root=<workdir>` writes them. A method is the algorithm
+`python -m launch.sweep --summarize=eval_return_mean --out_root=<workdir>` writes them. A group is the algorithm
 plus every varied field other than beta (e.g. fpo_learning_rate0.001). A non-finite loss, gradient norm or
 parameter in any member stops the population before the state is kept; SIGTERM / Ctrl-C save and exit.
 """
@@ -104,17 +104,17 @@ def build_members(seeds: Sequence[str], betas: Sequence[str], vary: Sequence[str
 
 
 def member_runs(config: TrainConfig, members: population.Members, workdir: str) -> List[Dict[str, Any]]:
-    """The members as launch/sweep.py's manifest entries: name, method (algo + the varied fields other than beta),
-    beta, seed, out_dir, and each varied value."""
+    """The members as launch/sweep.py's manifest entries: name, group (algo + the varied fields other than beta:
+    what the summary groups seeds by), algo, beta, seed, workdir, and each varied value."""
     runs = []
     for index in range(len(members)):
         values = members.values(index)
         member_config = population.member_config(config, members, index)
-        method = "_".join([config.algo] + [f"{field}{run_record.float_name(values[field])}"
+        group = "_".join([config.algo] + [f"{field}{run_record.float_name(values[field])}"
                                            for field in members.varied if field != "dipod_beta"])
-        name = f"{method}_beta{run_record.float_name(member_config.dipod_beta)}_seed{values['seed']}"
-        runs.append({"name": name, "method": method, "beta": member_config.dipod_beta, "seed": values["seed"],
-                     "out_dir": os.path.join(os.path.abspath(workdir), MEMBERS_DIR, name),
+        name = f"{group}_beta{run_record.float_name(member_config.dipod_beta)}_seed{values['seed']}"
+        runs.append({"name": name, "group": group, "algo": config.algo, "beta": member_config.dipod_beta,
+                     "seed": values["seed"], "workdir": os.path.join(os.path.abspath(workdir), MEMBERS_DIR, name),
                      **{field: values[field] for field in members.varied}})
     return runs
 
@@ -167,10 +167,10 @@ def _member_logs(harness_run: Run, runs: List[Dict[str, Any]], step: int) -> Lis
     logs = []
     for member in runs:
         if harness_run.is_main:
-            os.makedirs(member["out_dir"], exist_ok=True)
+            os.makedirs(member["workdir"], exist_ok=True)
             if continues_after is not None:
-                truncate_metrics(member["out_dir"], continues_after, "step")
-        logs.append(MetricsLog(member["out_dir"], "tensorboard", "step", continues_after, harness_run.is_main))
+                truncate_metrics(member["workdir"], continues_after, "step")
+        logs.append(MetricsLog(member["workdir"], "tensorboard", "step", continues_after, harness_run.is_main))
     return logs
 
 

@@ -1,6 +1,6 @@
 """The double-drift laboratory: baseline vs DiPOD on two toys with exact likelihoods.
 
-    python -m experiments.double_drift --output_dir=runs/double_drift
+    python -m experiments.double_drift --workdir=runs/double_drift
 
 Settings (each run with beta = 0, the baseline exactly, and with the DiPOD beta, over --num_seeds seeds
 vmapped in one jit):
@@ -8,7 +8,7 @@ vmapped in one jit):
 - sequence_fpo, sequence_spg: the masked-diffusion sequence toy, FPO-for-dLLMs / SPG vs + DiPOD
   (dipod_jax.toys.sequence).
 
-Outputs in --output_dir:
+Outputs in --workdir:
 - metrics.jsonl: one line per (setting, variant, step, seed) with reward, bound_gap, log_ratio_error,
   grad_cosine and the setting's extra diagnostics; null where the seed has diverged;
 - summary.json: per setting, variant and metric, over seeds: mean, 95% Student-t interval and median of each
@@ -66,22 +66,24 @@ def define_flags() -> None:
     """Register the command-line flags; called only when run as a program, so that importing this module
     (tests, other experiments in the same process) defines no global flags."""
     flags.DEFINE_list("settings", list(SETTINGS), f"Which settings to run, a subset of {SETTINGS}.")
-    flags.DEFINE_float("beta", 0.3, "DiPOD beta for the flow bandit (the baseline always runs at beta = 0).")
-    flags.DEFINE_float("sequence_beta", 0.05, "DiPOD beta for the sequence toy (paper: 0.05 for dLLMs).")
+    flags.DEFINE_float("bandit_dipod_beta", 0.3,
+                       "DiPOD beta for the flow bandit (the baseline always runs at beta = 0).")
+    flags.DEFINE_float("sequence_dipod_beta", 0.05, "DiPOD beta for the sequence toy (paper: 0.05 for dLLMs).")
     flags.DEFINE_integer("num_seeds", 8, "Seeds per run, vmapped in one jit.")
     flags.DEFINE_integer("steps", 150, "Training steps (rollout + inner updates) per run.")
-    flags.DEFINE_string("output_dir", "runs/double_drift", "Where to write metrics, summary and figures.")
+    flags.DEFINE_string("workdir", "runs/double_drift", "Where to write metrics, summary and figures.")
     flags.DEFINE_integer("bandit_action_dim", 2, "Action dimension of the bandit (1 or 2).")
-    flags.DEFINE_bool("resume", False, "Continue the run in --output_dir: finished runs are loaded from "
-                      "output_dir/runs, a run stopped part-way continues from its checkpoint.")
+    flags.DEFINE_bool("resume", False, "Continue the run in --workdir: finished runs are loaded from "
+                      "workdir/runs, a run stopped part-way continues from its checkpoint.")
 
 
-def check_flags(settings: List[str], beta: float, sequence_beta: float, num_seeds: int, steps: int) -> None:
+def check_flags(settings: List[str], bandit_dipod_beta: float, sequence_dipod_beta: float, num_seeds: int,
+                steps: int) -> None:
     """Raise ValueError naming the first bad flag."""
     unknown = [name for name in settings if name not in SETTINGS]
     if not settings or unknown:
         raise ValueError(f"--settings must be a non-empty subset of {SETTINGS}, got {settings}")
-    for name, value in (("--beta", beta), ("--sequence_beta", sequence_beta)):
+    for name, value in (("--bandit_dipod_beta", bandit_dipod_beta), ("--sequence_dipod_beta", sequence_dipod_beta)):
         if not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a finite number > 0 (the baseline runs at 0 anyway), got {value}")
     if num_seeds < 1:
@@ -165,8 +167,8 @@ def train_run(toy, config, beta: float, run: RunProgress, progress: tqdm,
     return RunProgress(state, alive, history, done)
 
 
-def _run_file(output_dir: str, setting: str, beta: float) -> str:
-    return os.path.join(output_dir, RUNS_DIR, f"{setting}__beta{float_name(beta)}.npz")
+def _run_file(workdir: str, setting: str, beta: float) -> str:
+    return os.path.join(workdir, RUNS_DIR, f"{setting}__beta{float_name(beta)}.npz")
 
 
 def _signature(config, beta: float, num_seeds: int, steps: int) -> str:
@@ -278,15 +280,16 @@ def plot_settings(path: str, settings: List[str], runs) -> None:
     plt.close(figure)
 
 
-def run_record(settings: List[str], toys, beta: float, sequence_beta: float, num_seeds: int,
+def run_record(settings: List[str], toys, bandit_dipod_beta: float, sequence_dipod_beta: float, num_seeds: int,
                steps: int) -> Dict:
     """The run record (config.json): every setting that changes the results; --resume must match it."""
-    return {"settings": list(settings), "beta": beta, "sequence_beta": sequence_beta, "num_seeds": num_seeds,
-            "steps": steps, "configs": {setting: config._asdict() for setting, (_, config) in toys.items()}}
+    return {"settings": list(settings), "bandit_dipod_beta": bandit_dipod_beta,
+            "sequence_dipod_beta": sequence_dipod_beta, "num_seeds": num_seeds, "steps": steps,
+            "configs": {setting: config._asdict() for setting, (_, config) in toys.items()}}
 
 
-def run_experiment(settings: List[str], beta: float, sequence_beta: float, num_seeds: int, steps: int,
-                   output_dir: str, bandit_action_dim: int = 2, resume: bool = False) -> Dict:
+def run_experiment(settings: List[str], bandit_dipod_beta: float, sequence_dipod_beta: float, num_seeds: int,
+                   steps: int, workdir: str, bandit_action_dim: int = 2, resume: bool = False) -> Dict:
     """Run every setting at beta = 0 and at its DiPOD beta, and write all outputs.
 
     Returns the summary (also written to summary.json) with "stopped": "completed"; or, when SIGTERM /
@@ -295,20 +298,22 @@ def run_experiment(settings: List[str], beta: float, sequence_beta: float, num_s
     `resume` or that cannot be written, `resume` with nothing to resume or other settings.
     """
     with user_errors():
-        check_flags(settings, beta, sequence_beta, num_seeds, steps)
+        check_flags(settings, bandit_dipod_beta, sequence_dipod_beta, num_seeds, steps)
         toys = {setting: make_setting(setting, bandit_action_dim) for setting in settings}
         plan = [(setting, variant, variant_beta) for setting in settings
-                for variant, variant_beta in (("baseline", 0.0),
-                                              ("dipod", beta if toys[setting][0] is bandit else sequence_beta))]
-        harness_run = Run(output_dir, experiment="double_drift", record_file="config.json",
-                          record=run_record(settings, toys, beta, sequence_beta, num_seeds, steps), resume=resume,
-                          flag="--output_dir", other_run_files=("summary.json", RUNS_DIR),
-                          progress_paths=[_run_file(output_dir, setting, b) for setting, _, b in plan])
+                for variant, variant_beta in (
+                    ("baseline", 0.0),
+                    ("dipod", bandit_dipod_beta if toys[setting][0] is bandit else sequence_dipod_beta))]
+        harness_run = Run(workdir, experiment="double_drift", record_file="config.json",
+                          record=run_record(settings, toys, bandit_dipod_beta, sequence_dipod_beta, num_seeds, steps),
+                          resume=resume,
+                          flag="--workdir", other_run_files=("summary.json", RUNS_DIR),
+                          progress_paths=[_run_file(workdir, setting, b) for setting, _, b in plan])
     with harness_run:
-        return _run_plan(harness_run, plan, toys, num_seeds, steps, output_dir, settings)
+        return _run_plan(harness_run, plan, toys, num_seeds, steps, workdir, settings)
 
 
-def _run_plan(harness_run: Run, plan, toys, num_seeds: int, steps: int, output_dir: str,
+def _run_plan(harness_run: Run, plan, toys, num_seeds: int, steps: int, workdir: str,
               settings: List[str]) -> Dict:
     # A run part-way is checkpointed (on a stop signal) at the global step index * steps + steps done.
     runs = {}
@@ -316,7 +321,7 @@ def _run_plan(harness_run: Run, plan, toys, num_seeds: int, steps: int, output_d
         for index, (setting, variant, variant_beta) in enumerate(plan):
             progress.set_description(f"{setting} {variant}")
             toy, config = toys[setting]
-            path = _run_file(output_dir, setting, variant_beta)
+            path = _run_file(workdir, setting, variant_beta)
             signature = _signature(config, variant_beta, num_seeds, steps)
             history = load_finished(path, signature)
             if history is not None:
@@ -341,21 +346,21 @@ def _run_plan(harness_run: Run, plan, toys, num_seeds: int, steps: int, output_d
                 history = run.history
                 _store_finished(path, signature, history)
             runs[(setting, variant)] = (variant_beta, history)
-    write_metrics_jsonl(os.path.join(output_dir, METRICS_FILE), runs)
+    write_metrics_jsonl(os.path.join(workdir, METRICS_FILE), runs)
     summary = {"stopped": COMPLETED, "num_seeds": num_seeds, "steps": steps,
                "settings": {setting: {variant: {"beta": runs[(setting, variant)][0],
                                                 **summarize(runs[(setting, variant)][1])}
                                       for variant in ("baseline", "dipod")} for setting in settings}}
-    write_json_atomic(os.path.join(output_dir, "summary.json"), summary)
-    plot_settings(os.path.join(output_dir, "double_drift.png"), settings, runs)
+    write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    plot_settings(os.path.join(workdir, "double_drift.png"), settings, runs)
     for setting in settings:
-        plot_settings(os.path.join(output_dir, f"{setting}.png"), [setting], runs)
+        plot_settings(os.path.join(workdir, f"{setting}.png"), [setting], runs)
     return summary
 
 
 def main(argv):
-    summary = run_experiment(FLAGS.settings, FLAGS.beta, FLAGS.sequence_beta, FLAGS.num_seeds, FLAGS.steps,
-                             FLAGS.output_dir, FLAGS.bandit_action_dim, FLAGS.resume)
+    summary = run_experiment(FLAGS.settings, FLAGS.bandit_dipod_beta, FLAGS.sequence_dipod_beta, FLAGS.num_seeds,
+                             FLAGS.steps, FLAGS.workdir, FLAGS.bandit_action_dim, FLAGS.resume)
     print(json.dumps(summary, indent=2))
     return exit_code(summary)
 

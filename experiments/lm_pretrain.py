@@ -1,9 +1,9 @@
 """Supervised pre-training of a small LLaDA-style masked diffusion model on a synthetic task, from scratch.
 
-    python -m experiments.lm_pretrain --task=sudoku --out_dir=/tmp/sudoku_pretrain \
+    python -m experiments.lm_pretrain --task=sudoku --workdir=/tmp/sudoku_pretrain \
         --extra_eval_tasks=sudoku_split_new                     # the default recipe: ~0.7 test reward
-    python -m experiments.lm_pretrain --task=sudoku --out_dir=/tmp/sudoku_pretrain --resume   # after a stop
-    python -m experiments.lm_pretrain --task=countdown --out_dir=/tmp/countdown_pretrain --steps=1500
+    python -m experiments.lm_pretrain --task=sudoku --workdir=/tmp/sudoku_pretrain --resume   # after a stop
+    python -m experiments.lm_pretrain --task=countdown --workdir=/tmp/countdown_pretrain --steps=1500
 
 Objective: LLaDA's SFT loss (`dipod_jax.lm.pretrain.sft_loss`). The prompt stays visible; of the L
 positions of the generation region (the completion and its eos padding) k ~ U{0, ..., L-1} are masked
@@ -17,7 +17,7 @@ Evaluation: the LLaDA sampler (`dipod_jax.lm.sampler.generate`, one block, one t
 low-confidence remasking, greedy) on the held-out test set(s); reported as the mean task reward (Sudoku:
 mean fraction of empty cells right) and the fraction of items with reward 1 (`dipod_jax.lm.evaluation`).
 
-Outputs in --out_dir: config.json (everything `dipod_jax.lm.pretrain.load_pretrained` needs to rebuild model
+Outputs in --workdir: config.json (everything `dipod_jax.lm.pretrain.load_pretrained` needs to rebuild model
 and tokenizer), checkpoints/<step>/ (Orbax, written atomically; the newest two kept), metrics.jsonl, tb/
 (TensorBoard). The run harness (`dipod_jax.run.harness`) owns the directory: another run's directory is
 refused, --resume continues only a run with the same config.json settings (differences are listed), a
@@ -61,16 +61,16 @@ class PretrainSettings:
     The defaults are the CPU recipe for Sudoku: about 0.8 mean cell accuracy on the 500-puzzle test set, so
     that RL has room to improve (see the README for measured numbers)."""
 
-    out_dir: str
+    workdir: str
     task: str = "sudoku"
     template: str = "compact"
     steps: int = 300
     batch: int = 64
-    lr: float = 1e-3
+    learning_rate: float = 1e-3
     warmup_steps: int = 50
     decay_steps: int = 0
     weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    max_grad_norm: float = 1.0
     num_draws: int = 1
     model_size: str = "small"
     seed: int = 0
@@ -79,13 +79,13 @@ class PretrainSettings:
     test_path: str | None = None
     extra_eval_tasks: str = ""
     gen_steps: int = 0
-    temperature: float = 0.0
+    eval_temperature: float = 0.0
     log_interval: int = 20
     time_budget_min: float = 0.0
     resume: bool = False
 
 
-_DEFAULTS = PretrainSettings(out_dir="")
+_DEFAULTS = PretrainSettings(workdir="")
 
 FLAGS = flags.FLAGS
 
@@ -97,17 +97,18 @@ def define_flags() -> None:
     flags.DEFINE_string("template", _DEFAULTS.template, "Prompt template of the task (compact for the char-level model).")
     flags.DEFINE_integer("steps", _DEFAULTS.steps, "Total optimisation steps (a resumed run continues up to this count).")
     flags.DEFINE_integer("batch", _DEFAULTS.batch, "Training items per step.")
-    flags.DEFINE_float("lr", _DEFAULTS.lr, "Peak AdamW learning rate (linear warm-up, then cosine decay to 10%).")
+    flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate,
+                       "Peak AdamW learning rate (linear warm-up, then cosine decay to 10%).")
     flags.DEFINE_integer("warmup_steps", _DEFAULTS.warmup_steps, "Linear learning-rate warm-up steps.")
     flags.DEFINE_integer("decay_steps", _DEFAULTS.decay_steps,
                          "Length of the warm-up + cosine schedule (0 = --steps); fix it when a "
                          "resumed run will raise --steps, so the schedule does not change.")
     flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "AdamW weight decay.")
-    flags.DEFINE_float("grad_clip", _DEFAULTS.grad_clip, "Global gradient-norm clip.")
+    flags.DEFINE_float("max_grad_norm", _DEFAULTS.max_grad_norm, "Global gradient-norm clip.")
     flags.DEFINE_integer("num_draws", _DEFAULTS.num_draws, "Masking draws per item per step (M of mask_uniform_count).")
     flags.DEFINE_enum("model_size", _DEFAULTS.model_size, list(MODEL_SIZES),
                       "Model size preset (d_model, layers, heads, mlp).")
-    flags.DEFINE_string("out_dir", None, "Output directory (config, checkpoints, metrics, TensorBoard).")
+    flags.DEFINE_string("workdir", None, "Output directory (config, checkpoints, metrics, TensorBoard).")
     flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of the model initialisation, data generation and masking.")
     flags.DEFINE_integer("eval_interval", _DEFAULTS.eval_interval,
                          "Evaluate and checkpoint every this many steps (and at the end).")
@@ -117,17 +118,18 @@ def define_flags() -> None:
                         "Comma-separated further tasks whose shipped test sets are also evaluated "
                         "(e.g. sudoku_split_new); each is scored with its own reward.")
     flags.DEFINE_integer("gen_steps", _DEFAULTS.gen_steps, "Sampler denoising steps (0 = one token per step).")
-    flags.DEFINE_float("temperature", _DEFAULTS.temperature, "Sampler temperature at evaluation (0 = greedy).")
+    flags.DEFINE_float("eval_temperature", _DEFAULTS.eval_temperature,
+                       "Sampler temperature at evaluation (0 = greedy).")
     flags.DEFINE_integer("log_interval", _DEFAULTS.log_interval, "Write the training loss every this many steps.")
     flags.DEFINE_float("time_budget_min", _DEFAULTS.time_budget_min,
                        "Stop (with an evaluation and checkpoint) after this many minutes; 0 = none.")
-    flags.DEFINE_bool("resume", _DEFAULTS.resume, "Continue from the newest checkpoint in --out_dir.")
+    flags.DEFINE_bool("resume", _DEFAULTS.resume, "Continue from the newest checkpoint in --workdir.")
 
 
 def validate_settings(settings: PretrainSettings) -> None:
     """Raises ValueError naming the flag for any invalid setting (before anything is compiled)."""
-    if not settings.out_dir:
-        raise ValueError("--out_dir is required")
+    if not settings.workdir:
+        raise ValueError("--workdir is required")
     if settings.task not in TASKS:
         raise ValueError(f"--task={settings.task!r} is not one of {sorted(TASKS)}")
     task = get_task(settings.task)
@@ -137,11 +139,11 @@ def validate_settings(settings: PretrainSettings) -> None:
         raise ValueError(f"--template={settings.template!r} is not one of {task.templates} for --task={settings.task}")
     if settings.model_size not in MODEL_SIZES:
         raise ValueError(f"--model_size={settings.model_size!r} is not one of {sorted(MODEL_SIZES)}")
-    check_flag_bounds(settings, positive=("steps", "batch", "num_draws", "eval_interval", "log_interval", "lr",
-                                          "grad_clip"),
+    check_flag_bounds(settings, positive=("steps", "batch", "num_draws", "eval_interval", "log_interval",
+                                          "learning_rate", "max_grad_norm"),
                       non_negative=("warmup_steps", "decay_steps", "eval_items", "gen_steps", "weight_decay",
-                                    "temperature", "time_budget_min"),
-                      finite=("lr", "grad_clip", "weight_decay", "temperature", "time_budget_min"))
+                                    "eval_temperature", "time_budget_min"),
+                      finite=("learning_rate", "max_grad_norm", "weight_decay", "eval_temperature", "time_budget_min"))
     for name in _extra_eval_names(settings):
         if name not in TASKS or settings.template not in TASKS[name].templates:
             raise ValueError(f"--extra_eval_tasks: {name!r} is not a task with template {settings.template!r}")
@@ -171,7 +173,7 @@ def build_run_config(settings: PretrainSettings, tokenizer: Tokenizer) -> dict[s
         for name, items in evaluation_sets(settings).items()])
     model_config = sized_model_config(settings.model_size, tokenizer.vocab_size, prompt_length + gen_length,
                                       tokenizer.mask_id)
-    lr, warmup_steps, decay_steps, weight_decay, grad_clip = optimizer_hyperparameters(settings)
+    learning_rate, warmup_steps, decay_steps, weight_decay, max_grad_norm = optimizer_hyperparameters(settings)
     return {
         "task": settings.task,
         "template": settings.template,
@@ -180,11 +182,11 @@ def build_run_config(settings: PretrainSettings, tokenizer: Tokenizer) -> dict[s
         "model": model_config_to_dict(model_config),
         "tokenizer": tokenizer_config(tokenizer),
         "sampler": {"gen_length": gen_length, "block_length": gen_length,
-                    "steps": settings.gen_steps or gen_length, "temperature": settings.temperature,
+                    "steps": settings.gen_steps or gen_length, "temperature": settings.eval_temperature,
                     "remasking": "low_confidence"},
         "settings": {"model_size": settings.model_size, "seed": settings.seed, "batch": settings.batch,
-                     "num_draws": settings.num_draws, "lr": lr, "warmup_steps": warmup_steps,
-                     "decay_steps": decay_steps, "weight_decay": weight_decay, "grad_clip": grad_clip,
+                     "num_draws": settings.num_draws, "learning_rate": learning_rate, "warmup_steps": warmup_steps,
+                     "decay_steps": decay_steps, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
                      "eval_items": settings.eval_items,
                      "test_path": os.path.abspath(settings.test_path) if settings.test_path else None,
                      "extra_eval_tasks": _extra_eval_names(settings)},
@@ -192,9 +194,9 @@ def build_run_config(settings: PretrainSettings, tokenizer: Tokenizer) -> dict[s
 
 
 def optimizer_hyperparameters(settings: PretrainSettings) -> tuple:
-    """(lr, warmup_steps, decay_steps, weight_decay, grad_clip): the hashable key of `make_optimizer`."""
+    """(learning_rate, warmup_steps, decay_steps, weight_decay, max_grad_norm): the hashable key of `make_optimizer`."""
     decay_steps = max(settings.decay_steps or settings.steps, settings.warmup_steps + 1)
-    return settings.lr, settings.warmup_steps, decay_steps, settings.weight_decay, settings.grad_clip
+    return settings.learning_rate, settings.warmup_steps, decay_steps, settings.weight_decay, settings.max_grad_norm
 
 
 def _training_batch(task, settings: PretrainSettings, run_config: dict[str, Any], tokenizer: Tokenizer,
@@ -218,7 +220,7 @@ def train(settings: PretrainSettings, show_progress: bool = True) -> dict[str, A
         task = get_task(settings.task)
         run_config = build_run_config(settings, tokenizer)
         eval_sets = evaluation_sets(settings)
-        run = Run(settings.out_dir, experiment="lm_pretrain", record_file=CONFIG_FILE, record=run_config,
+        run = Run(settings.workdir, experiment="lm_pretrain", record_file=CONFIG_FILE, record=run_config,
                   resume=settings.resume)
     with run:
         return _train(settings, run, run_config, tokenizer, task, eval_sets, show_progress)

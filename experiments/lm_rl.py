@@ -1,7 +1,7 @@
 """RL post-training of a masked diffusion LM with diffu-GRPO, FPO or SPG, each with the DiPOD term.
 
-    python -m experiments.lm_rl --init_dir=/tmp/sudoku_pretrain --out_dir=/tmp/sudoku_fpo_dipod \
-        --method=fpo --dipod_beta=0.05 --steps=200 --seed=0
+    python -m experiments.lm_rl --init_dir=/tmp/sudoku_pretrain --workdir=/tmp/sudoku_fpo_dipod \
+        --algo=fpo --dipod_beta=0.05 --steps=200 --seed=0
     python -m experiments.lm_rl ... --resume            # continue from the newest checkpoint, bit-exact
 
 Policy: a checkpoint of experiments.lm_pretrain (--init_dir, task / template / lengths from its config.json)
@@ -16,7 +16,7 @@ default to one block of gen_length steps (one token per step), as in pre-trainin
 Each step draws --num_prompts training items from a generator seeded by (seed, step, process), samples
 num_generations completions per prompt, scores them with the task reward on the host and runs
 dipod_jax.lm.rl.rl_step; all randomness derives from (seed, step), so a resumed run repeats an uninterrupted
-one exactly. Every --eval_interval steps the sampler (--temperature, default greedy) is scored on the first
+one exactly. Every --eval_interval steps the sampler (--eval_temperature, default greedy) is scored on the first
 --eval_items test items; at step 0 and at the last step the WHOLE test set is scored item by item, and
 paired_eval.json holds both and their paired difference (end - start, mean with a 95% t-interval over items,
 for the reward and for the solved fraction). --placebo trains on rewards shuffled within each group: the
@@ -26,7 +26,7 @@ Devices: the batch is split over all local devices (mesh data x fsdp, parameters
 with --distributed, or when JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID are set,
 `jax.distributed.initialize` runs first; each process then generates and scores only its own prompts.
 
-Outputs in --out_dir: rl_config.json (the run record: every setting that changes the results, incl. the
+Outputs in --workdir: rl_config.json (the run record: every setting that changes the results, incl. the
 --init_dir checkpoint step), eval_start.json, paired_eval.json, checkpoints/<step>/ (Orbax, atomic, newest two
 kept; every --checkpoint_interval steps, default --eval_interval), metrics.jsonl (train/* every --log_interval
 steps: reward, within-group reward std, zero-advantage group fraction, distinct completions per group, ELBO,
@@ -86,7 +86,7 @@ CONFIG_FLAGS = {
     "scale_rewards_by_std": ("scale_rewards_by_std", bool, "Divide group advantages by the group's reward std."),
     "num_elbo_draws": ("num_elbo_draws", int, "Masks per completion for the sequence ELBO."),
     "lora_only": ("lora_only", bool, "Train only the LoRA adapters."),
-    "temperature": ("rollout_temperature", float, "Sampling temperature of the rollouts."),
+    "rollout_temperature": ("rollout_temperature", float, "Sampling temperature of the rollouts."),
     "block_length": ("block_length", int, "Sampler block length (default gen_length)."),
     "diffusion_steps": ("diffusion_steps", int, "Sampler steps (default gen_length)."),
     "placebo": ("placebo", bool, "Control run: shuffle the rewards within each group before the update."),
@@ -102,14 +102,14 @@ CONFIG_FLAGS = {
 class RLRunSettings:
     """Everything a run depends on. config_overrides: RLConfig fields over the task preset, as (name, value)."""
 
-    out_dir: str
+    workdir: str
     init_dir: str | None = None
     llada_dir: str | None = None
     task: str | None = None
     template: str | None = None
     prompt_length: int = 0
     gen_length: int = 0
-    method: str = "fpo"
+    algo: str = "fpo"
     spg_estimator: str = "mix"
     dipod_beta: float = 0.0
     config_overrides: tuple = ()
@@ -120,7 +120,7 @@ class RLRunSettings:
     eval_interval: int = 20
     eval_items: int = 64
     test_path: str | None = None
-    temperature: float = 0.0
+    eval_temperature: float = 0.0
     checkpoint_interval: int = 0
     log_interval: int = 1
     time_budget_min: float = 0.0
@@ -133,15 +133,15 @@ class RLRunSettings:
 def define_flags() -> None:
     """Register the command-line flags; called only when run as a program, so that importing this module
     (tests, other experiments in the same process) defines no global flags. Defaults are RLRunSettings'."""
-    defaults = RLRunSettings(out_dir="")
+    defaults = RLRunSettings(workdir="")
     flags.DEFINE_string("init_dir", None, "experiments.lm_pretrain output directory to start from.")
     flags.DEFINE_string("llada_dir", None, "Hugging Face LLaDA checkpoint directory (instead of --init_dir).")
-    flags.DEFINE_string("out_dir", None, "Output directory (config, checkpoints, metrics, TensorBoard, plot).")
+    flags.DEFINE_string("workdir", None, "Output directory (config, checkpoints, metrics, TensorBoard, plot).")
     flags.DEFINE_string("task", None, "Task (default: the --init_dir run's); required with --llada_dir.")
     flags.DEFINE_string("template", None, "Prompt template (default: the --init_dir run's).")
     flags.DEFINE_integer("prompt_length", 0, "Prompt columns (--llada_dir only).")
     flags.DEFINE_integer("gen_length", 0, "Generated tokens per completion (--llada_dir only).")
-    flags.DEFINE_enum("method", defaults.method, ["diffu_grpo", "fpo", "spg"], "Policy-gradient loss.")
+    flags.DEFINE_enum("algo", defaults.algo, ["diffu_grpo", "fpo", "spg"], "Policy-gradient loss.")
     flags.DEFINE_enum("spg_estimator", defaults.spg_estimator, ["elbo", "eubo", "mix"],
                       "SPG log-likelihood estimate for A <= 0.")
     flags.DEFINE_float("dipod_beta", defaults.dipod_beta, "DiPOD on-policy ELBO coefficient (0 = the baseline).")
@@ -152,13 +152,13 @@ def define_flags() -> None:
     flags.DEFINE_integer("eval_interval", defaults.eval_interval, "Evaluate every this many steps (and at 0, end).")
     flags.DEFINE_integer("eval_items", defaults.eval_items, "Test items per evaluation (0 = the whole test set).")
     flags.DEFINE_string("test_path", None, "Test file (default: the task's shipped test set).")
-    flags.DEFINE_float("temperature", defaults.temperature, "Sampling temperature at evaluation (0 = greedy).")
+    flags.DEFINE_float("eval_temperature", defaults.eval_temperature, "Sampling temperature at evaluation (0 = greedy).")
     flags.DEFINE_integer("checkpoint_interval", defaults.checkpoint_interval,
                          "Checkpoint every this many steps (0 = --eval_interval).")
     flags.DEFINE_integer("log_interval", defaults.log_interval, "Write train metrics every this many steps.")
     flags.DEFINE_float("time_budget_min", defaults.time_budget_min,
                        "Stop (with a checkpoint) after this many minutes; 0 = none.")
-    flags.DEFINE_bool("resume", defaults.resume, "Continue from the newest checkpoint in --out_dir.")
+    flags.DEFINE_bool("resume", defaults.resume, "Continue from the newest checkpoint in --workdir.")
     flags.DEFINE_integer("num_devices", defaults.num_devices, "Devices to shard over (0 = all; 1 = no mesh).")
     flags.DEFINE_integer("mesh_data", defaults.mesh_data,
                          "Size of the mesh's data axis; the remaining devices form the fsdp axis.")
@@ -172,8 +172,8 @@ def define_flags() -> None:
 
 def validate_settings(settings: RLRunSettings) -> None:
     """ValueError naming the flag for an invalid setting, before anything is loaded or compiled."""
-    if not settings.out_dir:
-        raise ValueError("--out_dir is required")
+    if not settings.workdir:
+        raise ValueError("--workdir is required")
     if (settings.init_dir is None) == (settings.llada_dir is None):
         raise ValueError("exactly one of --init_dir and --llada_dir is required")
     if settings.llada_dir is not None:
@@ -182,9 +182,9 @@ def validate_settings(settings: RLRunSettings) -> None:
         if settings.prompt_length <= 0 or settings.gen_length <= 0:
             raise ValueError("--llada_dir needs --prompt_length > 0 and --gen_length > 0")
     check_flag_bounds(settings, positive=("steps", "eval_interval", "log_interval", "mesh_data"),
-                      non_negative=("eval_items", "checkpoint_interval", "lora_rank", "num_devices", "temperature",
+                      non_negative=("eval_items", "checkpoint_interval", "lora_rank", "num_devices", "eval_temperature",
                                     "time_budget_min", "dipod_beta"),
-                      finite=("temperature", "time_budget_min", "dipod_beta", "lora_alpha"))
+                      finite=("eval_temperature", "time_budget_min", "dipod_beta", "lora_alpha"))
     if settings.lora_rank and not settings.lora_alpha > 0:
         raise ValueError(f"--lora_alpha={settings.lora_alpha} must be > 0 with --lora_rank={settings.lora_rank}")
     known = {field.name for field in dataclasses.fields(RLConfig)}
@@ -236,7 +236,7 @@ def build_rl_config(settings: RLRunSettings, info: dict[str, Any]) -> RLConfig:
     overrides.setdefault("block_length", gen_length)
     overrides.setdefault("diffusion_steps", gen_length)
     overrides.setdefault("spg_block_length", min(preset(info["task"]).spg_block_length, gen_length))
-    return preset(info["task"], method=settings.method, spg_estimator=settings.spg_estimator,
+    return preset(info["task"], algo=settings.algo, spg_estimator=settings.spg_estimator,
                   dipod_beta=settings.dipod_beta, gen_length=gen_length, **overrides)
 
 
@@ -255,14 +255,14 @@ def _from_state_tree(tree: dict[str, Any], template: rl.TrainState) -> rl.TrainS
     return rl.TrainState(**{**{part: getattr(template, part) for part in _OPTIONAL_PARTS}, **tree})
 
 
-def plot_curves(out_dir: str) -> str:
-    """Train reward and eval reward against the step, from metrics.jsonl, into out_dir/curves.png."""
+def plot_curves(workdir: str) -> str:
+    """Train reward and eval reward against the step, from metrics.jsonl, into workdir/curves.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = read_metrics(out_dir)
+    records = read_metrics(workdir)
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for axis, name in zip(axes, ("train/reward_mean", "eval/mean_reward")):
         points = [(r["step"], r[name]) for r in records if name in r]
@@ -271,7 +271,7 @@ def plot_curves(out_dir: str) -> str:
         axis.set_xlabel("step")
         axis.set_title(name)
     figure.tight_layout()
-    path = os.path.join(out_dir, PLOT_FILE)
+    path = os.path.join(workdir, PLOT_FILE)
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
@@ -280,8 +280,8 @@ def plot_curves(out_dir: str) -> str:
 # RLRunSettings fields that change a run's results (besides the RL config they resolve to); the others say where
 # and how often to write, how long to run and on which devices.
 # (task, template and lengths are in the record's "info", as resolved from the starting checkpoint.)
-RECORD_SETTINGS = ("method", "spg_estimator", "dipod_beta", "lora_rank", "lora_alpha", "seed", "eval_items",
-                   "temperature")
+RECORD_SETTINGS = ("algo", "spg_estimator", "dipod_beta", "lora_rank", "lora_alpha", "seed", "eval_items",
+                   "eval_temperature")
 
 
 def run_record(settings: RLRunSettings, config: RLConfig, info: dict[str, Any]) -> dict[str, Any]:
@@ -314,9 +314,9 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
             raise ValueError(f"--num_prompts={config.num_prompts} must be divisible by the {num_processes} processes")
         rl.check_batch_divisible(config.rollout_batch_size, config, mesh)
         test_items = task.load_test(settings.test_path)
-        run = Run(settings.out_dir, experiment="lm_rl", record_file=RUN_CONFIG_FILE,
+        run = Run(settings.workdir, experiment="lm_rl", record_file=RUN_CONFIG_FILE,
                   record=run_record(settings, config, info), resume=settings.resume)
-        start_eval_path = os.path.join(settings.out_dir, START_EVAL_FILE)
+        start_eval_path = os.path.join(settings.workdir, START_EVAL_FILE)
         if run.resuming and not os.path.exists(start_eval_path):
             run.close()
             raise UsageError(f"--resume: {start_eval_path} is missing (the start evaluation of this run)")
@@ -342,7 +342,7 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
     mask_id, eos_id = tokenizer.mask_id, tokenizer.eos_id
     sample_fn = rl.make_sample_fn(config, graphdef, mask_id)
     update_fn = rl.make_update_fn(config, graphdef, mask_id, mesh)
-    eval_sample = rl.make_sample_fn(dataclasses.replace(config, temperature=settings.temperature, sampler="exact"),
+    eval_sample = rl.make_sample_fn(dataclasses.replace(config, rollout_temperature=settings.eval_temperature, sampler="exact"),
                                     graphdef, mask_id)
     curve_items = settings.eval_items or len(test_items)
     prompt_length, local_prompts = info["prompt_length"], config.num_prompts // jax.process_count()
@@ -363,8 +363,8 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
         log.write({"step": step, **{f"eval/{k}": v for k, v in result.items()}, "elapsed_s": time.time() - run.started})
         summary["last_eval"] = result
 
-    start_eval_path = os.path.join(settings.out_dir, START_EVAL_FILE)
-    paired_path = os.path.join(settings.out_dir, PAIRED_EVAL_FILE)
+    start_eval_path = os.path.join(settings.workdir, START_EVAL_FILE)
+    paired_path = os.path.join(settings.workdir, PAIRED_EVAL_FILE)
     if step == 0:
         # The whole test set at the start, kept per item for the paired start / end comparison.
         start_rewards = evaluate(0, whole_test_set=True)
@@ -420,7 +420,7 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
             log_evaluation(step, end_rewards)
         summary["paired_eval"] = paired["difference"]
     if settings.plot and is_main:
-        plot_curves(settings.out_dir)
+        plot_curves(settings.workdir)
     summary["final_params"] = state.params
     return summary
 

@@ -1,14 +1,16 @@
-"""Local sweep runner: one `python -m experiments.<name>` process per (method, DiPOD beta, seed), with a manifest.
+"""Local sweep runner: one `python -m experiments.<name>` process per (algorithm, DiPOD beta, seed), with a manifest.
 
     python -m launch.sweep --experiment=lm_rl --out_root=/tmp/sudoku_sweep \
-        --methods=fpo,spg --betas=0,0.05 --seeds=0,1,2 --max_parallel=2 \
+        --algos=fpo,spg --betas=0,0.05 --seeds=0,1,2 --max_parallel=2 \
         --extra=--init_dir=/tmp/sudoku_pretrain --extra=--steps=100
 
-Every configuration gets its own output directory out_root/<method>_beta<beta>_seed<seed> (passed as the
-experiment's --out_dir, or --workdir for experiments.control; beta written exactly, so 1e-07 and 1.000001e-07
-are two directories), its log file log.txt there, and an entry in out_root/manifest.json: name, method, beta,
-seed, out_dir, command, status (pending / running / succeeded / failed / interrupted), return code, start and
-end times. The manifest is rewritten atomically after every change, so it can be read while the sweep runs.
+Every experiment names its settings alike (--algo, --dipod_beta, --seed, --workdir), so a run's command is
+`python -m experiments.<experiment> --algo=<algo> --dipod_beta=<beta> --seed=<seed> --workdir=<dir>` plus
+--extra. Every configuration gets its own output directory out_root/<algo>_beta<beta>_seed<seed> (beta written
+exactly, so 1e-07 and 1.000001e-07 are two directories), its log file log.txt there, and an entry in
+out_root/manifest.json: name, group (what the summaries group seeds by: here the algorithm), algo, beta, seed,
+workdir, command, status (pending / running / succeeded / failed / interrupted), return code, start and end
+times. The manifest is rewritten atomically after every change, so it can be read while the sweep runs.
 
 A run's identity is its full command. Running the sweep again skips the runs already succeeded and relaunches
 the others, adding --resume where the run directory holds a checkpoint (so --resume is never passed in
@@ -18,9 +20,9 @@ step and exit; the sweep marks them interrupted and exits with 128 + signal numb
 experiments at once). Experiments run in their own process group, so a terminal's Ctrl-C reaches them only
 through the sweep.
 `--summarize=eval/mean_reward` reads the manifest's runs instead and writes summary_eval_mean_reward.json
-(final value per (method, beta): mean over seeds with a 95% Student-t interval) and curves_eval_mean_reward.png
+(final value per (group, beta): mean over seeds with a 95% Student-t interval) and curves_eval_mean_reward.png
 (mean curve over seeds, min-max band). `--summarize=paired` reads lm_rl's paired_eval.json of every run (the whole
-test set scored at the start and the end) and writes summary_paired.json and a markdown table: per (method,
+test set scored at the start and the end) and writes summary_paired.json and a markdown table: per (group,
 beta) the mean over seeds of the paired difference end - start with its 95% interval over seeds, and each
 seed's own difference with its 95% interval over test items.
 
@@ -50,11 +52,8 @@ from dipod_jax.run.statistics import t_interval
 
 MANIFEST_FILE = "manifest.json"
 LOG_FILE = "log.txt"
-# experiment name -> (module, flag naming the method, flag naming the output directory)
-EXPERIMENTS = {
-    "lm_rl": ("experiments.lm_rl", "method", "out_dir"),
-    "control": ("experiments.control", "algo", "workdir"),
-}
+# experiment name -> its program; every one takes --algo, --dipod_beta, --seed and --workdir.
+EXPERIMENTS = {"lm_rl": "experiments.lm_rl", "control": "experiments.control"}
 
 FLAGS = flags.FLAGS
 
@@ -64,7 +63,7 @@ def define_flags() -> None:
     (tests, other experiments in the same process) defines no global flags."""
     flags.DEFINE_enum("experiment", "lm_rl", list(EXPERIMENTS), "Which experiment entry point to launch.")
     flags.DEFINE_string("out_root", None, "Root directory of the sweep (manifest.json and one folder per run).")
-    flags.DEFINE_list("methods", ["fpo"], "Methods (lm_rl --method / control --algo).")
+    flags.DEFINE_list("algos", ["fpo"], "Algorithms (the experiment's --algo).")
     flags.DEFINE_list("betas", ["0", "0.05"], "DiPOD betas.")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
     flags.DEFINE_multi_string("extra", [], "Argument passed to every run, e.g. --extra=--steps=100 (repeatable).")
@@ -78,24 +77,25 @@ def define_flags() -> None:
                         "start / end evaluations into summary_paired.json and a markdown table.")
 
 
-def build_runs(experiment: str, methods: Sequence[str], betas: Sequence[float], seeds: Sequence[int],
+def build_runs(experiment: str, algos: Sequence[str], betas: Sequence[float], seeds: Sequence[int],
                out_root: str, extra_args: Sequence[str] = (), module: Optional[str] = None,
                python: str = sys.executable) -> List[Dict[str, Any]]:
-    """The grid methods x betas x seeds as pending manifest entries, each with its command line.
+    """The grid algos x betas x seeds as pending manifest entries, each with its command line.
 
     Args:
-      experiment: a key of EXPERIMENTS (its flag names are used; `module` may replace its module).
-      methods, betas, seeds: non-empty, without repeats; betas >= 0.
-      out_root: root directory; run directories are out_root/<method>_beta<beta>_seed<seed>.
+      experiment: a key of EXPERIMENTS (`module` may replace its program).
+      algos, betas, seeds: non-empty, without repeats; betas >= 0.
+      out_root: root directory; run directories are out_root/<algo>_beta<beta>_seed<seed>.
       extra_args: arguments appended to every command.
       python: interpreter of the launched processes.
 
     Returns:
-      list of dicts {name, method, beta, seed, out_dir, command (argv list), status "pending", returncode None}.
+      list of dicts {name, group, algo, beta, seed, workdir, command (argv list), status "pending",
+      returncode None}.
     """
     if experiment not in EXPERIMENTS:
         raise ValueError(f"--experiment={experiment!r} is not one of {sorted(EXPERIMENTS)}")
-    for name, values in (("methods", methods), ("betas", betas), ("seeds", seeds)):
+    for name, values in (("algos", algos), ("betas", betas), ("seeds", seeds)):
         if not values:
             raise ValueError(f"--{name} is empty")
         if len(set(values)) != len(values):
@@ -106,18 +106,16 @@ def build_runs(experiment: str, methods: Sequence[str], betas: Sequence[float], 
         raise ValueError("--out_root is required")
     if any(argument.split("=", 1)[0] in ("--resume", "--noresume") for argument in extra_args):
         raise ValueError("--extra=--resume: the sweep adds --resume itself to runs that hold a checkpoint")
-    default_module, method_flag, dir_flag = EXPERIMENTS[experiment]
     runs = []
-    for method in methods:
+    for algo in algos:
         for beta in betas:
             for seed in seeds:
-                name = f"{method}_beta{float_name(beta)}_seed{seed}"
-                out_dir = os.path.join(os.path.abspath(out_root), name)
-                command = [python, "-m", module or default_module, f"--{method_flag}={method}",
-                           f"--dipod_beta={float_name(beta)}", f"--seed={seed}", f"--{dir_flag}={out_dir}",
-                           *extra_args]
-                runs.append({"name": name, "method": method, "beta": beta, "seed": seed, "out_dir": out_dir,
-                             "command": command, "status": "pending", "returncode": None})
+                name = f"{algo}_beta{float_name(beta)}_seed{seed}"
+                workdir = os.path.join(os.path.abspath(out_root), name)
+                command = [python, "-m", module or EXPERIMENTS[experiment], f"--algo={algo}",
+                           f"--dipod_beta={float_name(beta)}", f"--seed={seed}", f"--workdir={workdir}", *extra_args]
+                runs.append({"name": name, "group": algo, "algo": algo, "beta": beta, "seed": seed,
+                             "workdir": workdir, "command": command, "status": "pending", "returncode": None})
     return runs
 
 
@@ -206,9 +204,9 @@ def run_sweep(runs: List[Dict[str, Any]], manifest_path: str, max_parallel: int 
             while queue and not received and len(running) < max_parallel:
                 index = queue.pop(0)
                 run = runs[index]
-                os.makedirs(run["out_dir"], exist_ok=True)
-                resume = has_checkpoint(run["out_dir"])
-                log = open(os.path.join(run["out_dir"], LOG_FILE), "a")
+                os.makedirs(run["workdir"], exist_ok=True)
+                resume = has_checkpoint(run["workdir"])
+                log = open(os.path.join(run["workdir"], LOG_FILE), "a")
                 process = subprocess.Popen(run["command"] + (["--resume"] if resume else []), stdout=log,
                                            stderr=subprocess.STDOUT, env={**os.environ, **env_for_run(index)},
                                            start_new_session=True)
@@ -232,9 +230,9 @@ def run_sweep(runs: List[Dict[str, Any]], manifest_path: str, max_parallel: int 
     return runs, received[0] if received else None
 
 
-def read_curve(out_dir: str, metric: str) -> List[tuple]:
-    """[(step, value)] of `metric` in out_dir/metrics.jsonl (records without it are skipped)."""
-    path = os.path.join(out_dir, "metrics.jsonl")
+def read_curve(workdir: str, metric: str) -> List[tuple]:
+    """[(step, value)] of `metric` in workdir/metrics.jsonl (records without it are skipped)."""
+    path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
     with open(path) as handle:
@@ -243,7 +241,7 @@ def read_curve(out_dir: str, metric: str) -> List[tuple]:
 
 
 def summarize(runs: List[Dict[str, Any]], metric: str, confidence: float = 0.95) -> Dict[str, Any]:
-    """Final value of `metric` per run, grouped by (method, beta) over seeds: mean and Student-t interval.
+    """Final value of `metric` per run, grouped by (group, beta) over seeds: mean and Student-t interval.
 
     Args:
       runs: manifest entries; runs without the metric are listed under "missing".
@@ -251,19 +249,19 @@ def summarize(runs: List[Dict[str, Any]], metric: str, confidence: float = 0.95)
       confidence: two-sided level of the interval on the mean.
 
     Returns:
-      {"metric", "groups": {"<method>_beta<beta>": {"method", "beta", "seeds", "finals", "mean", "low", "high",
+      {"metric", "groups": {"<group>_beta<beta>": {"group", "beta", "seeds", "finals", "mean", "low", "high",
       "curves"}}, "missing": [run names]}; mean and interval are `dipod_jax.run.statistics.t_interval`'s over
       the finite finals (low / high NaN with one seed).
     """
     groups: Dict[str, Dict[str, Any]] = {}
     missing = []
     for run in runs:
-        curve = read_curve(run["out_dir"], metric)
+        curve = read_curve(run["workdir"], metric)
         if not curve:
             missing.append(run["name"])
             continue
-        group = groups.setdefault(f"{run['method']}_beta{float_name(run['beta'])}", {
-            "method": run["method"], "beta": run["beta"], "seeds": [], "finals": [], "curves": []})
+        group = groups.setdefault(f"{run['group']}_beta{float_name(run['beta'])}", {
+            "group": run["group"], "beta": run["beta"], "seeds": [], "finals": [], "curves": []})
         group["seeds"].append(run["seed"])
         group["finals"].append(curve[-1][1])
         group["curves"].append(curve)
@@ -278,14 +276,14 @@ PAIRED_FILE = "paired_eval.json"  # written by experiments.lm_rl at its last ste
 
 
 def summarize_paired(runs: List[Dict[str, Any]], confidence: float = 0.95) -> Dict[str, Any]:
-    """The paired start / end evaluations of lm_rl runs (PAIRED_FILE), grouped by (method, beta) over seeds.
+    """The paired start / end evaluations of lm_rl runs (PAIRED_FILE), grouped by (group, beta) over seeds.
 
     Args:
       runs: manifest entries; runs without PAIRED_FILE (unfinished) are listed under "missing".
       confidence: two-sided level of the interval over seeds.
 
     Returns:
-      {"groups": {"<method>_beta<beta>": {"method", "beta", "seeds", "per_seed": [{"seed", "start", "end",
+      {"groups": {"<group>_beta<beta>": {"group", "beta", "seeds", "per_seed": [{"seed", "start", "end",
       "difference", "half_width", "exact_start", "exact_end"}], "difference": t_interval over the seeds' mean
       differences, "exact_difference": the same for the solved fraction, "all_seeds_above_zero": whether
       every seed's own interval lies above 0}}, "missing": [run names]}.
@@ -293,14 +291,14 @@ def summarize_paired(runs: List[Dict[str, Any]], confidence: float = 0.95) -> Di
     groups: Dict[str, Dict[str, Any]] = {}
     missing = []
     for run in runs:
-        path = os.path.join(run["out_dir"], PAIRED_FILE)
+        path = os.path.join(run["workdir"], PAIRED_FILE)
         if not os.path.exists(path):
             missing.append(run["name"])
             continue
         with open(path) as handle:
             paired = json.load(handle)
-        group = groups.setdefault(f"{run['method']}_beta{float_name(run['beta'])}", {
-            "method": run["method"], "beta": run["beta"], "seeds": [], "per_seed": []})
+        group = groups.setdefault(f"{run['group']}_beta{float_name(run['beta'])}", {
+            "group": run["group"], "beta": run["beta"], "seeds": [], "per_seed": []})
         group["seeds"].append(run["seed"])
         group["per_seed"].append({
             "seed": run["seed"], "start": paired["start"]["mean_reward"], "end": paired["end"]["mean_reward"],
@@ -321,7 +319,7 @@ def summarize_paired(runs: List[Dict[str, Any]], confidence: float = 0.95) -> Di
 def paired_table(summary: Dict[str, Any]) -> str:
     """A markdown table of `summarize_paired`'s groups: start, end, paired difference (mean over seeds with its
     interval), each seed's difference with its own interval, solved-fraction change."""
-    lines = ["| method | beta | start | end | end - start (seeds) | per seed: end - start (95% over items) "
+    lines = ["| group | beta | start | end | end - start (seeds) | per seed: end - start (95% over items) "
              "| solved: start -> end |",
              "|---|---|---|---|---|---|---|"]
     for name, group in sorted(summary["groups"].items()):
@@ -329,7 +327,7 @@ def paired_table(summary: Dict[str, Any]) -> str:
         per_seed = ", ".join(f"{seed['difference']:+.3f} ± {seed['half_width']:.3f}" for seed in group["per_seed"])
         exact_start = np.mean([seed["exact_start"] for seed in group["per_seed"]])
         exact_end = np.mean([seed["exact_end"] for seed in group["per_seed"]])
-        lines.append(f"| {group['method']} | {float_name(group['beta'])} | {group['start']:.3f} | {group['end']:.3f} "
+        lines.append(f"| {group['group']} | {float_name(group['beta'])} | {group['start']:.3f} | {group['end']:.3f} "
                      f"| {difference['mean']:+.3f} ± {difference['half_width']:.3f} | {per_seed} "
                      f"| {exact_start:.3f} -> {exact_end:.3f} |")
     return "\n".join(lines)
@@ -369,7 +367,7 @@ def main(argv):
         if FLAGS.summarize:
             runs = read_manifest(manifest_path)
         else:
-            runs = build_runs(FLAGS.experiment, FLAGS.methods, betas, seeds, FLAGS.out_root, FLAGS.extra)
+            runs = build_runs(FLAGS.experiment, FLAGS.algos, betas, seeds, FLAGS.out_root, FLAGS.extra)
             distributed_env(0, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
             os.makedirs(FLAGS.out_root, exist_ok=True)
             if os.path.exists(manifest_path):

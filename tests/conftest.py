@@ -18,7 +18,7 @@ def pretrained_dir(tmp_path_factory):
     from experiments import lm_pretrain
 
     out_dir = str(tmp_path_factory.mktemp("pretrain"))
-    lm_pretrain.train(lm_pretrain.PretrainSettings(out_dir=out_dir, task="sudoku", steps=1, batch=2,
+    lm_pretrain.train(lm_pretrain.PretrainSettings(workdir=out_dir, task="sudoku", steps=1, batch=2,
                                                    model_size="tiny", eval_interval=1, eval_items=2,
                                                    warmup_steps=0), show_progress=False)
     return out_dir

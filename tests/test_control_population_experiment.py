@@ -34,8 +34,8 @@ def run(workdir, iterations, resume=False):
 
 
 def test_members_from_flags_and_their_names():
-    """--betas slowest, then --vary fields, seeds fastest; names and methods as launch/sweep.py names runs (the
-    method carries every varied field but beta); malformed flags raise ValueError naming them."""
+    """--betas slowest, then --vary fields, seeds fastest; names and groups as launch/sweep.py names runs (the
+    group carries every varied field but beta); malformed flags raise ValueError naming them."""
     members = control_population.build_members(["0", "1"], ["0", "0.05"], ["learning_rate=1e-3,3e-4"])
     assert members.seeds == (0, 1) * 4
     assert members.dipod_beta == (0.0,) * 4 + (0.05,) * 4
@@ -44,9 +44,10 @@ def test_members_from_flags_and_their_names():
     assert [run["name"] for run in runs[:3]] == ["fpo_learning_rate0.001_beta0_seed0",
                                                  "fpo_learning_rate0.001_beta0_seed1",
                                                  "fpo_learning_rate0.0003_beta0_seed0"]
-    assert runs[5]["out_dir"] == "/w/members/fpo_learning_rate0.001_beta0.05_seed1" and runs[5]["beta"] == 0.05
+    assert runs[5]["workdir"] == "/w/members/fpo_learning_rate0.001_beta0.05_seed1" and runs[5]["beta"] == 0.05
     plain = control_population.member_runs(CONFIG, Members(seeds=(3,)), "/w")
-    assert (plain[0]["name"], plain[0]["method"], plain[0]["beta"]) == ("fpo_beta0_seed3", "fpo", 0.0)
+    assert (plain[0]["name"], plain[0]["group"], plain[0]["algo"], plain[0]["beta"]) == (
+        "fpo_beta0_seed3", "fpo", "fpo", 0.0)
     for bad, match in ((["dipod_beta=0,1"], "--betas"), (["gamma=0.9"], "field one of"),
                        (["clip_eps=0.1,fast"], "--vary=clip_eps must be float values"),
                        (["clip_eps=0.1,0.1"], "without repeats"), (["clip_eps=0.1", "clip_eps=0.2"], "twice")):
@@ -78,12 +79,12 @@ def test_run_writes_member_logs_summary_and_resumes_bit_exactly(tmp_path):
                                              "fpo_beta0.05_seed1"]
     assert {run["status"] for run in runs} == {"succeeded"}
     for member in runs:
-        records = read_metrics(member["out_dir"])
+        records = read_metrics(member["workdir"])
         assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
         assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4]
-        split = read_metrics(member["out_dir"].replace("full", "split"))
+        split = read_metrics(member["workdir"].replace("full", "split"))
         assert split == records
-    dipod = read_metrics(runs[2]["out_dir"])
+    dipod = read_metrics(runs[2]["workdir"])
     assert all(r["dipod_term"] != 0.0 for r in dipod if r["kind"] == "train")
     saved = json.load(open(tmp_path / "full" / "summary_eval_return_mean.json"))
     expected = json.loads(json.dumps(sweep.summarize(runs, "eval_return_mean")))

@@ -60,8 +60,8 @@ def test_two_process_population_equals_the_single_process_run(tmp_path):
         lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x, tree)
     chex.assert_trees_all_close(to_host(key_data(restored)), to_host(key_data(reference)), rtol=1e-6, atol=1e-7)
     for run in sweep.read_manifest(os.path.join(workdir, sweep.MANIFEST_FILE)):
-        distributed = read_metrics(run["out_dir"])
-        single = read_metrics(run["out_dir"].replace("distributed", "reference"))
+        distributed = read_metrics(run["workdir"])
+        single = read_metrics(run["workdir"].replace("distributed", "reference"))
         assert [r["step"] for r in distributed] == [r["step"] for r in single] == [1, 2, 2, 3, 4, 4]
         for record, expected in zip(distributed, single):
             assert record.keys() == expected.keys() and record["kind"] == expected["kind"]

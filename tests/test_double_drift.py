@@ -16,16 +16,16 @@ REQUIRED_METRICS = ("reward", "bound_gap", "log_ratio_error", "grad_cosine")
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     """Every setting, 2 seeds, 2 steps (shapes shared with tests/test_toys.py, so compiles are reused)."""
-    output_dir = str(tmp_path_factory.mktemp("double_drift"))
-    summary = double_drift.run_experiment(list(double_drift.SETTINGS), beta=0.3, sequence_beta=0.05,
-                                          num_seeds=NUM_SEEDS, steps=STEPS, output_dir=output_dir)
-    return output_dir, summary
+    workdir = str(tmp_path_factory.mktemp("double_drift"))
+    summary = double_drift.run_experiment(list(double_drift.SETTINGS), bandit_dipod_beta=0.3, sequence_dipod_beta=0.05,
+                                          num_seeds=NUM_SEEDS, steps=STEPS, workdir=workdir)
+    return workdir, summary
 
 
 def test_short_run_writes_every_output_with_finite_values(short_run):
     """metrics.jsonl has one finite row per (setting, variant, step, seed); summary and PNGs exist."""
-    output_dir, summary = short_run
-    with open(f"{output_dir}/metrics.jsonl") as handle:
+    workdir, summary = short_run
+    with open(f"{workdir}/metrics.jsonl") as handle:
         rows = [json.loads(line) for line in handle]
     assert len(rows) == len(double_drift.SETTINGS) * 2 * STEPS * NUM_SEEDS
     keys = {(row["setting"], row["variant"], row["step"], row["seed"]) for row in rows}
@@ -35,7 +35,7 @@ def test_short_run_writes_every_output_with_finite_values(short_run):
             assert row[metric] is not None and math.isfinite(row[metric]), (row, metric)
         assert row["beta"] == (0.0 if row["variant"] == "baseline" else
                                (0.3 if row["setting"] == "bandit_fpo" else 0.05))
-    with open(f"{output_dir}/summary.json") as handle:
+    with open(f"{workdir}/summary.json") as handle:
         assert json.load(handle) == json.loads(json.dumps(summary))
     for setting in double_drift.SETTINGS:
         for variant in ("baseline", "dipod"):
@@ -48,39 +48,39 @@ def test_short_run_writes_every_output_with_finite_values(short_run):
                     assert all(math.isfinite(stat[key]) for key in ("mean", "ci95", "median")), (metric, stat)
                     assert stat["num_seeds"] == NUM_SEEDS
     for name in ["double_drift"] + list(double_drift.SETTINGS):
-        with open(f"{output_dir}/{name}.png", "rb") as handle:
+        with open(f"{workdir}/{name}.png", "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_rerun_resumes_without_training(short_run, monkeypatch):
     """With the same flags and --resume, a second run loads every finished run instead of training it again;
     without --resume the directory is refused."""
-    output_dir, summary = short_run
+    workdir, summary = short_run
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(double_drift, "train_run", must_not_train)
     with pytest.raises(ValueError, match="already holds a run"):
-        double_drift.run_experiment(list(double_drift.SETTINGS), beta=0.3, sequence_beta=0.05,
-                                    num_seeds=NUM_SEEDS, steps=STEPS, output_dir=output_dir)
-    again = double_drift.run_experiment(list(double_drift.SETTINGS), beta=0.3, sequence_beta=0.05,
-                                        num_seeds=NUM_SEEDS, steps=STEPS, output_dir=output_dir, resume=True)
+        double_drift.run_experiment(list(double_drift.SETTINGS), bandit_dipod_beta=0.3, sequence_dipod_beta=0.05,
+                                    num_seeds=NUM_SEEDS, steps=STEPS, workdir=workdir)
+    again = double_drift.run_experiment(list(double_drift.SETTINGS), bandit_dipod_beta=0.3, sequence_dipod_beta=0.05,
+                                        num_seeds=NUM_SEEDS, steps=STEPS, workdir=workdir, resume=True)
     assert again == summary
 
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(settings=["bandit_ppo"]), "--settings"),
     (dict(settings=[]), "--settings"),
-    (dict(beta=0.0), "--beta"),
-    (dict(sequence_beta=float("nan")), "--sequence_beta"),
+    (dict(bandit_dipod_beta=0.0), "--bandit_dipod_beta"),
+    (dict(sequence_dipod_beta=float("nan")), "--sequence_dipod_beta"),
     (dict(num_seeds=0), "--num_seeds"),
     (dict(steps=0), "--steps"),
 ])
 def test_bad_flags_raise_before_training(kwargs, match, tmp_path):
     """Invalid flags raise ValueError naming the flag, and nothing is written."""
-    arguments = dict(settings=["bandit_fpo"], beta=0.3, sequence_beta=0.05, num_seeds=2, steps=2,
-                     output_dir=str(tmp_path / "out"))
+    arguments = dict(settings=["bandit_fpo"], bandit_dipod_beta=0.3, sequence_dipod_beta=0.05, num_seeds=2, steps=2,
+                     workdir=str(tmp_path / "out"))
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=match):
         double_drift.run_experiment(**arguments)

@@ -59,7 +59,7 @@ def test_v4_64_lm_rl_pod_commands():
     """v4-64 keeps its name and gets tpu-ubuntu2204-base; a Spot request adds --spot; lm_rl runs with
     --distributed on every worker, its arguments shell-quoted."""
     steps = dict(tpu_pod.plan("rl-pod", PROJECT, ZONE, "v4-64", "lm_rl",
-                              ["--init_dir=/mnt/shared/pretrain", "--out_dir=/mnt/shared/rl run"], "/src", "/tmp/a.tgz",
+                              ["--init_dir=/mnt/shared/pretrain", "--workdir=/mnt/shared/rl run"], "/src", "/tmp/a.tgz",
                               queued_resource="rl-queue", spot=True))
     assert steps["create"][-3:] == ["--accelerator-type=v4-64", "--runtime-version=tpu-ubuntu2204-base", "--spot"]
     assert steps["create"][5:7] == ["rl-queue", "--node-id=rl-pod"]
@@ -67,7 +67,7 @@ def test_v4_64_lm_rl_pod_commands():
     assert steps["run"][-2] == "--worker=all" and command.startswith("--command=")
     assert shlex.split(command[len("--command="):]) == [
         "cd", "dipod_jax", "&&", "python3", "-m", "experiments.lm_rl", "--distributed",
-        "--init_dir=/mnt/shared/pretrain", "--out_dir=/mnt/shared/rl run"]
+        "--init_dir=/mnt/shared/pretrain", "--workdir=/mnt/shared/rl run"]
 
 
 def test_bad_launch_settings_are_refused():
@@ -130,11 +130,11 @@ def test_skypilot_gpu_task_exports_the_coordinator_environment():
 def test_skypilot_tpu_pod_task():
     """A TPU slice is one SkyPilot node whose hosts all run the job (no coordinator variables: JAX detects the
     pod); v5e is spelled v5litepod; more than one node is refused."""
-    spec = skypilot_task.task("lm_rl", ["--out_dir=/outputs/rl"], "tpu-v5e-32")
+    spec = skypilot_task.task("lm_rl", ["--workdir=/outputs/rl"], "tpu-v5e-32")
     assert spec["resources"] == {"accelerators": "tpu-v5litepod-32",
                                  "accelerator_args": {"runtime_version": "v2-alpha-tpuv5-lite"}}
     assert spec["num_nodes"] == 1
-    assert spec["run"] == "python3 -m experiments.lm_rl --distributed --out_dir=/outputs/rl\n"
+    assert spec["run"] == "python3 -m experiments.lm_rl --distributed --workdir=/outputs/rl\n"
     assert "jax[tpu]" in spec["setup"]
     with pytest.raises(ValueError, match="num_nodes must be 1"):
         skypilot_task.task("lm_rl", [], "tpu-v4-64", num_nodes=2)

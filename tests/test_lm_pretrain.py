@@ -22,7 +22,7 @@ from dipod_jax.losses.masked import mask_uniform_count
 from dipod_jax.models.llada import LLaDA, LLaDAConfig
 from experiments import lm_pretrain
 
-TINY = dict(task="sudoku", model_size="tiny", batch=16, lr=3e-3, warmup_steps=5, decay_steps=30, eval_items=8,
+TINY = dict(task="sudoku", model_size="tiny", batch=16, learning_rate=3e-3, warmup_steps=5, decay_steps=30, eval_items=8,
             extra_eval_tasks="sudoku_split_new", log_interval=5)
 
 
@@ -35,7 +35,7 @@ def _checkpoint_params(out_dir, step=None):
 def straight_run(tmp_path_factory):
     """30 uninterrupted steps, checkpoint/eval every 10."""
     out_dir = str(tmp_path_factory.mktemp("straight"))
-    settings = lm_pretrain.PretrainSettings(out_dir=out_dir, steps=30, eval_interval=10, **TINY)
+    settings = lm_pretrain.PretrainSettings(workdir=out_dir, steps=30, eval_interval=10, **TINY)
     return out_dir, lm_pretrain.train(settings, show_progress=False)
 
 
@@ -64,7 +64,7 @@ def test_resume_matches_uninterrupted_run(straight_run, tmp_path):
     masking per step, optimizer state restored), and metrics continue from step 21."""
     straight_dir, _ = straight_run
     out_dir = str(tmp_path)
-    first = lm_pretrain.PretrainSettings(out_dir=out_dir, steps=20, eval_interval=10, **TINY)
+    first = lm_pretrain.PretrainSettings(workdir=out_dir, steps=20, eval_interval=10, **TINY)
     assert lm_pretrain.train(first, show_progress=False)["step"] == 20
     with pytest.raises(ValueError, match="--resume"):
         lm_pretrain.train(first, show_progress=False)
@@ -78,8 +78,8 @@ def test_resume_matches_uninterrupted_run(straight_run, tmp_path):
 def test_non_finite_stops_and_keeps_last_good_checkpoint(tmp_path):
     """With an absurd learning rate training diverges; the run stops, logs the event once, and the newest
     checkpoint left holds finite parameters."""
-    settings = lm_pretrain.PretrainSettings(out_dir=str(tmp_path), steps=20, eval_interval=1,
-                                            **dict(TINY, lr=1e30, warmup_steps=3, eval_items=2))
+    settings = lm_pretrain.PretrainSettings(workdir=str(tmp_path), steps=20, eval_interval=1,
+                                            **dict(TINY, learning_rate=1e30, warmup_steps=3, eval_items=2))
     summary = lm_pretrain.train(settings, show_progress=False)
     assert summary["stopped"] == "non_finite" and summary["step"] < 20
     event = [r for r in read_metrics(str(tmp_path)) if r.get("event") == "non_finite"]
@@ -149,11 +149,12 @@ def test_evaluate_scores_an_oracle_sampler():
 
 @pytest.mark.parametrize("change,flag", [
     (dict(task="gsm8k"), "--task"), (dict(template="fancy"), "--template"), (dict(steps=0), "--steps"),
-    (dict(lr=float("nan")), "--lr"), (dict(model_size="huge"), "--model_size"), (dict(out_dir=""), "--out_dir"),
+    (dict(learning_rate=float("nan")), "--learning_rate"), (dict(model_size="huge"), "--model_size"),
+    (dict(workdir=""), "--workdir"),
     (dict(task="chess"), "--task"), (dict(extra_eval_tasks="sudoku_split_new,gsm8k"), "--extra_eval_tasks"),
 ])
 def test_bad_settings_name_the_flag(change, flag, tmp_path):
     """Invalid settings raise ValueError naming the flag, before anything is built."""
-    settings = dataclasses.replace(lm_pretrain.PretrainSettings(out_dir=str(tmp_path)), **change)
+    settings = dataclasses.replace(lm_pretrain.PretrainSettings(workdir=str(tmp_path)), **change)
     with pytest.raises(ValueError, match=flag):
         lm_pretrain.validate_settings(settings)

@@ -46,16 +46,16 @@ def target_fraction_reward(tokens, completion_mask):
     (dict(num_inner_iterations=0), "num_inner_iterations"),
     (dict(dipod_beta=-0.05), "dipod_beta"),
     (dict(dipod_beta=float("nan")), "dipod_beta"),
-    (dict(method="ppo"), "method"),
-    (dict(method="spg", spg_estimator="upper"), "spg_estimator"),
-    (dict(method="spg", kl_beta=0.04), "kl_beta"),
+    (dict(algo="ppo"), "algo"),
+    (dict(algo="spg", spg_estimator="upper"), "spg_estimator"),
+    (dict(algo="spg", kl_beta=0.04), "kl_beta"),
     (dict(num_prompts=2, num_generations=3, grad_accum_steps=4), "grad_accum_steps"),
     (dict(gen_length=24, block_length=7), "block_length"),
     (dict(gen_length=24, block_length=8, diffusion_steps=4), "diffusion_steps"),
     (dict(clip_eps=0.0), "clip_eps"),
     (dict(spg_min_t=0.8, spg_max_t=0.2), "spg_min_t"),
     (dict(num_generations=2.0), "num_generations"),
-    (dict(method="spg", gen_length=16, block_length=16, diffusion_steps=16, spg_block_length=16, spg_num_draws=2),
+    (dict(algo="spg", gen_length=16, block_length=16, diffusion_steps=16, spg_block_length=16, spg_num_draws=2),
      "spg_num_draws"),
     (dict(spg_use_mask_prompt=1), "spg_use_mask_prompt"),
 ])
@@ -70,7 +70,7 @@ def test_presets_are_valid_and_keep_the_paper_structure():
     unknown tasks or fields are refused."""
     assert preset("sudoku").spg_beta_e == 1.0 and preset("countdown").spg_beta_e == 1.5
     for task in ("sudoku", "sudoku_split_new", "countdown", "gsm8k"):
-        config = preset(task, method="spg", dipod_beta=0.05)
+        config = preset(task, algo="spg", dipod_beta=0.05)
         assert config.num_generations == 6 and config.clip_eps == 0.5 and config.dipod_beta == 0.05
     with pytest.raises(ValueError, match="no RL preset"):
         preset("chess")
@@ -92,16 +92,16 @@ def test_paper_presets_carry_the_release_values():
             (256, 32, 128, 0.05)
         assert config.lora_only and config.p_mask_prompt == 0.15
     fpo = paper_preset("fpo/sudoku")
-    assert (fpo.method, fpo.num_inner_iterations, fpo.kl_beta, fpo.clip_eps, fpo.num_elbo_draws) == \
+    assert (fpo.algo, fpo.num_inner_iterations, fpo.kl_beta, fpo.clip_eps, fpo.num_elbo_draws) == \
         ("fpo", 8, 0.04, 0.5, 4)
-    assert fpo.temperature == 0.9 and paper_preset("fpo/sudoku@t0.3").temperature == 0.3
+    assert fpo.rollout_temperature == 0.9 and paper_preset("fpo/sudoku@t0.3").rollout_temperature == 0.3
     spg = paper_preset("spg/countdown")
-    assert (spg.method, spg.spg_estimator, spg.num_inner_iterations, spg.kl_beta) == ("spg", "mix", 4, 0.0)
+    assert (spg.algo, spg.spg_estimator, spg.num_inner_iterations, spg.kl_beta) == ("spg", "mix", 4, 0.0)
     assert (spg.spg_num_draws, spg.spg_min_t, spg.spg_max_t, spg.spg_mix_weight, spg.spg_block_length) == \
         (2, 0.0, 1.0, 0.5, 32)
-    assert spg.spg_use_mask_prompt and spg.spg_beta_e == 1.5 and spg.temperature == 0.9
+    assert spg.spg_use_mask_prompt and spg.spg_beta_e == 1.5 and spg.rollout_temperature == 0.9
     sudoku = paper_preset("spg/sudoku_split_new")
-    assert sudoku.spg_beta_e == 1.0 and sudoku.temperature == 0.3
+    assert sudoku.spg_beta_e == 1.0 and sudoku.rollout_temperature == 0.3
     assert paper_preset("spg/gsm8k", dipod_beta=0.0).dipod_beta == 0.0
     with pytest.raises(ValueError, match="no paper preset"):
         paper_preset("grpo/sudoku")
@@ -216,7 +216,7 @@ def composition_inputs(model):
     batch = jax.tree.map(jnp.asarray, _hand_batch())
     prepared = {}
     for method, estimator in LOSS_CASES:
-        config = RLConfig(method=method, spg_estimator=estimator, dipod_beta=0.05,
+        config = RLConfig(algo=method, spg_estimator=estimator, dipod_beta=0.05,
                           kl_beta=0.0 if method == "spg" else 0.04, **TINY)
         state = rl.init_train_state(params, config)
         advantages = jnp.asarray(np.linspace(-1.0, 1.0, 8), jnp.float32)
@@ -240,7 +240,7 @@ def test_loss_composition_baseline_and_dipod_term(composition_inputs, method, es
     kl_beta = 0.0 if method == "spg" else 0.04
     losses = {}
     for beta in (0.0, 0.05):
-        config = RLConfig(method=method, spg_estimator=estimator, dipod_beta=beta, kl_beta=kl_beta, **TINY)
+        config = RLConfig(algo=method, spg_estimator=estimator, dipod_beta=beta, kl_beta=kl_beta, **TINY)
         losses[beta] = jax.jit(functools.partial(rl.rl_loss, config, graphdef, MASK_ID))(params, frozen, inputs)
 
     if method == "spg":
@@ -292,7 +292,7 @@ def test_spg_draws_fresh_block_random_masks_per_inner_iteration(model):
     prompt_region[:, :2] = True
     hidden_prompt = {}
     for use_mask_prompt in (True, False):
-        config = RLConfig(method="spg", spg_use_mask_prompt=use_mask_prompt, **TINY)
+        config = RLConfig(algo="spg", spg_use_mask_prompt=use_mask_prompt, **TINY)
         fixed, per_iteration = rl.prepare_inputs(config, graphdef, MASK_ID, rl.init_train_state(params, config),
                                                  frozen, batch, advantages, jax.random.key(4))
         assert "spg_masks" not in fixed
@@ -311,8 +311,8 @@ def test_spg_draws_fresh_block_random_masks_per_inner_iteration(model):
 
 
 # FPO + DiPOD with a reference KL synced every 3 steps.
-TRIVIAL_TASK_CONFIG = RLConfig(method="fpo", dipod_beta=0.05, kl_beta=0.01, ref_sync_every=3, learning_rate=3e-2,
-                               temperature=1.0, max_grad_norm=1.0, weight_decay=0.0, **TINY)
+TRIVIAL_TASK_CONFIG = RLConfig(algo="fpo", dipod_beta=0.05, kl_beta=0.01, ref_sync_every=3, learning_rate=3e-2,
+                               rollout_temperature=1.0, max_grad_norm=1.0, weight_decay=0.0, **TINY)
 
 
 @pytest.fixture(scope="module")
@@ -415,8 +415,9 @@ def _rl_settings(pretrained_dir, out_dir, steps, resume=False):
     from experiments import lm_rl
 
     overrides = (("num_prompts", 2), ("num_generations", 2), ("num_inner_iterations", 2), ("kl_beta", 0.04),
-                 ("ref_sync_every", 3), ("learning_rate", 1e-3), ("num_elbo_draws", 2), ("temperature", 1.0))
-    return lm_rl.RLRunSettings(out_dir=str(out_dir), init_dir=pretrained_dir, method="fpo", dipod_beta=0.05,
+                 ("ref_sync_every", 3), ("learning_rate", 1e-3), ("num_elbo_draws", 2),
+                 ("rollout_temperature", 1.0))
+    return lm_rl.RLRunSettings(workdir=str(out_dir), init_dir=pretrained_dir, algo="fpo", dipod_beta=0.05,
                                config_overrides=overrides, steps=steps, eval_interval=2, eval_items=4,
                                resume=resume, num_devices=1, plot=False)
 
@@ -466,13 +467,13 @@ def test_experiment_settings_are_validated():
     from experiments import lm_rl
 
     with pytest.raises(ValueError, match="exactly one of --init_dir and --llada_dir"):
-        lm_rl.validate_settings(lm_rl.RLRunSettings(out_dir="/tmp/x"))
+        lm_rl.validate_settings(lm_rl.RLRunSettings(workdir="/tmp/x"))
     with pytest.raises(ValueError, match="--steps"):
-        lm_rl.validate_settings(lm_rl.RLRunSettings(out_dir="/tmp/x", init_dir="/tmp/y", steps=0))
+        lm_rl.validate_settings(lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y", steps=0))
     with pytest.raises(ValueError, match="--lora_alpha"):
-        lm_rl.validate_settings(lm_rl.RLRunSettings(out_dir="/tmp/x", init_dir="/tmp/y", lora_rank=4))
+        lm_rl.validate_settings(lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y", lora_rank=4))
     with pytest.raises(ValueError, match="unknown RLConfig fields"):
-        lm_rl.validate_settings(lm_rl.RLRunSettings(out_dir="/tmp/x", init_dir="/tmp/y",
+        lm_rl.validate_settings(lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y",
                                                     config_overrides=(("beta", 1.0),)))
 
 

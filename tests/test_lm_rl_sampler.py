@@ -13,7 +13,7 @@ from dipod_jax.models.llada import LLaDA, LLaDAConfig
 # One layer: the key / value caches refreshed once per block are exact (see tests/test_sampler_cached.py).
 MODEL_CONFIG = LLaDAConfig.tiny(8, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32, max_seq_len=16)
 CONFIG = RLConfig(num_prompts=2, num_generations=4, gen_length=8, block_length=4, diffusion_steps=8,
-                  temperature=0.0)
+                  rollout_temperature=0.0)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -62,8 +62,8 @@ def test_experiment_sampler_flags_reach_the_config():
 
     info = {"task": "sudoku", "template": "compact", "prompt_length": 20, "gen_length": 24}
     overrides = (("sampler", "prefix_parallel"), ("sampler_threshold", 0.8), ("sampler_refresh_interval", 2))
-    config = lm_rl.build_rl_config(lm_rl.RLRunSettings(out_dir="/tmp/x", init_dir="/tmp/y",
+    config = lm_rl.build_rl_config(lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y",
                                                        config_overrides=overrides), info)
     assert (config.sampler, config.sampler_threshold, config.sampler_refresh_interval) == ("prefix_parallel", 0.8, 2)
-    assert lm_rl.build_rl_config(lm_rl.RLRunSettings(out_dir="/tmp/x", init_dir="/tmp/y"), info).sampler == "exact"
+    assert lm_rl.build_rl_config(lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y"), info).sampler == "exact"
     assert lm_rl.CONFIG_FLAGS["sampler"][0] == "sampler" and lm_rl.CONFIG_FLAGS["sampler_threshold"][1] is float

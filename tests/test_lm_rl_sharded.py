@@ -13,9 +13,9 @@ MODEL_CONFIG = LLaDAConfig.tiny(8, d_model=16, n_layers=1, n_heads=2, mlp_hidden
 MASK_ID = MODEL_CONFIG.mask_token_id
 EOS_ID = 1
 # diffu-GRPO with every optional part on: DiPOD ELBO, reference KL with sync, gradient accumulation.
-CONFIG = RLConfig(method="diffu_grpo", dipod_beta=0.05, kl_beta=0.04, ref_sync_every=1, grad_accum_steps=2,
+CONFIG = RLConfig(algo="diffu_grpo", dipod_beta=0.05, kl_beta=0.04, ref_sync_every=1, grad_accum_steps=2,
                   num_prompts=4, num_generations=4, num_inner_iterations=2, gen_length=4, block_length=4,
-                  diffusion_steps=4, num_elbo_draws=2, learning_rate=1e-2, temperature=1.0)
+                  diffusion_steps=4, num_elbo_draws=2, learning_rate=1e-2, rollout_temperature=1.0)
 PROMPTS = np.array([[3, 4], [6, 4], [0, 5], [0, 3]], np.int32)
 PROMPT_MASK = PROMPTS != 0
 

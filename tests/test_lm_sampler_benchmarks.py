@@ -6,7 +6,7 @@ from benchmarks import lm_rl_throughput, lm_sampler_accuracy
 ACCURACY_FLAGS = dict(checkpoint_dir="/tmp/x", samplers=["exact", "dual_parallel"], thresholds=["0.9", "0.5"],
                       block_length=0, steps=0, refresh_interval=0, repeats=3, seed=0)
 RL_FLAGS = dict(checkpoint_dir="/tmp/x", samplers=["exact", "parallel"], threshold=0.9, refresh_interval=0,
-                seeds=["0", "1"], steps=20, method="fpo", block_length=0, diffusion_steps=0)
+                seeds=["0", "1"], steps=20, algo="fpo", block_length=0, diffusion_steps=0)
 
 
 def test_accuracy_variants_expand_thresholds_and_refresh():

@@ -252,7 +252,7 @@ def test_sweep_betas_are_exact_and_a_changed_command_is_an_error(tmp_path):
     """Observations 5 and 8: close betas are two runs with exact --dipod_beta values; a rerun whose --extra
     changed is refused naming the runs (never skipped); --extra=--resume is refused (the sweep resumes)."""
     runs = sweep.build_runs("lm_rl", ["fpo"], [1e-7, 1.000001e-7], [0], str(tmp_path), ["--steps=5"])
-    assert len({run["out_dir"] for run in runs}) == 2
+    assert len({run["workdir"] for run in runs}) == 2
     assert [c for c in runs[1]["command"] if c.startswith("--dipod_beta")] == ["--dipod_beta=1.000001e-07"]
     done = [dict(run, status="succeeded") for run in runs]
     changed = sweep.build_runs("lm_rl", ["fpo"], [1e-7, 1.000001e-7], [0], str(tmp_path), ["--steps=6"])
@@ -268,8 +268,8 @@ def test_sweep_betas_are_exact_and_a_changed_command_is_an_error(tmp_path):
 SLEEPER = """
 import json, os, signal, sys, time
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
-os.makedirs(os.path.join(args["out_dir"], "checkpoints", "1"), exist_ok=True)
-with open(os.path.join(args["out_dir"], "argv.json"), "w") as handle:
+os.makedirs(os.path.join(args["workdir"], "checkpoints", "1"), exist_ok=True)
+with open(os.path.join(args["workdir"], "argv.json"), "w") as handle:
     json.dump(sys.argv[1:], handle)
 if "--resume" in sys.argv:
     sys.exit(0)
@@ -284,11 +284,11 @@ def test_sweep_sigterm_stops_children_and_marks_the_manifest(tmp_path):
     holds a checkpoint) and it succeeds."""
     (tmp_path / "sleeper.py").write_text(SLEEPER)
     root = tmp_path / "sweep"
-    args = [f"--out_root={root}", "--methods=fpo", "--betas=0", "--seeds=0"]
+    args = [f"--out_root={root}", "--algos=fpo", "--betas=0", "--seeds=0"]
     manifest = root / sweep.MANIFEST_FILE
     env = {**_env(), "PYTHONPATH": f"{tmp_path}{os.pathsep}{_env()['PYTHONPATH']}"}
     script = (f"import sys; sys.argv = ['sweep'] + {args!r}; from launch import sweep; "
-              "sweep.EXPERIMENTS['lm_rl'] = ('sleeper', 'method', 'out_dir'); sweep.define_flags(); "
+              "sweep.EXPERIMENTS['lm_rl'] = 'sleeper'; sweep.define_flags(); "
               "sweep.run_program(sweep.main)")
     process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -387,7 +387,7 @@ PRETRAIN = dict(task="sudoku", model_size="tiny", batch=2, steps=6, eval_interva
 
 
 def _pretrain_flags(out_dir):
-    return [f"--{name}={value}" for name, value in PRETRAIN.items()] + [f"--out_dir={out_dir}"]
+    return [f"--{name}={value}" for name, value in PRETRAIN.items()] + [f"--workdir={out_dir}"]
 
 
 @pytest.fixture(scope="module")
@@ -395,7 +395,7 @@ def pretrained(tmp_path_factory):
     """An uninterrupted tiny pre-training run: the reference of the lm_pretrain tests and the starting
     checkpoint of every RL test here."""
     out_dir = str(tmp_path_factory.mktemp("pretrain_straight"))
-    summary = lm_pretrain.train(lm_pretrain.PretrainSettings(out_dir=out_dir, **PRETRAIN), show_progress=False)
+    summary = lm_pretrain.train(lm_pretrain.PretrainSettings(workdir=out_dir, **PRETRAIN), show_progress=False)
     assert summary["stopped"] == "completed"
     return out_dir
 
@@ -415,7 +415,7 @@ def test_lm_pretrain_sigterm_then_resume_is_bit_identical(pretrained, tmp_path):
     summary = json.loads(out.splitlines()[-1])
     assert summary["stopped"] == "signal" and 0 < summary["step"] < PRETRAIN["steps"]
     assert CheckpointStore(split, read_only=True).latest() == summary["step"]
-    resumed = lm_pretrain.train(lm_pretrain.PretrainSettings(out_dir=split, resume=True, **PRETRAIN),
+    resumed = lm_pretrain.train(lm_pretrain.PretrainSettings(workdir=split, resume=True, **PRETRAIN),
                                 show_progress=False)
     assert resumed["stopped"] == "completed"
     jax.tree.map(np.testing.assert_array_equal, _params(split), _params(pretrained))
@@ -423,14 +423,14 @@ def test_lm_pretrain_sigterm_then_resume_is_bit_identical(pretrained, tmp_path):
 
 
 @pytest.mark.parametrize("change, listed", [
-    (dict(lr=2e-3), "settings.lr: 0.001 -> 0.002"), (dict(batch=4), "settings.batch: 2 -> 4"),
+    (dict(learning_rate=2e-3), "settings.learning_rate: 0.001 -> 0.002"), (dict(batch=4), "settings.batch: 2 -> 4"),
     (dict(seed=1), "settings.seed: 0 -> 1"), (dict(steps=9), "settings.decay_steps: 6 -> 9")])
 def test_lm_pretrain_resume_refuses_changed_settings(pretrained, change, listed):
-    """Observation 3 for experiments.lm_pretrain: --resume with a new --lr, --batch or --seed (or a --steps
+    """Observation 3 for experiments.lm_pretrain: --resume with a new --learning_rate, --batch or --seed (or a --steps
     that moves the learning-rate schedule) is refused, the difference listed; config.json is untouched."""
     before = files.read_json(os.path.join(pretrained, "config.json"))
     with pytest.raises(ValueError, match="settings differ") as refused:
-        lm_pretrain.train(lm_pretrain.PretrainSettings(out_dir=pretrained, resume=True, **{**PRETRAIN, **change}),
+        lm_pretrain.train(lm_pretrain.PretrainSettings(workdir=pretrained, resume=True, **{**PRETRAIN, **change}),
                           show_progress=False)
     assert listed in str(refused.value)
     assert files.read_json(os.path.join(pretrained, "config.json")) == before
@@ -440,8 +440,8 @@ def test_lm_pretrain_non_finite_update_is_not_saved(tmp_path):
     """Observation 1 for experiments.lm_pretrain: a learning rate that is finite as a flag but infinite in
     float32 makes the (final) update non-finite while its loss is finite: the run stops with exit status 1
     and saves nothing, instead of saving NaN parameters and exiting 0."""
-    settings = lm_pretrain.PretrainSettings(out_dir=str(tmp_path), **{**PRETRAIN, "steps": 1, "eval_interval": 1,
-                                                                     "lr": 1e39})
+    settings = lm_pretrain.PretrainSettings(workdir=str(tmp_path), **{**PRETRAIN, "steps": 1, "eval_interval": 1,
+                                                                     "learning_rate": 1e39})
     summary = lm_pretrain.train(settings, show_progress=False)
     assert summary["stopped"] == "non_finite" and summary["step"] == 0
     assert "updated parameters" in summary["problem"] and "loss" not in summary["problem"]
@@ -452,19 +452,19 @@ def test_lm_pretrain_non_finite_update_is_not_saved(tmp_path):
 # ---------------------------------------------------------------------------------------- lm_rl (SIGTERM)
 
 RL_OVERRIDES = dict(num_prompts=2, num_generations=2, num_inner_iterations=2, kl_beta=0.04, ref_sync_every=3,
-                    learning_rate=1e-3, num_elbo_draws=2, temperature=1.0)
-RL_RUN = dict(method="fpo", dipod_beta=0.05, steps=4, eval_interval=2, eval_items=4, num_devices=1)
+                    learning_rate=1e-3, num_elbo_draws=2, rollout_temperature=1.0)
+RL_RUN = dict(algo="fpo", dipod_beta=0.05, steps=4, eval_interval=2, eval_items=4, num_devices=1)
 
 
 def _rl_settings(init_dir, out_dir, **changes):
     overrides = {**RL_OVERRIDES, **changes.pop("overrides", {})}
-    return lm_rl.RLRunSettings(out_dir=str(out_dir), init_dir=init_dir, config_overrides=tuple(overrides.items()),
+    return lm_rl.RLRunSettings(workdir=str(out_dir), init_dir=init_dir, config_overrides=tuple(overrides.items()),
                                plot=False, **{**RL_RUN, **changes})
 
 
 def _rl_flags(init_dir, out_dir):
     names = {field: flag for field, (flag, _, _) in lm_rl.CONFIG_FLAGS.items()}
-    return ([f"--init_dir={init_dir}", f"--out_dir={out_dir}", "--noplot"]
+    return ([f"--init_dir={init_dir}", f"--workdir={out_dir}", "--noplot"]
             + [f"--{name}={value}" for name, value in RL_RUN.items()]
             + [f"--{names[field]}={value}" for field, value in RL_OVERRIDES.items()])
 
@@ -530,7 +530,7 @@ def test_lm_rl_non_finite_final_update_exits_non_zero(pretrained, tmp_path):
 
 # ----------------------------------------------------------------------------------- double_drift (SIGTERM)
 
-DRIFT = dict(settings=["bandit_fpo"], beta=0.3, sequence_beta=0.05, num_seeds=2, steps=6)
+DRIFT = dict(settings=["bandit_fpo"], bandit_dipod_beta=0.3, sequence_dipod_beta=0.05, num_seeds=2, steps=6)
 
 
 def test_double_drift_sigterm_then_resume_is_bit_identical(tmp_path, caplog):
@@ -540,19 +540,19 @@ def test_double_drift_sigterm_then_resume_is_bit_identical(tmp_path, caplog):
     metrics and summary of an uninterrupted run; a truncated finished-run file is reported by path and
     trained again."""
     straight = str(tmp_path / "straight")
-    straight_summary = double_drift.run_experiment(output_dir=straight, **DRIFT)
+    straight_summary = double_drift.run_experiment(workdir=straight, **DRIFT)
     split = str(tmp_path / "split")
     first_run = os.path.join(split, "runs", "bandit_fpo__beta0.npz")
-    flags = ["--settings=bandit_fpo", "--beta=0.3", "--sequence_beta=0.05", "--num_seeds=2", "--steps=6",
-             f"--output_dir={split}"]
+    flags = ["--settings=bandit_fpo", "--bandit_dipod_beta=0.3", "--sequence_dipod_beta=0.05", "--num_seeds=2",
+             "--steps=6", f"--workdir={split}"]
     status, out, err = run_until("experiments.double_drift", flags,
                                  lambda: os.path.exists(os.path.join(split, "config.json")), signal.SIGTERM)
     assert status == 128 + signal.SIGTERM, err[-3000:]
     assert json.loads(out) == {"stopped": "signal", "step": 1, "signal": signal.SIGTERM}
     assert CheckpointStore(split, read_only=True).steps() == [1] and not os.path.exists(first_run)
     with pytest.raises(ValueError, match="already holds a run"):
-        double_drift.run_experiment(output_dir=split, **{**DRIFT, "beta": 0.5})
-    resumed = double_drift.run_experiment(output_dir=split, resume=True, **DRIFT)
+        double_drift.run_experiment(workdir=split, **{**DRIFT, "bandit_dipod_beta": 0.5})
+    resumed = double_drift.run_experiment(workdir=split, resume=True, **DRIFT)
     assert resumed == straight_summary
     for name in ("metrics.jsonl", "summary.json"):
         with open(os.path.join(split, name)) as a, open(os.path.join(straight, name)) as b:
@@ -560,7 +560,7 @@ def test_double_drift_sigterm_then_resume_is_bit_identical(tmp_path, caplog):
     with open(first_run, "r+b") as handle:
         handle.truncate(100)
     with caplog.at_level(logging.WARNING):
-        again = double_drift.run_experiment(output_dir=split, resume=True, **DRIFT)
+        again = double_drift.run_experiment(workdir=split, resume=True, **DRIFT)
     assert again == straight_summary and os.path.exists(first_run + ".unreadable")
     assert any(first_run in message and "unreadable" in message for message in caplog.messages)
 
@@ -578,15 +578,15 @@ def a_file(tmp_path_factory):
 def test_user_errors_are_one_line_with_status_2(a_file, pretrained, tmp_path):
     """Observation 8: errors our code catches are one line naming the flag, exit status 2, no traceback, and
     come before anything is compiled or trained: control's --dipod_beta=inf, lm_pretrain's
-    --weight_decay=nan, double_drift's unwritable --output_dir, lm_rl's --resume with nothing to resume, a
+    --weight_decay=nan, double_drift's unwritable --workdir, lm_rl's --resume with nothing to resume, a
     benchmark's --batch=0; --help exits 0."""
     cases = [
         (("experiments.control", f"--env={TINY_ENV}", "--dipod_beta=inf", f"--workdir={tmp_path}/c"),
          ("--dipod_beta=inf",)),
-        (("experiments.lm_pretrain", "--weight_decay=nan", f"--out_dir={tmp_path}/p"), ("--weight_decay=nan",)),
-        (("experiments.double_drift", "--steps=1", "--num_seeds=1", f"--output_dir={a_file}/out"),
-         ("--output_dir", "a_file")),
-        (("experiments.lm_rl", f"--init_dir={pretrained}", f"--out_dir={tmp_path}/r", "--resume"),
+        (("experiments.lm_pretrain", "--weight_decay=nan", f"--workdir={tmp_path}/p"), ("--weight_decay=nan",)),
+        (("experiments.double_drift", "--steps=1", "--num_seeds=1", f"--workdir={a_file}/out"),
+         ("--workdir", "a_file")),
+        (("experiments.lm_rl", f"--init_dir={pretrained}", f"--workdir={tmp_path}/r", "--resume"),
          ("--resume", "nothing to resume", f"{tmp_path}/r")),
         (("benchmarks.lm_throughput", "--batch=0"), ("--batch=0",)),
     ]

@@ -15,7 +15,7 @@ STUB = textwrap.dedent("""
     import json, os, sys
     args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
     env = {k: os.environ.get(k) for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")}
-    with open(os.path.join(args["out_dir"], "record.json"), "w") as handle:
+    with open(os.path.join(args["workdir"], "record.json"), "w") as handle:
         json.dump({"argv": sys.argv[1:], "env": env}, handle)
     print("stub ran", args["seed"])
     sys.exit(3 if args["seed"] == "1" else 0)
@@ -23,14 +23,15 @@ STUB = textwrap.dedent("""
 
 
 def test_build_runs_is_the_full_grid_with_the_experiment_flags(tmp_path):
-    """methods x betas x seeds gives one run per combination, each with its own directory and the experiment's
-    flag names (--method/--out_dir for lm_rl, --algo/--workdir for control)."""
+    """algos x betas x seeds gives one run per combination, each with its own directory and the flag names every
+    experiment shares (--algo, --dipod_beta, --seed, --workdir), the group being the algorithm."""
     runs = sweep.build_runs("lm_rl", ["fpo", "spg"], [0.0, 0.05], [0, 1, 2], str(tmp_path), ["--steps=5"])
-    assert len(runs) == 12 and len({run["out_dir"] for run in runs}) == 12
+    assert len(runs) == 12 and len({run["workdir"] for run in runs}) == 12
     first = runs[0]
     assert first["name"] == "fpo_beta0_seed0" and first["status"] == "pending"
-    assert first["command"][1:] == ["-m", "experiments.lm_rl", "--method=fpo", "--dipod_beta=0", "--seed=0",
-                                    f"--out_dir={tmp_path}/fpo_beta0_seed0", "--steps=5"]
+    assert first["command"][1:] == ["-m", "experiments.lm_rl", "--algo=fpo", "--dipod_beta=0", "--seed=0",
+                                    f"--workdir={tmp_path}/fpo_beta0_seed0", "--steps=5"]
+    assert (first["group"], first["algo"]) == ("fpo", "fpo")
     assert runs[-1]["name"] == "spg_beta0.05_seed2"
     control = sweep.build_runs("control", ["fpo++"], [0.05], [7], str(tmp_path))[0]
     assert "--algo=fpo++" in control["command"] and f"--workdir={tmp_path}/fpo++_beta0.05_seed7" in control["command"]
@@ -38,7 +39,7 @@ def test_build_runs_is_the_full_grid_with_the_experiment_flags(tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(experiment="atari"), "--experiment"),
-    (dict(methods=[]), "--methods is empty"),
+    (dict(algos=[]), "--algos is empty"),
     (dict(seeds=[0, 0]), "--seeds has repeated"),
     (dict(betas=[-0.1]), "--betas must all be finite and >= 0"),
     (dict(betas=[float("inf")]), "--betas must all be finite and >= 0"),
@@ -47,7 +48,7 @@ def test_build_runs_is_the_full_grid_with_the_experiment_flags(tmp_path):
 def test_build_runs_rejects_bad_grids(kwargs, message):
     """Unknown experiments, empty or repeated axes, negative betas and a missing root raise ValueError naming
     the flag."""
-    arguments = dict(experiment="lm_rl", methods=["fpo"], betas=[0.0], seeds=[0], out_root="/tmp/sweep")
+    arguments = dict(experiment="lm_rl", algos=["fpo"], betas=[0.0], seeds=[0], out_root="/tmp/sweep")
     with pytest.raises(ValueError, match=message):
         sweep.build_runs(**{**arguments, **kwargs})
 
@@ -96,7 +97,7 @@ def test_run_sweep_launches_every_run_and_records_outcomes(tmp_path, monkeypatch
 
 def test_command_line_dry_run_writes_the_manifest(tmp_path):
     """`python -m launch.sweep --dry_run` prints one command per configuration and writes a pending manifest."""
-    result = subprocess.run([sys.executable, "-m", "launch.sweep", f"--out_root={tmp_path}", "--methods=fpo,spg",
+    result = subprocess.run([sys.executable, "-m", "launch.sweep", f"--out_root={tmp_path}", "--algos=fpo,spg",
                              "--betas=0,0.05", "--seeds=0", "--dry_run", "--extra=--steps=3"],
                             capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(
                                 os.path.abspath(__file__))))
@@ -111,8 +112,8 @@ def test_summarize_groups_seeds_with_a_t_interval(tmp_path):
     0.4 +- 4.3027 * 0.2 / sqrt(3); a run without metrics is reported missing; the plot is written."""
     runs = sweep.build_runs("lm_rl", ["fpo"], [0.05], [0, 1, 2, 3], str(tmp_path))
     for run, final in zip(runs[:3], (0.2, 0.4, 0.6)):
-        os.makedirs(run["out_dir"])
-        with open(os.path.join(run["out_dir"], "metrics.jsonl"), "w") as handle:
+        os.makedirs(run["workdir"])
+        with open(os.path.join(run["workdir"], "metrics.jsonl"), "w") as handle:
             for step, value in ((0, 0.0), (10, final / 2), (20, final)):
                 handle.write(json.dumps({"step": step, "eval/mean_reward": value}) + "\n")
             handle.write(json.dumps({"step": 20, "train/loss": 1.0}) + "\n")
@@ -135,11 +136,11 @@ def test_summarize_paired_reads_each_runs_paired_evaluation(tmp_path):
     runs = sweep.build_runs("lm_rl", ["diffu_grpo"], [0.0], [0, 1, 2, 3], str(tmp_path))
     rng = np.random.default_rng(0)
     for run, gain in zip(runs[:3], (0.05, 0.07, 0.09)):
-        os.makedirs(run["out_dir"])
+        os.makedirs(run["workdir"])
         start = rng.uniform(0.2, 0.6, size=200)
         end = start + gain + rng.normal(0.0, 0.01, size=200)
         end += gain - (end - start).mean()  # the exact mean difference
-        with open(os.path.join(run["out_dir"], sweep.PAIRED_FILE), "w") as handle:
+        with open(os.path.join(run["workdir"], sweep.PAIRED_FILE), "w") as handle:
             json.dump(paired_evaluation(start, end), handle)
     summary = sweep.summarize_paired(runs)
     group = summary["groups"]["diffu_grpo_beta0"]

@@ -194,15 +194,15 @@ def prepare_inputs(config: RLConfig, graphdef, mask_id: int, state: TrainState, 
         token_logp = masked_token_log_probs(logits_fn, tokens, masks, mask_id)
         return jax.lax.stop_gradient(elbo_from_token_logprobs(token_logp, masks, completion_mask))
 
-    if config.method == "fpo" or (config.method == "diffu_grpo" and config.dipod_beta > 0):
+    if config.algo == "fpo" or (config.algo == "diffu_grpo" and config.dipod_beta > 0):
         # The masking randomness is drawn once per generated completion and shared by old, new and reference.
         elbo_masks, _ = mask_uniform_count(mask_key, completion_mask, config.num_elbo_draws)
         fixed["elbo_masks"] = jnp.swapaxes(elbo_masks, 0, 1)
-        if config.method == "fpo":
+        if config.algo == "fpo":
             fixed["elbo_old"] = sequence_elbo(old_logits, elbo_masks)
             if use_kl:
                 fixed["elbo_ref"] = sequence_elbo(ref_logits, elbo_masks)
-    if config.method == "diffu_grpo":
+    if config.algo == "diffu_grpo":
         iteration_keys = jax.random.split(iteration_key, config.num_inner_iterations)
         one_step_masks = jax.vmap(lambda k: mask_completion_and_prompt(
             k, batch.prompt_mask, completion_mask, config.p_mask_prompt))(iteration_keys)  # [mu, N, T]
@@ -212,7 +212,7 @@ def prepare_inputs(config: RLConfig, graphdef, mask_id: int, state: TrainState, 
         if use_kl:
             per_iteration["token_logp_ref"] = jax.lax.stop_gradient(
                 masked_token_log_probs(ref_logits, tokens, one_step_masks, mask_id))
-    if config.method == "spg":
+    if config.algo == "spg":
         # As the release: a fresh block-random draw per inner iteration (SPG has no old or reference
         # quantities, so nothing else shares it); the blocks cut the sampler's gen_length window.
         p_mask_prompt = config.p_mask_prompt if config.spg_use_mask_prompt else 0.0
@@ -240,13 +240,13 @@ def rl_loss(config: RLConfig, graphdef, mask_id: int, params: Params, frozen: Pa
         token_logp = masked_token_log_probs(logits_fn, tokens, masks, mask_id)
         return elbo_from_token_logprobs(token_logp, masks, completion_mask)
 
-    if config.method == "fpo":
+    if config.algo == "fpo":
         elbo_new = sequence_elbo()
         loss, aux = fpo_dllm_loss(elbo_new, inputs["elbo_old"], advantages, config.clip_eps,
                                   elbo_ref=inputs.get("elbo_ref"), kl_beta=config.kl_beta,
                                   dipod_beta=config.dipod_beta)
         aux["elbo"] = jnp.mean(elbo_new)
-    elif config.method == "diffu_grpo":
+    elif config.algo == "diffu_grpo":
         token_logp_new = token_log_probs(logits_fn(apply_mask(tokens, inputs["one_step_mask"], mask_id)), tokens)
         elbo = sequence_elbo() if config.dipod_beta > 0 else None
         loss, aux = diffu_grpo_loss(token_logp_new, inputs["token_logp_old"], advantages, completion_mask,
@@ -434,7 +434,7 @@ def make_sample_fn(config: RLConfig, graphdef, mask_id: int):
     def sample(params, frozen, prompts, prompt_mask, key):
         model = nnx.merge(graphdef, params, frozen)
         return generate(model, prompts, key, gen_length=config.gen_length, block_length=config.block_length,
-                        steps=config.diffusion_steps, temperature=config.temperature,
+                        steps=config.diffusion_steps, temperature=config.rollout_temperature,
                         remasking=config.remasking, mask_id=mask_id, prompt_mask=prompt_mask, **options)
     return jax.jit(sample)
 

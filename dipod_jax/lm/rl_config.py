@@ -12,7 +12,7 @@ import math
 
 from dipod_jax.lm.sampler import SAMPLERS
 
-METHODS = ("diffu_grpo", "fpo", "spg")
+ALGORITHMS = ("diffu_grpo", "fpo", "spg")
 SPG_ESTIMATORS = ("elbo", "eubo", "mix")
 REMASKING = ("low_confidence", "random")
 
@@ -21,7 +21,7 @@ REMASKING = ("low_confidence", "random")
 class RLConfig:
     """Hyper-parameters of one RL training run.
 
-    Method: method in METHODS; spg_estimator in SPG_ESTIMATORS (SPG only); dipod_beta >= 0 (0 = baseline).
+    Algorithm: algo in ALGORITHMS; spg_estimator in SPG_ESTIMATORS (SPG only); dipod_beta >= 0 (0 = baseline).
     Groups: num_prompts P prompts per step, num_generations G >= 2 completions each; advantages
       r - mean_group(r), divided by the group std when scale_rewards_by_std.
     Inner loop: num_inner_iterations mu >= 1 updates per generation batch, each averaging the gradients of
@@ -35,7 +35,7 @@ class RLConfig:
       spg_min_t, spg_max_t, spg_beta_e, spg_mix_weight for SPG's block-random masks and EUBO (a fresh draw per
       inner iteration; the blocks cut the gen_length window, at most ceil(gen_length / spg_block_length) draws);
       spg_use_mask_prompt masks SPG's prompt and earlier-block tokens with probability p_mask_prompt too.
-    Sampler: gen_length, block_length, diffusion_steps, temperature, remasking (dipod_jax.lm.sampler);
+    Sampler: gen_length, block_length, diffusion_steps, rollout_temperature, remasking (dipod_jax.lm.sampler);
       sampler names the rollout sampler variant in dipod_jax.lm.sampler.SAMPLERS ("exact", or Fast-dLLM's
       "prefix" / "dual" key-value caches, refreshed every sampler_refresh_interval steps of a block, 0 = once
       per block; "*_parallel" with confidence threshold sampler_threshold in (0, 1]).
@@ -45,7 +45,7 @@ class RLConfig:
       policy to it.
     """
 
-    method: str = "fpo"
+    algo: str = "fpo"
     spg_estimator: str = "mix"
     dipod_beta: float = 0.0
     num_prompts: int = 4
@@ -75,7 +75,7 @@ class RLConfig:
     gen_length: int = 256
     block_length: int = 32
     diffusion_steps: int = 128
-    temperature: float = 0.3
+    rollout_temperature: float = 0.3
     remasking: str = "low_confidence"
     placebo: bool = False
     log_kl_to_start: bool = True
@@ -107,7 +107,7 @@ def _is_real(value) -> bool:
 
 def validate_config(config: RLConfig) -> None:
     """Raise ValueError naming the first invalid field of `config`."""
-    _require(config.method in METHODS, "method", config.method, f"one of {METHODS}")
+    _require(config.algo in ALGORITHMS, "algo", config.algo, f"one of {ALGORITHMS}")
     _require(config.spg_estimator in SPG_ESTIMATORS, "spg_estimator", config.spg_estimator,
              f"one of {SPG_ESTIMATORS}")
     _require(config.remasking in REMASKING, "remasking", config.remasking, f"one of {REMASKING}")
@@ -133,7 +133,7 @@ def validate_config(config: RLConfig) -> None:
     for field in ("clip_eps", "learning_rate", "max_grad_norm", "spg_beta_e"):
         value = getattr(config, field)
         _require(_is_real(value) and value > 0, field, value, "a finite number > 0")
-    for field in ("kl_beta", "weight_decay", "temperature"):
+    for field in ("kl_beta", "weight_decay", "rollout_temperature"):
         value = getattr(config, field)
         _require(_is_real(value) and value >= 0, field, value, "a finite number >= 0")
     for field in ("adam_b1", "adam_b2"):
@@ -142,13 +142,13 @@ def validate_config(config: RLConfig) -> None:
     for field in ("p_mask_prompt", "spg_min_t", "spg_max_t", "spg_mix_weight"):
         value = getattr(config, field)
         _require(_is_real(value) and 0 <= value <= 1, field, value, "in [0, 1]")
-    _require(config.method != "spg" or config.kl_beta == 0, "kl_beta", config.kl_beta,
-             "0 for method 'spg' (SPG has no reference-model KL term)")
+    _require(config.algo != "spg" or config.kl_beta == 0, "kl_beta", config.kl_beta,
+             "0 for algo 'spg' (SPG has no reference-model KL term)")
     _require(config.spg_min_t <= config.spg_max_t, "spg_min_t", config.spg_min_t,
              f"<= spg_max_t={config.spg_max_t}")
     _require(isinstance(config.spg_use_mask_prompt, bool), "spg_use_mask_prompt", config.spg_use_mask_prompt,
              "a bool")
-    if config.method == "spg":
+    if config.algo == "spg":
         window_blocks = -(-config.gen_length // config.spg_block_length)
         _require(config.spg_num_draws <= window_blocks, "spg_num_draws", config.spg_num_draws,
                  f"<= ceil(gen_length / spg_block_length) = {window_blocks} (as the release asserts num_t <= blocks)")
@@ -174,21 +174,21 @@ PAPER_SETTINGS = dict(num_prompts=16, num_generations=6, learning_rate=3e-6, ada
 # no temperature, so the config default 0.9 samples; the Sudoku scripts' `--temperature 0.3` sits on a line
 # after one without its continuation backslash, so it never reached the trainer: "fpo/sudoku" is what ran
 # (0.9), "fpo/sudoku@t0.3" what the script meant.
-_PAPER_FPO = dict(PAPER_SETTINGS, method="fpo", num_inner_iterations=8, clip_eps=0.5, kl_beta=0.04,
-                  ref_sync_every=64, num_elbo_draws=4, dipod_beta=0.05, temperature=0.9)
+_PAPER_FPO = dict(PAPER_SETTINGS, algo="fpo", num_inner_iterations=8, clip_eps=0.5, kl_beta=0.04,
+                  ref_sync_every=64, num_elbo_draws=4, dipod_beta=0.05, rollout_temperature=0.9)
 # SPG (language/SPG/spg/slurm_scripts/spg_mix): NUM_ITER=4, block_random masks with num_t 2, min_t 0, max_t 1,
 # prompt masking on, "mix" with weight 0.5, EUBO beta 1.0 (Sudoku) / 1.5 (Countdown, GSM8K, MATH), no KL,
 # DiPOD beta 0.05; temperature 0.9 (config default) except Sudoku's 0.3.
-_PAPER_SPG = dict(PAPER_SETTINGS, method="spg", spg_estimator="mix", num_inner_iterations=4, kl_beta=0.0,
+_PAPER_SPG = dict(PAPER_SETTINGS, algo="spg", spg_estimator="mix", num_inner_iterations=4, kl_beta=0.0,
                   spg_num_draws=2, spg_block_length=32, spg_min_t=0.0, spg_max_t=1.0, spg_mix_weight=0.5,
-                  spg_use_mask_prompt=True, dipod_beta=0.05, temperature=0.9)
+                  spg_use_mask_prompt=True, dipod_beta=0.05, rollout_temperature=0.9)
 PAPER_PRESETS = {
     "fpo/sudoku": _PAPER_FPO,
-    "fpo/sudoku@t0.3": dict(_PAPER_FPO, temperature=0.3),
+    "fpo/sudoku@t0.3": dict(_PAPER_FPO, rollout_temperature=0.3),
     "fpo/countdown": _PAPER_FPO,
     "fpo/gsm8k": _PAPER_FPO,
     "fpo/math": _PAPER_FPO,
-    "spg/sudoku_split_new": dict(_PAPER_SPG, spg_beta_e=1.0, temperature=0.3),
+    "spg/sudoku_split_new": dict(_PAPER_SPG, spg_beta_e=1.0, rollout_temperature=0.3),
     "spg/countdown": dict(_PAPER_SPG, spg_beta_e=1.5),
     "spg/gsm8k": dict(_PAPER_SPG, spg_beta_e=1.5),
     "spg/math": dict(_PAPER_SPG, spg_beta_e=1.5),
@@ -196,7 +196,7 @@ PAPER_PRESETS = {
 
 
 def paper_preset(name: str, **overrides) -> RLConfig:
-    """The release's configuration `name` ("<method>/<task>", a key of PAPER_PRESETS) with `overrides`
+    """The release's configuration `name` ("<algo>/<task>", a key of PAPER_PRESETS) with `overrides`
     (e.g. dipod_beta=0.0 for the baseline runs), validated."""
     if name not in PAPER_PRESETS:
         raise ValueError(f"no paper preset {name!r}; known: {sorted(PAPER_PRESETS)}")
@@ -209,7 +209,7 @@ def paper_preset(name: str, **overrides) -> RLConfig:
 # not LoRA on 8B) and the batch are scaled down.
 _CPU_COMMON = dict(num_prompts=4, num_generations=6, num_inner_iterations=4, clip_eps=0.5, learning_rate=1e-4,
                    warmup_steps=2, adam_b1=0.9, adam_b2=0.99, weight_decay=0.1, max_grad_norm=0.2,
-                   num_elbo_draws=4, p_mask_prompt=0.15, spg_num_draws=2, temperature=0.3, lora_only=False)
+                   num_elbo_draws=4, p_mask_prompt=0.15, spg_num_draws=2, rollout_temperature=0.3, lora_only=False)
 _TASK_PRESETS = {
     # "<answer>" + 16 digits + "</answer>" + eos = 19 tokens; SPG's EUBO exponent 1.0 for Sudoku.
     "sudoku": dict(gen_length=24, block_length=8, diffusion_steps=12, spg_block_length=8, spg_beta_e=1.0),

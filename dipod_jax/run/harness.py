@@ -154,7 +154,7 @@ class Run:
     """
 
     def __init__(self, out_dir: str, *, experiment: str, record_file: str, record: dict[str, Any], resume: bool,
-                 flag: str = "--out_dir", keep: int = 2, step_key: str = "step", tensorboard_dir: str = "tb",
+                 flag: str = "--workdir", keep: int = 2, step_key: str = "step", tensorboard_dir: str = "tb",
                  progress_paths: Iterable[str] = (), other_run_files: Iterable[str] = ()):
         if keep < 2:
             raise ValueError(f"keep={keep} must be >= 2")

@@ -76,7 +76,7 @@ def claim_output_dir(out_dir: str, flag: str, record_file: str, record: dict[str
 
     Args:
       out_dir: the output directory (created when missing).
-      flag: the flag that named it ("--out_dir"), for messages.
+      flag: the flag that named it ("--workdir"), for messages.
       record_file: file name of the record inside out_dir.
       record: this run's record (JSON-able; must contain "experiment").
       resume: the run's --resume.
