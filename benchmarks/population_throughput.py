@@ -1,12 +1,12 @@
 """Throughput of a population vmapped on one device against the same members trained one after the other.
 
-    python -m benchmarks.population_throughput [--env=CartpoleBalance] [--population_sizes=4,8] [--timed_rounds=3]
-    python -m benchmarks.population_throughput --set=num_envs=256 --population_sizes=16   # e.g. on a GPU
+    python -m benchmarks.population_throughput [--config.env_name=CartpoleBalance] [--population_sizes=4,8]
+    python -m benchmarks.population_throughput --config.num_envs=256 --population_sizes=16   # e.g. on a GPU
 
 For each population size P, the members are P seeds of FPO alternating between DiPOD beta 0 and 0.05 (traced,
 dipod_jax.control.population) at the reference configuration of `dipod_jax.control.configs.preset_config(env)`
-with --set overrides. "vmapped" is one `iterate` call of the whole population (one training iteration of every
-member, mesh-free, on the default device); "sequential" is one jitted `train_iteration` call of each member's
+with the --config.<field>=<value> overrides (as experiments.control; algo fpo). "vmapped" is one `iterate` call
+of the whole population (one training iteration of every member, mesh-free, on the default device); "sequential" is one jitted `train_iteration` call of each member's
 own single run (make_train with the member's beta as a Python float), one after the other. Compilation is
 excluded; the timed rounds interleave the two (a round times one population call, then the P single calls), and
 member-env-steps/s = P * env steps per iteration / the median round time of each. The last line of output is
@@ -24,11 +24,12 @@ from typing import Dict
 import jax
 from absl import flags
 
-from dipod_jax.control.configs import TrainConfig, build_config
+from dipod_jax.control.configs import TrainConfig, config_from_flags
 from dipod_jax.control.envs import make_environment
 from dipod_jax.control.population import Members, make_population_train, member_config
 from dipod_jax.control.train import make_train
-from dipod_jax.run.program import UsageError, run_program
+from dipod_jax.run.config import define_config_flag, flag_overrides
+from dipod_jax.run.program import UsageError, run_program, user_errors
 
 FLAGS = flags.FLAGS
 BETAS = (0.0, 0.05)
@@ -87,28 +88,25 @@ def main(argv):
         raise UsageError(f"--population_sizes must be integers >= 1, got {FLAGS.population_sizes}")
     if FLAGS.timed_rounds < 3:
         raise UsageError(f"--timed_rounds must be >= 3, got {FLAGS.timed_rounds}")
-    try:
-        config = build_config(FLAGS.env, "fpo", 0.0, FLAGS.set)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
+    with user_errors():
+        config = config_from_flags(None, {"algo": "fpo", **flag_overrides()})
     env = make_environment(config.env_name)
     results = []
     for size in sizes:
         results.append(measure(config, env, size, FLAGS.timed_rounds))
         print(json.dumps(results[-1]), flush=True)
     print(json.dumps({"results": results, "config": {
-        "env": FLAGS.env, "num_envs": config.num_envs, "env_steps_per_iteration": config.env_steps_per_iteration,
-        "overrides": list(FLAGS.set), "betas": list(BETAS), "timed_rounds": FLAGS.timed_rounds,
+        "env": config.env_name, "num_envs": config.num_envs, "env_steps_per_iteration": config.env_steps_per_iteration,
+        "overrides": flag_overrides(), "betas": list(BETAS), "timed_rounds": FLAGS.timed_rounds,
         "device": str(jax.devices()[0]), "os_cpu_count": os.cpu_count(), "machine": platform.machine()}}))
     return 0
 
 
 def define_flags() -> None:
     """Register the command-line flags (only when run as a program)."""
-    flags.DEFINE_string("env", "CartpoleBalance", "Environment name (see dipod_jax.control.envs).")
     flags.DEFINE_list("population_sizes", ["4", "8"], "Population sizes P to measure.")
     flags.DEFINE_integer("timed_rounds", 3, "Timed rounds per size (median reported; >= 3).")
-    flags.DEFINE_multi_string("set", [], "TrainConfig override field=value (Python literal), repeatable.")
+    define_config_flag(TrainConfig())
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """Continuous-control training: PPO, FPO, FPO++ with the DiPOD term, several seeds vmapped in one program.
 
-    python -m experiments.control --env=CartpoleBalance --algo=fpo --dipod_beta=0.05 --seed=0 \
-        --num_seeds=3 --num_timesteps=5000000 --workdir=/tmp/runs/fpo_dipod
+    python -m experiments.control --config.env_name=CartpoleBalance --config.algo=fpo --config.dipod_beta=0.05 \
+        --seed=0 --num_seeds=3 --num_timesteps=5000000 --workdir=/tmp/runs/fpo_dipod
     python -m experiments.control ... --resume          # continue bit-exactly from the last checkpoint
-    python -m experiments.control ... --set=learning_rate=1e-3 --set=actor_hidden=(64,64)
-    python -m experiments.control --env=CartpoleBalance --preset=fpo++_base ...   # FPO++ as the release runs it
+    python -m experiments.control ... --config.learning_rate=1e-3 --config.actor_hidden="(64, 64)"
+    python -m experiments.control --preset=fpo++_base ...   # FPO++ as the release runs it
 
-The configuration (dipod_jax.control.configs.build_config) is the ml_collections preset of the environment (ENV_PRESETS;
-the FPO reference layout when none is listed), then the --preset algorithm configuration (ALGORITHM_PRESETS:
-fpo++_base, fpo++_motion_tracking, the FPO++ release's values), then --set overrides of any TrainConfig field. Writes to
+The configuration (a TrainConfig, built once by dipod_jax.control.configs.config_from_flags) is the preset of
+the environment --config.env_name (ENV_PRESETS; the FPO reference layout when none is listed), then the
+--preset algorithm configuration (ALGORITHM_PRESETS: fpo++_base, fpo++_motion_tracking, the FPO++ release's
+values), then every --config.<field>=<value> given (any TrainConfig field; dipod_jax.run.config). The other
+flags say where, how long and how often: they do not change what a step computes. Writes to
 --workdir: config.json, metrics.jsonl (one line per iteration and seed with the training metrics and the
 wall-clock env-steps/s of its host call, all seeds counted; eval lines marked "eval"),
 TensorBoard event files, orbax checkpoints (atomic, newest three kept) every --checkpoint_every iterations,
@@ -31,12 +33,13 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from dipod_jax.control.configs import ALGORITHM_PRESETS, TrainConfig, build_config, validate_config, validate_periods
+from dipod_jax.control.configs import ALGORITHM_PRESETS, TrainConfig, config_from_flags, validate_periods
 from dipod_jax.control.envs import make_environment
 from dipod_jax.control.train import make_train
 from dipod_jax.run.files import METRICS_FILE
 from dipod_jax.run.harness import COMPLETED, Run, non_finite, progress_bar
-from dipod_jax.run.program import UsageError, check_flag_bounds, exit_code, run_program, user_errors
+from dipod_jax.run.config import define_config_flag, flag_overrides
+from dipod_jax.run.program import UsageError, exit_code, run_program, user_errors
 
 FLAGS = flags.FLAGS
 
@@ -44,11 +47,9 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Register the command-line flags; called only when run as a program, so that importing this module
     (tests, other experiments in the same process) defines no global flags."""
-    flags.DEFINE_string("env", "CartpoleBalance", "Environment name (Playground DM Control, brax/<name>, tiny/...).")
-    flags.DEFINE_enum("algo", None, ["ppo", "fpo", "fpo++"], "Algorithm (default: the --preset's, else fpo).")
-    flags.DEFINE_enum("preset", None, sorted(ALGORITHM_PRESETS),
-                      "Algorithm configuration of a release (ALGORITHM_PRESETS), applied over the env preset.")
-    flags.DEFINE_float("dipod_beta", 0.0, "Weight of the DiPOD on-policy ELBO term (0 = baseline).")
+    define_config_flag(TrainConfig())
+    flags.DEFINE_enum("preset", None, sorted(ALGORITHM_PRESETS), "Algorithm configuration of a release "
+                      "(ALGORITHM_PRESETS), applied over the environment's preset and under the --config.<field>s.")
     flags.DEFINE_integer("seed", 0, "First seed; seeds seed .. seed + num_seeds - 1 are trained together.")
     flags.DEFINE_integer("num_seeds", 1, "Seeds vmapped in one program.")
     flags.DEFINE_integer("num_timesteps", 5_000_000, "Environment steps per seed (rounded up to whole calls).")
@@ -57,7 +58,6 @@ def define_flags() -> None:
     flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint period in iterations (multiple of iterations_per_call).")
     flags.DEFINE_integer("eval_every", 10, "Evaluation period in iterations (multiple of iterations_per_call).")
     flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
-    flags.DEFINE_multi_string("set", [], "TrainConfig override field=value (Python literal), repeatable.")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
@@ -130,12 +130,11 @@ def run(config: TrainConfig, workdir: str, seed: int = 0, num_seeds: int = 1, nu
       loss, gradient norm or parameters stop the run before that host call's state is kept.
 
     Raises:
-      UsageError (a ValueError), before anything is compiled: bad periods or config, a workdir holding
+      UsageError (a ValueError), before anything is compiled: bad periods, a workdir holding
         another run without `resume`, `resume` with nothing to resume or with a different config.
     """
     with user_errors():
         _validate_periods(iterations_per_call, checkpoint_every, eval_every, num_seeds, num_timesteps)
-        validate_config(config)
         harness_run = Run(workdir, experiment="control", record_file="config.json",
                           record=run_record(config, seed, num_seeds, iterations_per_call), resume=resume,
                           flag="--workdir", keep=3, step_key="iteration", tensorboard_dir="tensorboard")
@@ -224,8 +223,7 @@ def main(argv):
     with user_errors():
         _validate_periods(FLAGS.iterations_per_call, FLAGS.checkpoint_every, FLAGS.eval_every, FLAGS.num_seeds,
                           FLAGS.num_timesteps)
-        check_flag_bounds(FLAGS, finite=("dipod_beta",), non_negative=("dipod_beta",))
-        config = build_config(FLAGS.env, FLAGS.algo, FLAGS.dipod_beta, FLAGS.set, FLAGS.preset)
+        config = config_from_flags(FLAGS.preset, flag_overrides())
         env = make_environment(config.env_name)
     _, summary = run(config, FLAGS.workdir, FLAGS.seed, FLAGS.num_seeds, FLAGS.num_timesteps,
                      FLAGS.iterations_per_call, FLAGS.checkpoint_every, FLAGS.eval_every, FLAGS.resume,

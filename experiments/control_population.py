@@ -1,14 +1,15 @@
 """A whole continuous-control sweep as one program: a population of (seed x hyper-parameter) members.
 
-    python -m experiments.control_population --env=CartpoleBalance --algo=fpo --seeds=0,1,2 --betas=0,0.05 \
-        --num_timesteps=3000000 --workdir=/tmp/runs/fpo_population
+    python -m experiments.control_population --config.env_name=CartpoleBalance --config.algo=fpo --seeds=0,1,2 \
+        --betas=0,0.05 --num_timesteps=3000000 --workdir=/tmp/runs/fpo_population
     python -m experiments.control_population ... --vary=learning_rate=3e-4,1e-3 --vary=clip_eps=0.05,0.1
     python -m experiments.control_population ... --resume           # continue bit-exactly from the last checkpoint
     python -m experiments.control_population ... --distributed      # every host of a pod runs the same command
 
 The members are every combination of --seeds, --betas (dipod_beta) and each --vary=<field>=<values> (a
 HyperParams field: learning_rate, clip_eps, entropy_cost, value_loss_coef); a setting not listed stays the
-configuration's (dipod_jax.control.configs.build_config: the env preset, --preset, --set). The algorithm, the
+configuration's (dipod_jax.control.configs.config_from_flags, as in experiments.control: the environment's
+preset, --preset, then the --config.<field>=<value> flags). The algorithm, the
 shapes and everything else are static, so the population compiles once (dipod_jax.control.population): its
 member axis is sharded over the devices of every process (--data_shards splits each member's environments
 further; default: every device used), and each member runs its own single run's computation.
@@ -39,9 +40,10 @@ import numpy as np
 from absl import flags, logging
 
 from dipod_jax.control import population
-from dipod_jax.control.configs import ALGORITHM_PRESETS, TrainConfig, build_config, validate_periods
+from dipod_jax.control.configs import ALGORITHM_PRESETS, TrainConfig, config_from_flags, validate_periods
 from dipod_jax.control.envs import make_environment
 from dipod_jax.run import record as run_record
+from dipod_jax.run.config import define_config_flag, flag_overrides
 from dipod_jax.run.distributed import initialize_distributed
 from dipod_jax.run.files import MetricsLog, truncate_metrics, write_json_atomic
 from dipod_jax.run.harness import COMPLETED, SIGNAL, Run, non_finite, progress_bar
@@ -55,14 +57,13 @@ MEMBERS_DIR = "members"
 
 def define_flags() -> None:
     """Register the command-line flags; called only when run as a program."""
-    flags.DEFINE_string("env", "CartpoleBalance", "Environment name (Playground DM Control, brax/<name>, tiny/...).")
-    flags.DEFINE_enum("algo", None, ["ppo", "fpo", "fpo++"], "Algorithm (default: the --preset's, else fpo).")
-    flags.DEFINE_enum("preset", None, sorted(ALGORITHM_PRESETS), "Algorithm configuration of a release.")
+    define_config_flag(TrainConfig())
+    flags.DEFINE_enum("preset", None, sorted(ALGORITHM_PRESETS), "Algorithm configuration of a release "
+                      "(ALGORITHM_PRESETS), applied over the environment's preset and under the --config.<field>s.")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Member seeds.")
     flags.DEFINE_list("betas", [], "DiPOD betas (each with every seed); empty: the configuration's dipod_beta.")
     flags.DEFINE_multi_string("vary", [], "field=v1,v2,...: a HyperParams field other than dipod_beta, each value "
                               "with every seed and beta (repeatable).")
-    flags.DEFINE_multi_string("set", [], "TrainConfig override field=value (Python literal), repeatable.")
     flags.DEFINE_integer("num_timesteps", 5_000_000, "Environment steps per member (rounded up to whole calls).")
     flags.DEFINE_string("workdir", None, "Output directory.")
     flags.DEFINE_integer("iterations_per_call", 1, "Training iterations fused into one jitted host call.")
@@ -250,7 +251,10 @@ def main(argv):
         raise UsageError("--workdir is required")
     with user_errors():
         initialize_distributed(FLAGS.distributed)
-        config = build_config(FLAGS.env, FLAGS.algo, 0.0, FLAGS.set, FLAGS.preset)
+        overrides = flag_overrides()
+        if FLAGS.betas and "dipod_beta" in overrides:
+            raise UsageError("--betas and --config.dipod_beta both set the members' DiPOD beta: give one")
+        config = config_from_flags(FLAGS.preset, overrides)
         members = build_members(FLAGS.seeds, FLAGS.betas, FLAGS.vary)
         env = make_environment(config.env_name)
     state, summary = run(config, members, FLAGS.workdir, FLAGS.num_timesteps, FLAGS.iterations_per_call,

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dipod_jax.control.configs import build_config
+from dipod_jax.control.configs import preset_config
 from dipod_jax.control.envs import make_point_target
 from dipod_jax.control.population import Members, to_host
 from dipod_jax.run.files import read_metrics
@@ -17,7 +17,7 @@ from experiments import control_population
 from launch import sweep
 
 TINY = "tiny/point_target"
-CONFIG = build_config(TINY, "fpo", 0.0, ["num_updates_per_batch=1"])
+CONFIG = preset_config(TINY, algo="fpo", num_updates_per_batch=1)
 MEMBERS = control_population.build_members(["0", "1"], ["0", "0.05"], [])
 ENV = make_point_target()
 

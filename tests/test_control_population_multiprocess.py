@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dipod_jax.control.configs import build_config
+from dipod_jax.control.configs import preset_config
 from dipod_jax.control.envs import make_point_target
 from dipod_jax.control.population import to_host
 from dipod_jax.run.checkpoints import CheckpointStore
@@ -24,7 +24,8 @@ from processes import launch_processes
 
 NUM_PROCESSES = 2
 ITERATIONS = 4
-FLAGS = ["--env=tiny/point_target", "--algo=fpo", "--seeds=0,1", "--betas=0,0.05", "--set=num_updates_per_batch=1",
+FLAGS = ["--config.env_name=tiny/point_target", "--config.algo=fpo", "--seeds=0,1", "--betas=0,0.05",
+         "--config.num_updates_per_batch=1",
          "--iterations_per_call=2", "--checkpoint_every=2", "--eval_every=2", "--noprogress"]
 TIMEOUT_S = 600
 
@@ -36,7 +37,7 @@ def test_two_process_population_equals_the_single_process_run(tmp_path):
     8 devices (the same 4 x 2 mesh)."""
     if len(jax.devices()) < 8:
         pytest.skip("the single-process reference needs 8 devices (tests/conftest.py forces 8 CPU devices)")
-    config = build_config("tiny/point_target", "fpo", 0.0, ["num_updates_per_batch=1"])
+    config = preset_config("tiny/point_target", algo="fpo", num_updates_per_batch=1)
     num_timesteps = ITERATIONS * config.env_steps_per_iteration
     workdir = str(tmp_path / "distributed")
     results = launch_processes("experiments.control_population",

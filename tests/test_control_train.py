@@ -1,4 +1,6 @@
 """Continuous-control trainer on the tiny pure-JAX environment: envs, normalisation, rollout, make_train."""
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -7,10 +9,11 @@ import pytest
 
 from dipod_jax import losses
 from dipod_jax.control import normalization
-from dipod_jax.control.configs import TrainConfig, preset_config, validate_config
+from dipod_jax.control.configs import TrainConfig, preset_config
 from dipod_jax.control.envs import TINY_POINT_TARGET, make_environment, make_point_target
 from dipod_jax.control.rollout import init_rollout_state, rollout
 from dipod_jax.control.train import make_train, values_from_next_values
+from dipod_jax.run.config import ConfigError
 
 TINY = TINY_POINT_TARGET
 
@@ -54,20 +57,22 @@ def test_unknown_env_lists_valid_names():
 
 
 def test_config_validation_names_the_field():
-    """Bad settings raise ValueError naming the field, before anything compiles."""
-    with pytest.raises(ValueError, match="algo"):
-        validate_config(TrainConfig(algo="sac"))
-    with pytest.raises(ValueError, match="num_envs"):
-        validate_config(TrainConfig(num_envs=7))
-    with pytest.raises(ValueError, match="dipod_beta"):
-        validate_config(TrainConfig(dipod_beta=-0.1))
-    with pytest.raises(ValueError, match="sd_init_iterations"):
-        validate_config(TrainConfig(algo="ppo", sd_init_iterations=3))
-    for field, value in (("cfm_reduction", "max"), ("cfm_huber_delta", 0.0), ("advantage_clamp", (1.0, -1.0)),
-                         ("advantage_normalization", "batch"), ("timeout_bootstrap", "zero"),
-                         ("adam_betas", (0.9, 1.0)), ("weight_decay", -1e-4), ("loss_clamp", 0.0)):
-        with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
-            validate_config(TrainConfig(**{field: value}))
+    """Bad settings raise ConfigError (a ValueError) naming the field when the TrainConfig is constructed, so
+    no invalid configuration exists; dataclasses.replace checks again."""
+    for fields, field in ((dict(algo="sac"), "algo"), (dict(num_envs=7), "num_envs"),
+                          (dict(dipod_beta=-0.1), "dipod_beta"), (dict(algo="ppo", sd_init_iterations=3), "algo"),
+                          (dict(cfm_reduction="max"), "cfm_reduction"), (dict(cfm_huber_delta=0.0), "cfm_huber_delta"),
+                          (dict(advantage_clamp=(1.0, -1.0)), "advantage_clamp"),
+                          (dict(advantage_normalization="batch"), "advantage_normalization"),
+                          (dict(timeout_bootstrap="zero"), "timeout_bootstrap"),
+                          (dict(adam_betas=(0.9, 1.0)), "adam_betas"),
+                          (dict(weight_decay=-1e-4), "weight_decay"), (dict(loss_clamp=0.0), "loss_clamp"),
+                          (dict(clip_eps="wide"), "clip_eps"), (dict(actor_hidden=("a",)), "actor_hidden")):
+        with pytest.raises(ConfigError, match=f"^{field}: must") as raised:
+            TrainConfig(**fields)
+        assert raised.value.field == field
+    with pytest.raises(ConfigError, match="num_envs"):
+        dataclasses.replace(TrainConfig(), num_envs=7)
 
 
 def test_algorithm_presets_carry_the_release_values():
@@ -95,7 +100,7 @@ def test_algorithm_presets_carry_the_release_values():
         (48, 6, 0.01, (0.9, 0.95))
     assert (tracking.cfm_reduction, tracking.cfm_loss_clamp, tracking.log_ratio_clamp) == ("mean", -1.0, 3.0)
     assert tracking.actor_hidden == tracking.critic_hidden == (1024, 512, 256)
-    with pytest.raises(ValueError, match="unknown algorithm preset"):
+    with pytest.raises(ValueError, match="--preset=fpo\\+\\+_spot: unknown"):
         preset_config(TINY, "fpo++_spot")
 
 

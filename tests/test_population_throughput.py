@@ -5,7 +5,8 @@ import sys
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "benchmarks.population_throughput", "--env=tiny/point_target",
+    return subprocess.run([sys.executable, "-m", "benchmarks.population_throughput",
+                           "--config.env_name=tiny/point_target",
                            *args], capture_output=True, text=True, timeout=600)
 
 

@@ -1,17 +1,20 @@
-"""Training configuration for continuous control, its validation and the per-environment presets.
+"""Training configuration for continuous control (checked on construction) and its presets.
 
 Batch layout (Brax PPO semantics, as in the FPO reference code): one iteration collects
 num_minibatches * batch_size * unroll_length transitions, i.e. rollout_length = that / num_envs steps in each of
 num_envs environments; it then runs num_updates_per_batch epochs, each a reshuffle into num_minibatches
 minibatches of batch_size * unroll_length transitions.
+
+A configuration is built once, by `preset_config`: the environment's preset (ENV_PRESETS), then an algorithm
+preset (ALGORITHM_PRESETS), then the fields given (a program's --config.<field>=<value> flags,
+dipod_jax.run.config); TrainConfig checks every field when it is constructed.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
-from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
-import ml_collections
+from dipod_jax.run.config import ConfigError, build
 
 ALGORITHMS = ("ppo", "fpo", "fpo++")
 CFM_VARIANTS = ("velocity", "eps")
@@ -24,7 +27,8 @@ TIMEOUT_BOOTSTRAPS = ("next_value", "current_value")  # dipod_jax.losses.gae's t
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of `make_train` (hashable: it is static under jit).
+    """Every setting of `make_train` (hashable: it is static under jit), checked on construction (ConfigError
+    naming the first invalid field, before anything is compiled).
 
     Defaults are the FPO reference configuration on CartpoleBalance (MuJoCo Playground).
     """
@@ -36,6 +40,9 @@ class TrainConfig:
     num_envs: int = 256
     batch_size: int = 256
     num_minibatches: int = 8
+    # Not Brax's GAE segment length: our advantages run over each environment's whole rollout_length steps
+    # (see the module docstring); unroll_length only multiplies the batch (a minibatch is batch_size *
+    # unroll_length transitions), as in Brax's batch arithmetic.
     unroll_length: int = 30
     num_updates_per_batch: int = 4
     episode_length: Optional[int] = None  # None: the environment's own time limit
@@ -93,6 +100,9 @@ class TrainConfig:
     sd_max_grad_norm: float = 1.0
     # Evaluation.
     num_eval_envs: int = 128
+
+    def __post_init__(self):
+        validate_config(self)
 
     @property
     def rollout_length(self) -> int:
@@ -163,11 +173,34 @@ def hyper_params(config: TrainConfig) -> HyperParams:
                        config.entropy_cost, config.value_loss_coef)
 
 
-def validate_config(config: TrainConfig) -> None:
-    """Raise ValueError naming the first invalid field (called before anything is compiled)."""
-    def fail(field, message):
-        raise ValueError(f"TrainConfig.{field}: {message}, got {getattr(config, field)!r}")
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
+
+def _fail(config: TrainConfig, field: str, message: str):
+    raise ConfigError(field, f"{message}, got {getattr(config, field)!r}")
+
+
+def _validate_types(config: TrainConfig) -> None:
+    """The fields a comparison could not even check: the optional ones take any literal on the command line."""
+    for field in ("episode_length", "learning_rate", "clip_eps", "max_grad_norm", "loss_clamp", "cfm_huber_delta"):
+        if getattr(config, field) is not None and not _is_number(getattr(config, field)):
+            _fail(config, field, "must be a number or None")
+    for field in ("algo", "cfm_variant", "cfm_reduction", "timeout_bootstrap", "advantage_normalization",
+                  "tau_schedule", "trust_region"):
+        if getattr(config, field) is not None and not isinstance(getattr(config, field), str):
+            _fail(config, field, "must be a name")
+    for field in ("adam_betas", "actor_hidden", "critic_hidden"):
+        if not isinstance(getattr(config, field), tuple) or not all(map(_is_number, getattr(config, field))):
+            _fail(config, field, "must be a tuple of numbers")
+
+
+def validate_config(config: TrainConfig) -> None:
+    """ConfigError naming the first invalid field (TrainConfig's construction calls it)."""
+    def fail(field, message):
+        _fail(config, field, message)
+
+    _validate_types(config)
     if config.algo not in ALGORITHMS:
         fail("algo", f"must be one of {ALGORITHMS}")
     for field in ("num_envs", "batch_size", "num_minibatches", "unroll_length", "num_updates_per_batch",
@@ -268,59 +301,37 @@ ALGORITHM_PRESETS = {
 
 def preset_fields(env_name: str, algorithm_preset: Optional[str] = None) -> dict:
     """TrainConfig fields: ENV_PRESETS[env_name] (the reference layout when none is listed), then
-    ALGORITHM_PRESETS[algorithm_preset] when given (ValueError naming the known presets otherwise)."""
+    ALGORITHM_PRESETS[algorithm_preset] when given (ValueError naming the known presets otherwise); every field
+    not set there has the TrainConfig default."""
     fields = dict(ENV_PRESETS.get(env_name, {}))
     if algorithm_preset is not None:
         if algorithm_preset not in ALGORITHM_PRESETS:
-            raise ValueError(f"unknown algorithm preset {algorithm_preset!r}; known: {sorted(ALGORITHM_PRESETS)}")
+            raise ValueError(f"--preset={algorithm_preset}: unknown; known: {sorted(ALGORITHM_PRESETS)}")
         fields.update(ALGORITHM_PRESETS[algorithm_preset])
     return fields
 
 
-def preset_config(env_name: str, algorithm_preset: Optional[str] = None, **overrides) -> TrainConfig:
-    """The preset for `env_name` (and `algorithm_preset`, see `preset_fields`) with `overrides`, validated."""
+def preset_config(env_name: str = TrainConfig.env_name, algorithm_preset: Optional[str] = None,
+                  **overrides) -> TrainConfig:
+    """The configuration of a run: ENV_PRESETS[env_name] (the reference layout when none is listed), then
+    ALGORITHM_PRESETS[algorithm_preset] when given, then `overrides` (any TrainConfig fields).
+
+    Raises:
+      ValueError naming the field as its flag ("--config.num_envs: must divide ..., got 7"): an unknown field or
+      preset, a value TrainConfig refuses, or an algo that contradicts the algorithm preset.
+    """
     fields = preset_fields(env_name, algorithm_preset)
-    fields.update(overrides)
-    config = TrainConfig(env_name=env_name, **fields)
-    validate_config(config)
-    return config
+    if algorithm_preset is not None and overrides.get("algo", fields["algo"]) != fields["algo"]:
+        raise ValueError(f"--config.algo={overrides['algo']} contradicts --preset={algorithm_preset} "
+                         f"(algo {fields['algo']})")
+    return build(TrainConfig, {**fields, **overrides, "env_name": env_name})
 
 
-def preset(env_name: str, algorithm_preset: Optional[str] = None) -> ml_collections.ConfigDict:
-    """The ml_collections preset: TrainConfig defaults updated by ENV_PRESETS[env_name], then by
-    ALGORITHM_PRESETS[algorithm_preset] when given."""
-    fields = dataclasses.asdict(TrainConfig(env_name=env_name, **preset_fields(env_name, algorithm_preset)))
-    return ml_collections.ConfigDict(fields)
-
-
-def build_config(env_name: str, algo: Optional[str], dipod_beta: float, overrides: Sequence[str],
-                 algorithm_preset: Optional[str] = None) -> TrainConfig:
-    """The control programs' configuration: preset (env, then algorithm preset) + algo/beta + "field=value"
-    overrides (--set, Python literals) -> validated TrainConfig (ValueError names the bad item). algo None: the
-    algorithm preset's, else "fpo"; an algo that contradicts the algorithm preset is refused."""
-    config = preset(env_name, algorithm_preset)
-    if algorithm_preset is not None and algo is not None and algo != config.algo:
-        raise ValueError(f"--algo={algo} contradicts --preset={algorithm_preset} (algo {config.algo})")
-    if algorithm_preset is None:
-        config.algo = algo or "fpo"
-    config.dipod_beta = dipod_beta
-    for item in overrides:
-        field, sep, text = item.partition("=")
-        if not sep or field not in config:
-            raise ValueError(f"--set {item!r}: expected field=value with field one of {sorted(config.keys())}")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        if isinstance(value, list):
-            value = tuple(value)
-        try:
-            config[field] = value
-        except TypeError as error:
-            raise ValueError(f"--set {item!r}: {error}") from error
-    train_config = TrainConfig(**config.to_dict())
-    validate_config(train_config)
-    return train_config
+def config_from_flags(algorithm_preset: Optional[str], overrides: Dict[str, Any]) -> TrainConfig:
+    """`preset_config` of the control programs: --preset and the --config.<field> overrides (env_name among
+    them picks the environment preset)."""
+    fields = dict(overrides)
+    return preset_config(fields.pop("env_name", TrainConfig.env_name), algorithm_preset, **fields)
 
 
 def validate_periods(iterations_per_call: int, checkpoint_every: int, eval_every: int, num_timesteps: int) -> None:

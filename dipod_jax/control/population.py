@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dipod_jax.control.configs import HyperParams, TrainConfig, hyper_params, validate_config
+from dipod_jax.control.configs import HyperParams, TrainConfig, hyper_params
 from dipod_jax.control.envs import Environment, make_environment
 from dipod_jax.control.train import Metrics, TrainState, make_train
 
@@ -101,7 +101,7 @@ def member_config(config: TrainConfig, members: Members, index: int) -> TrainCon
 
 def validate_members(config: TrainConfig, members: Members) -> None:
     """ValueError naming the field (and member) when `members` is empty, has lists of different lengths, a
-    non-integer seed or a value its TrainConfig field refuses (checked by `validate_config`)."""
+    non-integer seed or a value its TrainConfig field refuses (TrainConfig checks itself on construction)."""
     if not len(members):
         raise ValueError("Members.seeds: a population needs at least one member")
     if not all(isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) for seed in members.seeds):
@@ -109,10 +109,9 @@ def validate_members(config: TrainConfig, members: Members) -> None:
     for name in members.varied:
         if len(getattr(members, name)) != len(members):
             raise ValueError(f"Members.{name} has {len(getattr(members, name))} values for {len(members)} seeds")
-    validate_config(config)
     for index in range(len(members)):
         try:
-            validate_config(member_config(config, members, index))
+            member_config(config, members, index)
         except ValueError as error:
             raise ValueError(f"member {index} ({members.values(index)}): {error}") from error
 

@@ -32,7 +32,7 @@ import optax
 
 from dipod_jax import losses
 from dipod_jax.control import normalization
-from dipod_jax.control.configs import HyperParams, TrainConfig, hyper_params, validate_config
+from dipod_jax.control.configs import HyperParams, TrainConfig, hyper_params
 from dipod_jax.control.envs import Environment, make_environment
 from dipod_jax.control.policies import Policy, make_policy
 from dipod_jax.control.rollout import ActFn, RolloutState, evaluate_episodes, init_rollout_state, rollout
@@ -208,7 +208,6 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None,
     environment, policy, critic), as Brax's and PureJaxRL's train builders do; self-distillation, which needs
     none of the update path, is `make_self_distill`.
     """
-    validate_config(config)
     if env is None:
         env = make_environment(config.env_name)
     obs_size, action_size = env.observation_size, env.action_size

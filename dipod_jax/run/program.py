@@ -19,7 +19,7 @@ import contextlib
 import math
 import signal
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from absl import app, flags, logging
 
@@ -75,6 +75,12 @@ def _program_name() -> str:
 def _report(message: str, status: int) -> int:
     print(f"{_program_name()}: error: {message}", file=sys.stderr)
     return status
+
+
+def exit_usage_error(message: str) -> NoReturn:
+    """Prints "<program>: error: <message>" (one line) and exits with status 2: for a user error found before
+    app.run, e.g. while a flag is registered."""
+    sys.exit(_report(" ".join(message.split()), EXIT_USAGE))
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -1,0 +1,144 @@
+"""Run configurations: a frozen dataclass per run kind, checked once on construction, overridden from the
+command line with ml_collections' config_flags.
+
+Every run kind's settings (dipod_jax.control.configs.TrainConfig, dipod_jax.lm.rl_config.RLConfig) are a frozen
+dataclass whose `__post_init__` checks every field and raises `ConfigError` naming the first bad one; the
+dataclass field is the only place a setting's default is written. A program registers
+
+    define_config_flag(TrainConfig())        # --config.<field>=<value>, one flag per field given
+
+and builds its configuration from a preset (the fields a named preset sets) and the fields given on the
+command line (`flag_overrides()`, applied last, in the order given):
+
+    config = build(TrainConfig, {**preset_fields, **flag_overrides()})
+
+`build` converts the values to the annotated types (a list to a tuple, an int to a float) and re-raises a
+`ConfigError` as a ValueError naming the flag: "--config.num_envs: must divide ..., got 7". A field name config_flags
+does not know is refused, in one line, when the flag is registered (`define_config_flag`).
+
+Values on the command line: numbers, strings (`--config.algo=ppo`), booleans (`--config.lora_only=false`),
+tuples (`--config.actor_hidden="(64, 64)"`); a field whose default is None (e.g. learning_rate: None = the
+algorithm's own) takes any Python literal, so `--config.max_grad_norm=None` restores the default a preset changed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import typing
+from typing import Any, Dict, Iterable, Optional, Sequence, Type, TypeVar
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from dipod_jax.run.program import exit_usage_error
+
+CONFIG_FLAG = "config"
+_T = TypeVar("_T")
+
+
+class ConfigError(ValueError):
+    """A configuration field with a value it refuses; `field` names it."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def require(condition: bool, field: str, value: Any, requirement: str) -> None:
+    """ConfigError "<field>: must be <requirement>, got <value>" unless `condition`."""
+    if not condition:
+        raise ConfigError(field, f"must be {requirement}, got {value!r}")
+
+
+def _field_kind(hint: Any) -> type:
+    """The type config_flags parses a field as: Optional[X] and unions take any literal (object); Tuple[...]
+    is tuple; plain types are themselves."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        return object
+    return origin or hint
+
+
+def config_dict(config: Any) -> ml_collections.ConfigDict:
+    """The fields of a dataclass instance as a ConfigDict whose field types config_flags parses: a None value
+    becomes a placeholder of type object (any literal, None included), a float field holds a float."""
+    hints = typing.get_type_hints(type(config))
+    fields = {}
+    for field in dataclasses.fields(config):
+        value, kind = getattr(config, field.name), _field_kind(hints[field.name])
+        if value is None or kind is object:
+            fields[field.name] = ml_collections.config_dict.placeholder(object)
+            if value is not None:
+                fields[field.name].set(value)
+        else:
+            fields[field.name] = float(value) if kind is float else value
+    return ml_collections.ConfigDict(fields)
+
+
+def define_config_flag(defaults: Any, flag_values: flags.FlagValues = flags.FLAGS,
+                       argv: Optional[Sequence[str]] = None) -> flags.FlagHolder:
+    """Registers --config (config_flags.DEFINE_config_dict) with the fields of `defaults`, a dataclass instance;
+    each --config.<field>=<value> overrides one field. config_flags reads the overrides from the command line
+    (`argv`, default sys.argv) right here, so a name that is no field is reported now: one line naming the
+    flag, exit status 2."""
+    argv = sys.argv if argv is None else list(argv)
+    try:
+        check_config_flag_names(argv[1:], [field.name for field in dataclasses.fields(defaults)])
+    except ValueError as error:
+        exit_usage_error(str(error))
+    return config_flags.DEFINE_config_dict(
+        CONFIG_FLAG, config_dict(defaults),
+        f"{type(defaults).__name__} fields, each overridden by --{CONFIG_FLAG}.<field>=<value>.",
+        flag_values=flag_values, sys_argv=argv)
+
+
+def flag_overrides(flag_values: flags.FlagValues = flags.FLAGS) -> Dict[str, Any]:
+    """{field: value} of every --config.<field>=<value> given on the command line (after parsing)."""
+    return dict(flag_values[CONFIG_FLAG].override_values)
+
+
+def check_config_flag_names(argv: Iterable[str], known: Iterable[str]) -> None:
+    """ValueError naming the flag for a --config.<name> in `argv` whose name is not in `known`."""
+    known = list(known)
+    prefixes = (f"--{CONFIG_FLAG}.", f"-{CONFIG_FLAG}.", f"--no{CONFIG_FLAG}.")
+    for argument in argv:
+        if argument == "--":
+            return
+        prefix = next((p for p in prefixes if argument.startswith(p)), None)
+        if prefix is None:
+            continue
+        name = argument[len(prefix):].split("=", 1)[0].split(".", 1)[0]
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean --{CONFIG_FLAG}.{close[0]}?)" if close else ""
+            raise ValueError(f"--{CONFIG_FLAG}.{name} is not a setting{hint}; the settings are the fields of "
+                             f"--{CONFIG_FLAG}: {', '.join(sorted(known))}")
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    """`value` in the annotated type where the command line or JSON gives another: list -> tuple, int -> float."""
+    kinds = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, int) and not isinstance(value, bool) and float in kinds and int not in kinds:
+        return float(value)
+    return value
+
+
+def build(config_type: Type[_T], fields: Dict[str, Any], flag: str = f"--{CONFIG_FLAG}") -> _T:
+    """`config_type(**fields)` with the values coerced to the annotated types; ValueError naming the flag
+    ("--config.<field>: ...") for an unknown field or a value the dataclass refuses."""
+    hints = typing.get_type_hints(config_type)
+    unknown = sorted(set(fields) - set(hints))
+    if unknown:
+        raise ValueError(f"{', '.join(f'{flag}.{name}' for name in unknown)}: not a field of "
+                         f"{config_type.__name__}")
+    values = {name: _coerce(hints[name], value) for name, value in fields.items()}
+    try:
+        return config_type(**values)
+    except ConfigError as error:
+        raise ValueError(f"{flag}.{error}") from error
+    except TypeError as error:  # a value of a type the checks cannot even compare
+        raise ValueError(f"{flag}: {error}") from error
