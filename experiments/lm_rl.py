@@ -1,7 +1,7 @@
 """RL post-training of a masked diffusion LM with diffu-GRPO, FPO or SPG, each with the DiPOD term.
 
     python -m experiments.lm_rl --init_dir=/tmp/sudoku_pretrain --workdir=/tmp/sudoku_fpo_dipod \
-        --algo=fpo --dipod_beta=0.05 --steps=200 --seed=0
+        --config.algo=fpo --config.dipod_beta=0.05 --steps=200 --seed=0
     python -m experiments.lm_rl ... --resume            # continue from the newest checkpoint, bit-exact
 
 Policy: a checkpoint of experiments.lm_pretrain (--init_dir, task / template / lengths from its config.json)
@@ -9,9 +9,12 @@ or an imported Hugging Face LLaDA directory (--llada_dir with --task, --template
 --gen_length; tokenizer.json from the same directory). --lora_rank > 0 adds fresh LoRA adapters (B = 0, so the
 policy starts as the checkpoint); --lora_only trains only them.
 
-Hyper-parameters: `dipod_jax.lm.rl_config.preset(task)` (the paper's structure at CPU scale), overridden by
-every RL flag that is given. The sampler's gen_length is the checkpoint's; block_length and diffusion_steps
-default to one block of gen_length steps (one token per step), as in pre-training.
+Hyper-parameters: an RLConfig built once from a preset (`dipod_jax.lm.rl_config.preset_fields`: the task's
+CPU-scale preset, the paper's structure; or --preset=<name>, one of the release's PAPER_PRESETS), then every
+--config.<field>=<value> given (any RLConfig field: --config.algo, --config.dipod_beta, --config.learning_rate,
+--config.rollout_temperature, ...; dipod_jax.run.config). The sampler's gen_length is the checkpoint's; with the
+CPU preset, block_length and diffusion_steps default to one block of gen_length steps (one token per step), as
+in pre-training. The other flags say where to start and write, how long, how often and on which devices.
 
 Each step draws --num_prompts training items from a generator seeded by (seed, step, process), samples
 num_generations completions per prompt, scores them with the task reward on the host and runs
@@ -55,10 +58,11 @@ from flax import nnx
 from dipod_jax.lm import data, rl, sharding
 from dipod_jax.lm.evaluation import item_rewards, paired_evaluation, reward_summary
 from dipod_jax.lm.pretrain import load_pretrained
-from dipod_jax.lm.rl_config import RLConfig, preset
+from dipod_jax.lm.rl_config import PAPER_PRESETS, RLConfig, preset_fields
 from dipod_jax.lm.tasks import get_task
 from dipod_jax.lm.tokenizer import load_hf_tokenizer
 from dipod_jax.models.llada import LLaDA
+from dipod_jax.run.config import build, define_config_flag, flag_overrides
 from dipod_jax.run.distributed import initialize_distributed
 from dipod_jax.run.files import read_json, read_metrics, write_json_atomic
 from dipod_jax.run.harness import COMPLETED, TIME_BUDGET, Run, non_finite, progress_bar
@@ -70,37 +74,13 @@ PAIRED_EVAL_FILE = "paired_eval.json"
 PLOT_FILE = "curves.png"
 
 FLAGS = flags.FLAGS
-# RLConfig field -> (flag name, type, help); a flag left unset keeps the task preset's value.
-CONFIG_FLAGS = {
-    "num_prompts": ("num_prompts", int, "Prompts per step (all processes together)."),
-    "num_generations": ("num_generations", int, "Completions per prompt G (>= 2)."),
-    "num_inner_iterations": ("num_inner_iterations", int, "Updates per generation batch mu."),
-    "grad_accum_steps": ("grad_accum_steps", int, "Micro-batches per update."),
-    "learning_rate": ("learning_rate", float, "AdamW learning rate."),
-    "warmup_steps": ("warmup_steps", int, "Linear warm-up, in optimizer updates."),
-    "clip_eps": ("clip_eps", float, "PPO clip epsilon (diffu_grpo, fpo)."),
-    "kl_beta": ("kl_beta", float, "Reference-model KL coefficient."),
-    "ref_sync_every": ("ref_sync_every", int, "Reset the reference every this many steps (0 = never)."),
-    "max_grad_norm": ("max_grad_norm", float, "Global gradient-norm clip."),
-    "weight_decay": ("weight_decay", float, "AdamW decoupled weight decay."),
-    "scale_rewards_by_std": ("scale_rewards_by_std", bool, "Divide group advantages by the group's reward std."),
-    "num_elbo_draws": ("num_elbo_draws", int, "Masks per completion for the sequence ELBO."),
-    "lora_only": ("lora_only", bool, "Train only the LoRA adapters."),
-    "rollout_temperature": ("rollout_temperature", float, "Sampling temperature of the rollouts."),
-    "block_length": ("block_length", int, "Sampler block length (default gen_length)."),
-    "diffusion_steps": ("diffusion_steps", int, "Sampler steps (default gen_length)."),
-    "placebo": ("placebo", bool, "Control run: shuffle the rewards within each group before the update."),
-    "sampler": ("sampler", str, "Rollout sampler: exact, or a Fast-dLLM variant of dipod_jax.lm.sampler.SAMPLERS "
-                "(prefix, dual, *_parallel); evaluations always use the exact sampler."),
-    "sampler_threshold": ("sampler_threshold", float, "Confidence threshold of the *_parallel samplers."),
-    "sampler_refresh_interval": ("sampler_refresh_interval", int,
-                                 "Recompute a sampler cache every this many steps of a block (0 = once per block)."),
-}
 
 
 @dataclasses.dataclass(frozen=True)
 class RLRunSettings:
-    """Everything a run depends on. config_overrides: RLConfig fields over the task preset, as (name, value)."""
+    """Everything a run depends on (the flags, as one record; these defaults are the flags'). preset: a key of
+    PAPER_PRESETS, or None for the task's CPU preset; config_overrides: RLConfig fields over it, as (name,
+    value) pairs (the --config.<field> flags)."""
 
     workdir: str
     init_dir: str | None = None
@@ -109,9 +89,7 @@ class RLRunSettings:
     template: str | None = None
     prompt_length: int = 0
     gen_length: int = 0
-    algo: str = "fpo"
-    spg_estimator: str = "mix"
-    dipod_beta: float = 0.0
+    preset: str | None = None
     config_overrides: tuple = ()
     lora_rank: int = 0
     lora_alpha: float = 0.0
@@ -141,10 +119,9 @@ def define_flags() -> None:
     flags.DEFINE_string("template", None, "Prompt template (default: the --init_dir run's).")
     flags.DEFINE_integer("prompt_length", 0, "Prompt columns (--llada_dir only).")
     flags.DEFINE_integer("gen_length", 0, "Generated tokens per completion (--llada_dir only).")
-    flags.DEFINE_enum("algo", defaults.algo, ["diffu_grpo", "fpo", "spg"], "Policy-gradient loss.")
-    flags.DEFINE_enum("spg_estimator", defaults.spg_estimator, ["elbo", "eubo", "mix"],
-                      "SPG log-likelihood estimate for A <= 0.")
-    flags.DEFINE_float("dipod_beta", defaults.dipod_beta, "DiPOD on-policy ELBO coefficient (0 = the baseline).")
+    define_config_flag(RLConfig())
+    flags.DEFINE_enum("preset", defaults.preset, sorted(PAPER_PRESETS), "A release configuration (PAPER_PRESETS) "
+                      "instead of the task's CPU preset, under the --config.<field>s.")
     flags.DEFINE_integer("lora_rank", defaults.lora_rank, "Add LoRA adapters of this rank (0 = none).")
     flags.DEFINE_float("lora_alpha", defaults.lora_alpha, "LoRA alpha (scale alpha / rank); needed with --lora_rank.")
     flags.DEFINE_integer("seed", defaults.seed, "Seed of the training prompts, sampling, masks and LoRA init.")
@@ -152,7 +129,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("eval_interval", defaults.eval_interval, "Evaluate every this many steps (and at 0, end).")
     flags.DEFINE_integer("eval_items", defaults.eval_items, "Test items per evaluation (0 = the whole test set).")
     flags.DEFINE_string("test_path", None, "Test file (default: the task's shipped test set).")
-    flags.DEFINE_float("eval_temperature", defaults.eval_temperature, "Sampling temperature at evaluation (0 = greedy).")
+    flags.DEFINE_float("eval_temperature", defaults.eval_temperature,
+                       "Sampling temperature at evaluation (0 = greedy); the rollouts': --config.rollout_temperature.")
     flags.DEFINE_integer("checkpoint_interval", defaults.checkpoint_interval,
                          "Checkpoint every this many steps (0 = --eval_interval).")
     flags.DEFINE_integer("log_interval", defaults.log_interval, "Write train metrics every this many steps.")
@@ -164,10 +142,6 @@ def define_flags() -> None:
                          "Size of the mesh's data axis; the remaining devices form the fsdp axis.")
     flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host) before anything else.")
     flags.DEFINE_bool("plot", defaults.plot, "Write curves.png at the end.")
-    definers = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_bool,
-                str: flags.DEFINE_string}
-    for flag_name, kind, help_text in CONFIG_FLAGS.values():
-        definers[kind](flag_name, None, help_text + " Default: the task preset.")
 
 
 def validate_settings(settings: RLRunSettings) -> None:
@@ -182,20 +156,11 @@ def validate_settings(settings: RLRunSettings) -> None:
         if settings.prompt_length <= 0 or settings.gen_length <= 0:
             raise ValueError("--llada_dir needs --prompt_length > 0 and --gen_length > 0")
     check_flag_bounds(settings, positive=("steps", "eval_interval", "log_interval", "mesh_data"),
-                      non_negative=("eval_items", "checkpoint_interval", "lora_rank", "num_devices", "eval_temperature",
-                                    "time_budget_min", "dipod_beta"),
-                      finite=("eval_temperature", "time_budget_min", "dipod_beta", "lora_alpha"))
+                      non_negative=("eval_items", "checkpoint_interval", "lora_rank", "num_devices",
+                                    "eval_temperature", "time_budget_min"),
+                      finite=("eval_temperature", "time_budget_min", "lora_alpha"))
     if settings.lora_rank and not settings.lora_alpha > 0:
         raise ValueError(f"--lora_alpha={settings.lora_alpha} must be > 0 with --lora_rank={settings.lora_rank}")
-    known = {field.name for field in dataclasses.fields(RLConfig)}
-    unknown = [name for name, _ in settings.config_overrides if name not in known]
-    if unknown:
-        raise ValueError(f"config_overrides names unknown RLConfig fields {unknown}")
-    non_finite_overrides = [f"--{CONFIG_FLAGS[name][0] if name in CONFIG_FLAGS else name}={value}"
-                            for name, value in settings.config_overrides
-                            if isinstance(value, float) and not math.isfinite(value)]
-    if non_finite_overrides:
-        raise ValueError(f"{', '.join(non_finite_overrides)}: must be a finite number")
 
 
 def load_policy(settings: RLRunSettings, seed: int) -> tuple[LLaDA, Any, dict[str, Any]]:
@@ -230,14 +195,18 @@ def load_policy(settings: RLRunSettings, seed: int) -> tuple[LLaDA, Any, dict[st
 
 
 def build_rl_config(settings: RLRunSettings, info: dict[str, Any]) -> RLConfig:
-    """The task preset with the method, beta, overrides and the checkpoint's generation length."""
+    """The run's RLConfig, built once: the preset (--preset, else the task's CPU preset, whose sampler is then
+    one block of gen_length steps), the checkpoint's generation length, then the --config overrides."""
+    fields = preset_fields(info["task"], settings.preset)
+    gen_length = fields["gen_length"] = info["gen_length"]
+    if settings.preset is None:
+        fields.update(block_length=gen_length, diffusion_steps=gen_length,
+                      spg_block_length=min(fields["spg_block_length"], gen_length))
     overrides = dict(settings.config_overrides)
-    gen_length = info["gen_length"]
-    overrides.setdefault("block_length", gen_length)
-    overrides.setdefault("diffusion_steps", gen_length)
-    overrides.setdefault("spg_block_length", min(preset(info["task"]).spg_block_length, gen_length))
-    return preset(info["task"], algo=settings.algo, spg_estimator=settings.spg_estimator,
-                  dipod_beta=settings.dipod_beta, gen_length=gen_length, **overrides)
+    if "gen_length" in overrides:
+        raise ValueError("--config.gen_length: the generation length is the checkpoint's (--gen_length with "
+                         "--llada_dir)")
+    return build(RLConfig, {**fields, **overrides})
 
 
 _OPTIONAL_PARTS = ("ref_params", "start_params")  # empty dicts when unused, which a checkpoint cannot hold
@@ -280,8 +249,7 @@ def plot_curves(workdir: str) -> str:
 # RLRunSettings fields that change a run's results (besides the RL config they resolve to); the others say where
 # and how often to write, how long to run and on which devices.
 # (task, template and lengths are in the record's "info", as resolved from the starting checkpoint.)
-RECORD_SETTINGS = ("algo", "spg_estimator", "dipod_beta", "lora_rank", "lora_alpha", "seed", "eval_items",
-                   "eval_temperature")
+RECORD_SETTINGS = ("lora_rank", "lora_alpha", "seed", "eval_items", "eval_temperature")
 
 
 def run_record(settings: RLRunSettings, config: RLConfig, info: dict[str, Any]) -> dict[str, Any]:
@@ -342,8 +310,9 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
     mask_id, eos_id = tokenizer.mask_id, tokenizer.eos_id
     sample_fn = rl.make_sample_fn(config, graphdef, mask_id)
     update_fn = rl.make_update_fn(config, graphdef, mask_id, mesh)
-    eval_sample = rl.make_sample_fn(dataclasses.replace(config, rollout_temperature=settings.eval_temperature, sampler="exact"),
-                                    graphdef, mask_id)
+    # The evaluation sampler: the exact one at --eval_temperature.
+    eval_sample = rl.make_sample_fn(
+        dataclasses.replace(config, rollout_temperature=settings.eval_temperature, sampler="exact"), graphdef, mask_id)
     curve_items = settings.eval_items or len(test_items)
     prompt_length, local_prompts = info["prompt_length"], config.num_prompts // jax.process_count()
     base_key = jax.random.key(settings.seed)
@@ -427,10 +396,9 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
 
 def settings_from_flags() -> RLRunSettings:
     """RLRunSettings from the flags registered by `define_flags`."""
-    overrides = tuple((field, getattr(FLAGS, flag_name)) for field, (flag_name, _, _) in CONFIG_FLAGS.items()
-                      if getattr(FLAGS, flag_name) is not None)
     names = [field.name for field in dataclasses.fields(RLRunSettings) if field.name != "config_overrides"]
-    return RLRunSettings(config_overrides=overrides, **{name: getattr(FLAGS, name) for name in names})
+    return RLRunSettings(config_overrides=tuple(flag_overrides().items()),
+                         **{name: getattr(FLAGS, name) for name in names})
 
 
 def main(argv):

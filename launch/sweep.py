@@ -4,13 +4,14 @@
         --algos=fpo,spg --betas=0,0.05 --seeds=0,1,2 --max_parallel=2 \
         --extra=--init_dir=/tmp/sudoku_pretrain --extra=--steps=100
 
-Every experiment names its settings alike (--algo, --dipod_beta, --seed, --workdir), so a run's command is
-`python -m experiments.<experiment> --algo=<algo> --dipod_beta=<beta> --seed=<seed> --workdir=<dir>` plus
---extra. Every configuration gets its own output directory out_root/<algo>_beta<beta>_seed<seed> (beta written
-exactly, so 1e-07 and 1.000001e-07 are two directories), its log file log.txt there, and an entry in
-out_root/manifest.json: name, group (what the summaries group seeds by: here the algorithm), algo, beta, seed,
-workdir, command, status (pending / running / succeeded / failed / interrupted), return code, start and end
-times. The manifest is rewritten atomically after every change, so it can be read while the sweep runs.
+Every experiment names its settings alike (--config.algo, --config.dipod_beta, --seed, --workdir), so a run's
+command is `python -m experiments.<experiment> <--extra arguments> --config.algo=<algo> --config.dipod_beta=<beta>
+--seed=<seed> --workdir=<dir>` (the --extra arguments first: a --preset or another --config.<field> given there
+is applied under the grid's own settings, which --extra may not repeat). Every configuration gets its own output
+directory out_root/<algo>_beta<beta>_seed<seed> (beta written exactly, so 1e-07 and 1.000001e-07 are two
+directories), its log file log.txt there, and an entry in out_root/manifest.json: name, group (what the
+summaries group seeds by: here the algorithm), algo, beta, seed, workdir, command, status (pending / running /
+succeeded / failed / interrupted), return code, start and end times. The manifest is rewritten atomically after every change, so it can be read while the sweep runs.
 
 A run's identity is its full command. Running the sweep again skips the runs already succeeded and relaunches
 the others, adding --resume where the run directory holds a checkpoint (so --resume is never passed in
@@ -52,7 +53,7 @@ from dipod_jax.run.statistics import t_interval
 
 MANIFEST_FILE = "manifest.json"
 LOG_FILE = "log.txt"
-# experiment name -> its program; every one takes --algo, --dipod_beta, --seed and --workdir.
+# experiment name -> its program; every one takes --config.algo, --config.dipod_beta, --seed and --workdir.
 EXPERIMENTS = {"lm_rl": "experiments.lm_rl", "control": "experiments.control"}
 
 FLAGS = flags.FLAGS
@@ -63,7 +64,7 @@ def define_flags() -> None:
     (tests, other experiments in the same process) defines no global flags."""
     flags.DEFINE_enum("experiment", "lm_rl", list(EXPERIMENTS), "Which experiment entry point to launch.")
     flags.DEFINE_string("out_root", None, "Root directory of the sweep (manifest.json and one folder per run).")
-    flags.DEFINE_list("algos", ["fpo"], "Algorithms (the experiment's --algo).")
+    flags.DEFINE_list("algos", ["fpo"], "Algorithms (the experiment's --config.algo).")
     flags.DEFINE_list("betas", ["0", "0.05"], "DiPOD betas.")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
     flags.DEFINE_multi_string("extra", [], "Argument passed to every run, e.g. --extra=--steps=100 (repeatable).")
@@ -86,7 +87,7 @@ def build_runs(experiment: str, algos: Sequence[str], betas: Sequence[float], se
       experiment: a key of EXPERIMENTS (`module` may replace its program).
       algos, betas, seeds: non-empty, without repeats; betas >= 0.
       out_root: root directory; run directories are out_root/<algo>_beta<beta>_seed<seed>.
-      extra_args: arguments appended to every command.
+      extra_args: arguments of every command, before the grid's own.
       python: interpreter of the launched processes.
 
     Returns:
@@ -106,14 +107,19 @@ def build_runs(experiment: str, algos: Sequence[str], betas: Sequence[float], se
         raise ValueError("--out_root is required")
     if any(argument.split("=", 1)[0] in ("--resume", "--noresume") for argument in extra_args):
         raise ValueError("--extra=--resume: the sweep adds --resume itself to runs that hold a checkpoint")
+    grid_flags = ("--config.algo", "--config.dipod_beta", "--seed", "--workdir")
+    clashing = [argument for argument in extra_args if argument.split("=", 1)[0] in grid_flags]
+    if clashing:
+        raise ValueError(f"--extra={clashing[0]}: the sweep sets {', '.join(grid_flags)} itself (--algos, --betas, "
+                         "--seeds, --out_root)")
     runs = []
     for algo in algos:
         for beta in betas:
             for seed in seeds:
                 name = f"{algo}_beta{float_name(beta)}_seed{seed}"
                 workdir = os.path.join(os.path.abspath(out_root), name)
-                command = [python, "-m", module or EXPERIMENTS[experiment], f"--algo={algo}",
-                           f"--dipod_beta={float_name(beta)}", f"--seed={seed}", f"--workdir={workdir}", *extra_args]
+                command = [python, "-m", module or EXPERIMENTS[experiment], *extra_args, f"--config.algo={algo}",
+                           f"--config.dipod_beta={float_name(beta)}", f"--seed={seed}", f"--workdir={workdir}"]
                 runs.append({"name": name, "group": algo, "algo": algo, "beta": beta, "seed": seed,
                              "workdir": workdir, "command": command, "status": "pending", "returncode": None})
     return runs

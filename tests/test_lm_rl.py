@@ -15,6 +15,7 @@ from flax import nnx
 from dipod_jax.lm import rl
 from dipod_jax.lm.rl_config import PAPER_PRESETS, RLConfig, paper_preset, preset
 from dipod_jax.run.checkpoints import CheckpointStore
+from dipod_jax.run.config import ConfigError
 from dipod_jax.run.files import read_json, read_metrics
 from dipod_jax.losses.lm import diffu_grpo_loss, fpo_dllm_loss
 from dipod_jax.losses.masked import apply_mask, elbo_masked, token_log_probs
@@ -60,9 +61,13 @@ def target_fraction_reward(tokens, completion_mask):
     (dict(spg_use_mask_prompt=1), "spg_use_mask_prompt"),
 ])
 def test_invalid_config_raises_naming_the_field(overrides, field):
-    """Each invalid value raises ValueError at construction, and the message names the offending field."""
-    with pytest.raises(ValueError, match=f"RLConfig.{field}"):
+    """Each invalid value raises ConfigError (a ValueError) at construction, naming the offending field; through
+    `preset` (the programs' path) the message names its flag --config.<field>."""
+    with pytest.raises(ConfigError, match=f"^{field}: must be") as raised:
         RLConfig(**overrides)
+    assert raised.value.field == field
+    with pytest.raises(ValueError, match=f"^--config.{field}: must be"):
+        preset("sudoku", **{"gen_length": 24, "block_length": 8, "diffusion_steps": 12, **overrides})
 
 
 def test_presets_are_valid_and_keep_the_paper_structure():
@@ -74,7 +79,7 @@ def test_presets_are_valid_and_keep_the_paper_structure():
         assert config.num_generations == 6 and config.clip_eps == 0.5 and config.dipod_beta == 0.05
     with pytest.raises(ValueError, match="no RL preset"):
         preset("chess")
-    with pytest.raises(ValueError, match="unknown RLConfig fields"):
+    with pytest.raises(ValueError, match="--config.beta: not a field of RLConfig"):
         preset("sudoku", beta=0.1)
 
 
@@ -103,9 +108,9 @@ def test_paper_presets_carry_the_release_values():
     sudoku = paper_preset("spg/sudoku_split_new")
     assert sudoku.spg_beta_e == 1.0 and sudoku.rollout_temperature == 0.3
     assert paper_preset("spg/gsm8k", dipod_beta=0.0).dipod_beta == 0.0
-    with pytest.raises(ValueError, match="no paper preset"):
+    with pytest.raises(ValueError, match="--preset=grpo/sudoku: no such paper preset"):
         paper_preset("grpo/sudoku")
-    with pytest.raises(ValueError, match="unknown RLConfig fields"):
+    with pytest.raises(ValueError, match="--config.beta: not a field of RLConfig"):
         paper_preset("fpo/gsm8k", beta=0.04)
 
 
@@ -414,11 +419,11 @@ def test_gradient_accumulation_matches_the_full_batch_update(model, trivial_task
 def _rl_settings(pretrained_dir, out_dir, steps, resume=False):
     from experiments import lm_rl
 
-    overrides = (("num_prompts", 2), ("num_generations", 2), ("num_inner_iterations", 2), ("kl_beta", 0.04),
-                 ("ref_sync_every", 3), ("learning_rate", 1e-3), ("num_elbo_draws", 2),
-                 ("rollout_temperature", 1.0))
-    return lm_rl.RLRunSettings(workdir=str(out_dir), init_dir=pretrained_dir, algo="fpo", dipod_beta=0.05,
-                               config_overrides=overrides, steps=steps, eval_interval=2, eval_items=4,
+    overrides = (("algo", "fpo"), ("dipod_beta", 0.05), ("num_prompts", 2), ("num_generations", 2),
+                 ("num_inner_iterations", 2), ("kl_beta", 0.04), ("ref_sync_every", 3), ("learning_rate", 1e-3),
+                 ("num_elbo_draws", 2), ("rollout_temperature", 1.0))
+    return lm_rl.RLRunSettings(workdir=str(out_dir), init_dir=pretrained_dir, config_overrides=overrides,
+                               steps=steps, eval_interval=2, eval_items=4,
                                resume=resume, num_devices=1, plot=False)
 
 
@@ -472,9 +477,13 @@ def test_experiment_settings_are_validated():
         lm_rl.validate_settings(lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y", steps=0))
     with pytest.raises(ValueError, match="--lora_alpha"):
         lm_rl.validate_settings(lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y", lora_rank=4))
-    with pytest.raises(ValueError, match="unknown RLConfig fields"):
-        lm_rl.validate_settings(lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y",
-                                                    config_overrides=(("beta", 1.0),)))
+    info = {"task": "sudoku", "template": "compact", "prompt_length": 20, "gen_length": 24}
+    with pytest.raises(ValueError, match="--config.beta: not a field of RLConfig"):
+        lm_rl.build_rl_config(lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y",
+                                                  config_overrides=(("beta", 1.0),)), info)
+    with pytest.raises(ValueError, match="--config.gen_length: the generation length is the checkpoint's"):
+        lm_rl.build_rl_config(lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y",
+                                                  config_overrides=(("gen_length", 8),)), info)
 
 
 def test_experiment_non_finite_stops_and_keeps_last_good_checkpoint(pretrained_dir, tmp_path):

@@ -20,18 +20,18 @@ from processes import launch_processes
 NUM_PROCESSES = 2
 STEPS = 2
 SEED = 0
-# RLConfig overrides of the run (flag name -> value); num_prompts is global: one prompt per process.
-CONFIG_FLAGS = dict(num_prompts=2, num_generations=2, num_inner_iterations=2, kl_beta=0.04, ref_sync_every=3,
-                    learning_rate=1e-3, num_elbo_draws=2, rollout_temperature=1.0)
+# RLConfig overrides of the run (--config.<field> -> value); num_prompts is global: one prompt per process.
+CONFIG_OVERRIDES = dict(algo="fpo", dipod_beta=0.05, num_prompts=2, num_generations=2, num_inner_iterations=2,
+                        kl_beta=0.04, ref_sync_every=3, learning_rate=1e-3, num_elbo_draws=2, rollout_temperature=1.0)
 TIMEOUT_S = 300
 
 
 def launch_two_processes(init_dir: str, out_dir: str, timeout_s: float = TIMEOUT_S):
     """The NUM_PROCESSES processes of one distributed lm_rl run, one CPU device each (tests/processes.py);
     [(returncode, output)] by process."""
-    flags = [f"--init_dir={init_dir}", f"--workdir={out_dir}", "--algo=fpo", "--dipod_beta=0.05",
-             f"--steps={STEPS}", f"--eval_interval={STEPS}", "--eval_items=4", f"--seed={SEED}", "--noplot"]
-    flags += [f"--{name}={value}" for name, value in CONFIG_FLAGS.items()]
+    flags = [f"--init_dir={init_dir}", f"--workdir={out_dir}", f"--steps={STEPS}", f"--eval_interval={STEPS}",
+             "--eval_items=4", f"--seed={SEED}", "--noplot"]
+    flags += [f"--config.{name}={value}" for name, value in CONFIG_OVERRIDES.items()]
     return launch_processes("experiments.lm_rl", flags, NUM_PROCESSES, out_dir, timeout_s)
 
 
@@ -41,10 +41,8 @@ def single_process_reference(init_dir: str, out_dir: str):
     (final trainable params as numpy, [train metrics of each step])."""
     from experiments import lm_rl
 
-    settings = lm_rl.RLRunSettings(workdir=out_dir, init_dir=init_dir, algo="fpo", dipod_beta=0.05,
-                                   seed=SEED, steps=STEPS, config_overrides=tuple(
-                                       (field, CONFIG_FLAGS[flag]) for field, (flag, _, _)
-                                       in lm_rl.CONFIG_FLAGS.items() if flag in CONFIG_FLAGS))
+    settings = lm_rl.RLRunSettings(workdir=out_dir, init_dir=init_dir, seed=SEED, steps=STEPS,
+                                   config_overrides=tuple(CONFIG_OVERRIDES.items()))
     model, tokenizer, info = lm_rl.load_policy(settings, SEED)
     config = lm_rl.build_rl_config(settings, info)
     task = get_task(info["task"])

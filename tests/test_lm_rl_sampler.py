@@ -17,10 +17,10 @@ CONFIG = RLConfig(num_prompts=2, num_generations=4, gen_length=8, block_length=4
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(sampler="fast"), "RLConfig.sampler must be one of"),
-    (dict(sampler_threshold=0.0), "RLConfig.sampler_threshold"),
-    (dict(sampler_refresh_interval=-1), "RLConfig.sampler_refresh_interval"),
-    (dict(sampler="dual_parallel", remasking="random"), "RLConfig.sampler must be a variant without parallel"),
+    (dict(sampler="fast"), "sampler: must be one of"),
+    (dict(sampler_threshold=0.0), "sampler_threshold: must be"),
+    (dict(sampler_refresh_interval=-1), "sampler_refresh_interval: must be"),
+    (dict(sampler="dual_parallel", remasking="random"), "sampler: must be a variant without parallel"),
 ])
 def test_invalid_sampler_settings_name_the_field(overrides, message):
     """An unknown sampler, a threshold outside (0, 1] and parallel decoding with random remasking are refused."""
@@ -56,8 +56,8 @@ def _check_sample_fns():
 
 
 def test_experiment_sampler_flags_reach_the_config():
-    """--sampler, --sampler_threshold and --sampler_refresh_interval are RLConfig overrides of experiments.lm_rl
-    (unset: the exact sampler)."""
+    """--config.sampler, --config.sampler_threshold and --config.sampler_refresh_interval reach the RLConfig of
+    experiments.lm_rl (unset: the exact sampler); with a paper preset, the preset's sampler lengths stay."""
     from experiments import lm_rl
 
     info = {"task": "sudoku", "template": "compact", "prompt_length": 20, "gen_length": 24}
@@ -66,4 +66,6 @@ def test_experiment_sampler_flags_reach_the_config():
                                                        config_overrides=overrides), info)
     assert (config.sampler, config.sampler_threshold, config.sampler_refresh_interval) == ("prefix_parallel", 0.8, 2)
     assert lm_rl.build_rl_config(lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y"), info).sampler == "exact"
-    assert lm_rl.CONFIG_FLAGS["sampler"][0] == "sampler" and lm_rl.CONFIG_FLAGS["sampler_threshold"][1] is float
+    paper = lm_rl.build_rl_config(lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y", preset="fpo/sudoku"),
+                                  {**info, "gen_length": 256})
+    assert (paper.gen_length, paper.block_length, paper.diffusion_steps, paper.num_prompts) == (256, 32, 128, 16)

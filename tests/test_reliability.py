@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dipod_jax.control.configs import config_from_flags
 from dipod_jax.control.envs import make_environment
 from dipod_jax.run import files, harness, program, record
 from dipod_jax.run.checkpoints import CheckpointStore, to_savable
@@ -249,11 +250,12 @@ def test_float_names_are_exact():
 
 
 def test_sweep_betas_are_exact_and_a_changed_command_is_an_error(tmp_path):
-    """Observations 5 and 8: close betas are two runs with exact --dipod_beta values; a rerun whose --extra
+    """Observations 5 and 8: close betas are two runs with exact --config.dipod_beta values; a rerun whose --extra
     changed is refused naming the runs (never skipped); --extra=--resume is refused (the sweep resumes)."""
     runs = sweep.build_runs("lm_rl", ["fpo"], [1e-7, 1.000001e-7], [0], str(tmp_path), ["--steps=5"])
     assert len({run["workdir"] for run in runs}) == 2
-    assert [c for c in runs[1]["command"] if c.startswith("--dipod_beta")] == ["--dipod_beta=1.000001e-07"]
+    assert [c for c in runs[1]["command"] if c.startswith("--config.dipod_beta")] == [
+        "--config.dipod_beta=1.000001e-07"]
     done = [dict(run, status="succeeded") for run in runs]
     changed = sweep.build_runs("lm_rl", ["fpo"], [1e-7, 1.000001e-7], [0], str(tmp_path), ["--steps=6"])
     with pytest.raises(program.UsageError, match="another command.*--steps=5 .* --steps=6"):
@@ -316,7 +318,7 @@ def test_sweep_sigterm_stops_children_and_marks_the_manifest(tmp_path):
 # ------------------------------------------------------------------------------- control (Ctrl-C, SIGINT)
 
 CONTROL_ITERATIONS = 400
-CONTROL_SETS = ["num_updates_per_batch=1"]
+CONTROL_OVERRIDES = dict(env_name=TINY_ENV, algo="fpo", dipod_beta=0.05, num_updates_per_batch=1)
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +327,7 @@ def control_env():
 
 
 def _control_config():
-    return control.build_config(TINY_ENV, "fpo", 0.05, CONTROL_SETS)
+    return config_from_flags(None, CONTROL_OVERRIDES)
 
 
 def _control_run(out_dir, env, resume=False, iterations=CONTROL_ITERATIONS):
@@ -342,7 +344,7 @@ def test_control_ctrl_c_then_resume_is_bit_identical(tmp_path, control_env):
     split = str(tmp_path / "split")
     config = _control_config()
     status, out, err = run_until("experiments.control", [
-        f"--env={TINY_ENV}", "--algo=fpo", "--dipod_beta=0.05", *[f"--set={s}" for s in CONTROL_SETS],
+        *[f"--config.{name}={value}" for name, value in CONTROL_OVERRIDES.items()],
         f"--num_timesteps={CONTROL_ITERATIONS * config.env_steps_per_iteration}", "--checkpoint_every=100",
         "--eval_every=100", f"--workdir={split}", "--noprogress"], metrics_has(split, "iteration"), signal.SIGINT)
     assert status == 128 + signal.SIGINT, err[-3000:]
@@ -451,9 +453,9 @@ def test_lm_pretrain_non_finite_update_is_not_saved(tmp_path):
 
 # ---------------------------------------------------------------------------------------- lm_rl (SIGTERM)
 
-RL_OVERRIDES = dict(num_prompts=2, num_generations=2, num_inner_iterations=2, kl_beta=0.04, ref_sync_every=3,
-                    learning_rate=1e-3, num_elbo_draws=2, rollout_temperature=1.0)
-RL_RUN = dict(algo="fpo", dipod_beta=0.05, steps=4, eval_interval=2, eval_items=4, num_devices=1)
+RL_OVERRIDES = dict(algo="fpo", dipod_beta=0.05, num_prompts=2, num_generations=2, num_inner_iterations=2,
+                    kl_beta=0.04, ref_sync_every=3, learning_rate=1e-3, num_elbo_draws=2, rollout_temperature=1.0)
+RL_RUN = dict(steps=4, eval_interval=2, eval_items=4, num_devices=1)
 
 
 def _rl_settings(init_dir, out_dir, **changes):
@@ -463,10 +465,9 @@ def _rl_settings(init_dir, out_dir, **changes):
 
 
 def _rl_flags(init_dir, out_dir):
-    names = {field: flag for field, (flag, _, _) in lm_rl.CONFIG_FLAGS.items()}
     return ([f"--init_dir={init_dir}", f"--workdir={out_dir}", "--noplot"]
             + [f"--{name}={value}" for name, value in RL_RUN.items()]
-            + [f"--{names[field]}={value}" for field, value in RL_OVERRIDES.items()])
+            + [f"--config.{field}={value}" for field, value in RL_OVERRIDES.items()])
 
 
 @pytest.fixture(scope="module")
@@ -496,13 +497,16 @@ def test_lm_rl_sigterm_then_resume_is_bit_identical(pretrained, rl_straight, tmp
 
 
 def test_lm_rl_resume_refuses_changed_settings_and_another_init_dir(pretrained, rl_straight, tmp_path):
-    """Observations 2 and 3 for experiments.lm_rl: --resume with a new --seed, or from another --init_dir
-    (here the same weights under another path), is refused naming the field and rl_config.json keeps its
-    values; --resume in an empty directory is an error instead of a fresh start."""
+    """Observations 2 and 3 for experiments.lm_rl: --resume with a new --seed or --config.dipod_beta, or from
+    another --init_dir (here the same weights under another path), is refused naming the field and
+    rl_config.json keeps its values; --resume in an empty directory is an error instead of a fresh start."""
     straight_dir, _ = rl_straight
     before = files.read_json(str(straight_dir / "rl_config.json"))
     with pytest.raises(ValueError, match="settings.seed: 0 -> 1"):
         lm_rl.train(_rl_settings(pretrained, straight_dir, seed=1, resume=True), show_progress=False)
+    with pytest.raises(ValueError, match="rl_config.dipod_beta: 0.05 -> 0.1"):
+        lm_rl.train(_rl_settings(pretrained, straight_dir, overrides=dict(dipod_beta=0.1), resume=True),
+                    show_progress=False)
     other_path = str(tmp_path / "same_weights_elsewhere")
     os.symlink(pretrained, other_path)
     with pytest.raises(ValueError, match="settings.init_dir: "):
@@ -577,12 +581,17 @@ def a_file(tmp_path_factory):
 
 def test_user_errors_are_one_line_with_status_2(a_file, pretrained, tmp_path):
     """Observation 8: errors our code catches are one line naming the flag, exit status 2, no traceback, and
-    come before anything is compiled or trained: control's --dipod_beta=inf, lm_pretrain's
+    come before anything is compiled or trained: control's --config.dipod_beta=inf and a misspelt
+    --config.<field>, lm_rl's --config.num_prompts=0, lm_pretrain's
     --weight_decay=nan, double_drift's unwritable --workdir, lm_rl's --resume with nothing to resume, a
     benchmark's --batch=0; --help exits 0."""
     cases = [
-        (("experiments.control", f"--env={TINY_ENV}", "--dipod_beta=inf", f"--workdir={tmp_path}/c"),
-         ("--dipod_beta=inf",)),
+        (("experiments.control", f"--config.env_name={TINY_ENV}", "--config.dipod_beta=inf",
+          f"--workdir={tmp_path}/c"), ("--config.dipod_beta: must be a finite number >= 0, got inf",)),
+        (("experiments.control", "--config.lerning_rate=0.1", f"--workdir={tmp_path}/c"),
+         ("--config.lerning_rate is not a setting (did you mean --config.learning_rate?)",)),
+        (("experiments.lm_rl", f"--init_dir={pretrained}", f"--workdir={tmp_path}/r2", "--config.num_prompts=0"),
+         ("--config.num_prompts: must be an int >= 1, got 0",)),
         (("experiments.lm_pretrain", "--weight_decay=nan", f"--workdir={tmp_path}/p"), ("--weight_decay=nan",)),
         (("experiments.double_drift", "--steps=1", "--num_seeds=1", f"--workdir={a_file}/out"),
          ("--workdir", "a_file")),

@@ -24,17 +24,19 @@ STUB = textwrap.dedent("""
 
 def test_build_runs_is_the_full_grid_with_the_experiment_flags(tmp_path):
     """algos x betas x seeds gives one run per combination, each with its own directory and the flag names every
-    experiment shares (--algo, --dipod_beta, --seed, --workdir), the group being the algorithm."""
+    experiment shares (--config.algo, --config.dipod_beta, --seed, --workdir) after the --extra arguments, the
+    group being the algorithm."""
     runs = sweep.build_runs("lm_rl", ["fpo", "spg"], [0.0, 0.05], [0, 1, 2], str(tmp_path), ["--steps=5"])
     assert len(runs) == 12 and len({run["workdir"] for run in runs}) == 12
     first = runs[0]
     assert first["name"] == "fpo_beta0_seed0" and first["status"] == "pending"
-    assert first["command"][1:] == ["-m", "experiments.lm_rl", "--algo=fpo", "--dipod_beta=0", "--seed=0",
-                                    f"--workdir={tmp_path}/fpo_beta0_seed0", "--steps=5"]
+    assert first["command"][1:] == ["-m", "experiments.lm_rl", "--steps=5", "--config.algo=fpo",
+                                    "--config.dipod_beta=0", "--seed=0", f"--workdir={tmp_path}/fpo_beta0_seed0"]
     assert (first["group"], first["algo"]) == ("fpo", "fpo")
     assert runs[-1]["name"] == "spg_beta0.05_seed2"
     control = sweep.build_runs("control", ["fpo++"], [0.05], [7], str(tmp_path))[0]
-    assert "--algo=fpo++" in control["command"] and f"--workdir={tmp_path}/fpo++_beta0.05_seed7" in control["command"]
+    assert "--config.algo=fpo++" in control["command"]
+    assert f"--workdir={tmp_path}/fpo++_beta0.05_seed7" in control["command"]
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -44,6 +46,7 @@ def test_build_runs_is_the_full_grid_with_the_experiment_flags(tmp_path):
     (dict(betas=[-0.1]), "--betas must all be finite and >= 0"),
     (dict(betas=[float("inf")]), "--betas must all be finite and >= 0"),
     (dict(out_root=""), "--out_root is required"),
+    (dict(extra_args=["--config.dipod_beta=0.1"]), "--extra=--config.dipod_beta=0.1: the sweep sets"),
 ])
 def test_build_runs_rejects_bad_grids(kwargs, message):
     """Unknown experiments, empty or repeated axes, negative betas and a missing root raise ValueError naming
@@ -102,7 +105,7 @@ def test_command_line_dry_run_writes_the_manifest(tmp_path):
                             capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(
                                 os.path.abspath(__file__))))
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 4 and all("-m experiments.lm_rl" in line and line.endswith("--steps=3") for line in lines)
+    assert len(lines) == 4 and all("-m experiments.lm_rl --steps=3 --config.algo=" in line for line in lines)
     runs = sweep.read_manifest(str(tmp_path / sweep.MANIFEST_FILE))
     assert [run["status"] for run in runs] == ["pending"] * 4
 

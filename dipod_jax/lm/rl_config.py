@@ -1,9 +1,10 @@
 """Configuration of dLLM RL post-training (diffu-GRPO, FPO, SPG, each with the DiPOD term): fields, checks, presets.
 
-`RLConfig` is a frozen dataclass validated on construction: every bad value raises ValueError naming the
-field, before anything is compiled. `preset(task)` gives the paper's settings (docs/algorithms.md, section 4)
-scaled down for a CPU and a tiny character-level model; `paper_preset(name)` gives the authors' release
-configurations (`PAPER_PRESETS`, built on the shared `PAPER_SETTINGS`).
+`RLConfig` is a frozen dataclass checked on construction: every bad value raises ConfigError (a ValueError)
+naming the field, before anything is compiled. `preset(task)` gives the paper's settings (docs/algorithms.md,
+section 4) scaled down for a CPU and a tiny character-level model; `paper_preset(name)` gives the authors' release
+configurations (`PAPER_PRESETS`, built on the shared `PAPER_SETTINGS`); `preset_fields` gives either as fields,
+which experiments.lm_rl completes with the --config.<field>=<value> flags (dipod_jax.run.config) and builds once.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import dataclasses
 import math
 
 from dipod_jax.lm.sampler import SAMPLERS
+from dipod_jax.run.config import build, require
 
 ALGORITHMS = ("diffu_grpo", "fpo", "spg")
 SPG_ESTIMATORS = ("elbo", "eubo", "mix")
@@ -92,11 +94,6 @@ class RLConfig:
         return self.num_prompts * self.num_generations
 
 
-def _require(condition: bool, field: str, value, requirement: str) -> None:
-    if not condition:
-        raise ValueError(f"RLConfig.{field} must be {requirement}, got {value!r}")
-
-
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -107,57 +104,57 @@ def _is_real(value) -> bool:
 
 def validate_config(config: RLConfig) -> None:
     """Raise ValueError naming the first invalid field of `config`."""
-    _require(config.algo in ALGORITHMS, "algo", config.algo, f"one of {ALGORITHMS}")
-    _require(config.spg_estimator in SPG_ESTIMATORS, "spg_estimator", config.spg_estimator,
+    require(config.algo in ALGORITHMS, "algo", config.algo, f"one of {ALGORITHMS}")
+    require(config.spg_estimator in SPG_ESTIMATORS, "spg_estimator", config.spg_estimator,
              f"one of {SPG_ESTIMATORS}")
-    _require(config.remasking in REMASKING, "remasking", config.remasking, f"one of {REMASKING}")
-    _require(config.sampler in SAMPLERS, "sampler", config.sampler, f"one of {sorted(SAMPLERS)}")
-    _require(_is_real(config.sampler_threshold) and 0 < config.sampler_threshold <= 1, "sampler_threshold",
+    require(config.remasking in REMASKING, "remasking", config.remasking, f"one of {REMASKING}")
+    require(config.sampler in SAMPLERS, "sampler", config.sampler, f"one of {sorted(SAMPLERS)}")
+    require(_is_real(config.sampler_threshold) and 0 < config.sampler_threshold <= 1, "sampler_threshold",
              config.sampler_threshold, "in (0, 1]")
-    _require(not SAMPLERS[config.sampler][1] or config.remasking == "low_confidence", "sampler", config.sampler,
+    require(not SAMPLERS[config.sampler][1] or config.remasking == "low_confidence", "sampler", config.sampler,
              "a variant without parallel decoding when remasking is 'random' (thresholds compare confidences)")
-    _require(_is_real(config.dipod_beta) and config.dipod_beta >= 0, "dipod_beta", config.dipod_beta,
+    require(_is_real(config.dipod_beta) and config.dipod_beta >= 0, "dipod_beta", config.dipod_beta,
              "a finite number >= 0")
-    _require(_is_int(config.num_generations) and config.num_generations >= 2, "num_generations",
+    require(_is_int(config.num_generations) and config.num_generations >= 2, "num_generations",
              config.num_generations, "an int >= 2 (group advantages need at least two completions per prompt)")
     for field in ("num_prompts", "num_inner_iterations", "grad_accum_steps", "num_elbo_draws", "spg_num_draws",
                   "spg_block_length", "gen_length", "block_length", "diffusion_steps"):
         value = getattr(config, field)
-        _require(_is_int(value) and value >= 1, field, value, "an int >= 1")
+        require(_is_int(value) and value >= 1, field, value, "an int >= 1")
     for field in ("scale_rewards_by_std", "lora_only", "placebo", "log_kl_to_start"):
         value = getattr(config, field)
-        _require(isinstance(value, bool), field, value, "True or False")
+        require(isinstance(value, bool), field, value, "True or False")
     for field in ("warmup_steps", "ref_sync_every", "sampler_refresh_interval"):
         value = getattr(config, field)
-        _require(_is_int(value) and value >= 0, field, value, "an int >= 0")
+        require(_is_int(value) and value >= 0, field, value, "an int >= 0")
     for field in ("clip_eps", "learning_rate", "max_grad_norm", "spg_beta_e"):
         value = getattr(config, field)
-        _require(_is_real(value) and value > 0, field, value, "a finite number > 0")
+        require(_is_real(value) and value > 0, field, value, "a finite number > 0")
     for field in ("kl_beta", "weight_decay", "rollout_temperature"):
         value = getattr(config, field)
-        _require(_is_real(value) and value >= 0, field, value, "a finite number >= 0")
+        require(_is_real(value) and value >= 0, field, value, "a finite number >= 0")
     for field in ("adam_b1", "adam_b2"):
         value = getattr(config, field)
-        _require(_is_real(value) and 0 <= value < 1, field, value, "in [0, 1)")
+        require(_is_real(value) and 0 <= value < 1, field, value, "in [0, 1)")
     for field in ("p_mask_prompt", "spg_min_t", "spg_max_t", "spg_mix_weight"):
         value = getattr(config, field)
-        _require(_is_real(value) and 0 <= value <= 1, field, value, "in [0, 1]")
-    _require(config.algo != "spg" or config.kl_beta == 0, "kl_beta", config.kl_beta,
+        require(_is_real(value) and 0 <= value <= 1, field, value, "in [0, 1]")
+    require(config.algo != "spg" or config.kl_beta == 0, "kl_beta", config.kl_beta,
              "0 for algo 'spg' (SPG has no reference-model KL term)")
-    _require(config.spg_min_t <= config.spg_max_t, "spg_min_t", config.spg_min_t,
+    require(config.spg_min_t <= config.spg_max_t, "spg_min_t", config.spg_min_t,
              f"<= spg_max_t={config.spg_max_t}")
-    _require(isinstance(config.spg_use_mask_prompt, bool), "spg_use_mask_prompt", config.spg_use_mask_prompt,
+    require(isinstance(config.spg_use_mask_prompt, bool), "spg_use_mask_prompt", config.spg_use_mask_prompt,
              "a bool")
     if config.algo == "spg":
         window_blocks = -(-config.gen_length // config.spg_block_length)
-        _require(config.spg_num_draws <= window_blocks, "spg_num_draws", config.spg_num_draws,
+        require(config.spg_num_draws <= window_blocks, "spg_num_draws", config.spg_num_draws,
                  f"<= ceil(gen_length / spg_block_length) = {window_blocks} (as the release asserts num_t <= blocks)")
-    _require(config.rollout_batch_size % config.grad_accum_steps == 0, "grad_accum_steps",
+    require(config.rollout_batch_size % config.grad_accum_steps == 0, "grad_accum_steps",
              config.grad_accum_steps, f"a divisor of num_prompts * num_generations = {config.rollout_batch_size}")
-    _require(config.gen_length % config.block_length == 0, "block_length", config.block_length,
+    require(config.gen_length % config.block_length == 0, "block_length", config.block_length,
              f"a divisor of gen_length={config.gen_length}")
     num_blocks = config.gen_length // config.block_length
-    _require(config.diffusion_steps % num_blocks == 0, "diffusion_steps", config.diffusion_steps,
+    require(config.diffusion_steps % num_blocks == 0, "diffusion_steps", config.diffusion_steps,
              f"a multiple of gen_length / block_length = {num_blocks}")
 
 
@@ -195,15 +192,6 @@ PAPER_PRESETS = {
 }
 
 
-def paper_preset(name: str, **overrides) -> RLConfig:
-    """The release's configuration `name` ("<algo>/<task>", a key of PAPER_PRESETS) with `overrides`
-    (e.g. dipod_beta=0.0 for the baseline runs), validated."""
-    if name not in PAPER_PRESETS:
-        raise ValueError(f"no paper preset {name!r}; known: {sorted(PAPER_PRESETS)}")
-    _check_fields(overrides)
-    return RLConfig(**{**PAPER_PRESETS[name], **overrides})
-
-
 # CPU-scale presets for the tiny character-level models of experiments/lm_pretrain.py. The structure (G, mu,
 # clip, betas, masks, estimators) is the paper's; lengths, the learning rate (a tiny fully fine-tuned model,
 # not LoRA on 8B) and the batch are scaled down.
@@ -220,15 +208,25 @@ _TASK_PRESETS = {
 }
 
 
-def _check_fields(overrides) -> None:
-    unknown = set(overrides) - {field.name for field in dataclasses.fields(RLConfig)}
-    if unknown:
-        raise ValueError(f"unknown RLConfig fields {sorted(unknown)}")
+def preset_fields(task: str | None, paper_preset_name: str | None = None) -> dict:
+    """RLConfig fields of a preset: PAPER_PRESETS[paper_preset_name] when given, else the CPU-scale preset of
+    `task` (a key of _TASK_PRESETS); ValueError naming the known ones otherwise."""
+    if paper_preset_name is not None:
+        if paper_preset_name not in PAPER_PRESETS:
+            raise ValueError(f"--preset={paper_preset_name}: no such paper preset; known: {sorted(PAPER_PRESETS)}")
+        return dict(PAPER_PRESETS[paper_preset_name])
+    if task not in _TASK_PRESETS:
+        raise ValueError(f"no RL preset for task {task!r}; known: {sorted(_TASK_PRESETS)}")
+    return {**_CPU_COMMON, **_TASK_PRESETS[task]}
 
 
 def preset(task: str, **overrides) -> RLConfig:
-    """The CPU-scale RLConfig for `task` (a key of _TASK_PRESETS), with `overrides` applied and validated."""
-    if task not in _TASK_PRESETS:
-        raise ValueError(f"no RL preset for task {task!r}; known: {sorted(_TASK_PRESETS)}")
-    _check_fields(overrides)
-    return RLConfig(**{**_CPU_COMMON, **_TASK_PRESETS[task], **overrides})
+    """The CPU-scale RLConfig for `task` (a key of _TASK_PRESETS) with `overrides` (ValueError naming the field
+    as its flag, --config.<field>, for an unknown field or a refused value)."""
+    return build(RLConfig, {**preset_fields(task), **overrides})
+
+
+def paper_preset(name: str, **overrides) -> RLConfig:
+    """The release's configuration `name` ("<algo>/<task>", a key of PAPER_PRESETS) with `overrides`
+    (e.g. dipod_beta=0.0 for the baseline runs)."""
+    return build(RLConfig, {**preset_fields(None, name), **overrides})
