@@ -51,12 +51,14 @@ from dipod_jax.lm.pretrain import (
 )
 from dipod_jax.lm.tasks import TASKS, get_task
 from dipod_jax.lm.tokenizer import Tokenizer, char_tokenizer, tokenizer_config
+from dipod_jax.run.config import field_defaults
 from dipod_jax.run.harness import COMPLETED, TIME_BUDGET, Run, non_finite, progress_bar
 from dipod_jax.run.program import check_flag_bounds, exit_code, run_program, user_errors
 
 @dataclasses.dataclass(frozen=True)
 class PretrainSettings:
-    """Everything a run depends on (the flags, as one record; these defaults are the flags' defaults).
+    """Everything a run depends on (the flags, as one record; these defaults are the flags' defaults), checked on
+    construction (`validate_settings`: ValueError naming the flag).
 
     The defaults are the CPU recipe for Sudoku: about 0.8 mean cell accuracy on the 500-puzzle test set, so
     that RL has room to improve (see the README for measured numbers)."""
@@ -84,8 +86,11 @@ class PretrainSettings:
     time_budget_min: float = 0.0
     resume: bool = False
 
+    def __post_init__(self):
+        validate_settings(self)
 
-_DEFAULTS = PretrainSettings(workdir="")
+
+_DEFAULTS = field_defaults(PretrainSettings)
 
 FLAGS = flags.FLAGS
 
@@ -127,7 +132,7 @@ def define_flags() -> None:
 
 
 def validate_settings(settings: PretrainSettings) -> None:
-    """Raises ValueError naming the flag for any invalid setting (before anything is compiled)."""
+    """Raises ValueError naming the flag for any invalid setting (PretrainSettings' construction calls it)."""
     if not settings.workdir:
         raise ValueError("--workdir is required")
     if settings.task not in TASKS:
@@ -212,10 +217,9 @@ def train(settings: PretrainSettings, show_progress: bool = True) -> dict[str, A
     stops of `dipod_jax.run.harness`, their fields ("signal"; "problem", "newest_checkpoint").
 
     "stopped" is "completed", "time_budget", "signal" or "non_finite". Raises UsageError (a ValueError) for
-    invalid settings or a refused output directory, before anything is compiled.
+    a refused output directory before anything is compiled (the settings checked themselves when constructed).
     """
     with user_errors():
-        validate_settings(settings)
         tokenizer = char_tokenizer()
         task = get_task(settings.task)
         run_config = build_run_config(settings, tokenizer)
@@ -290,8 +294,9 @@ def _train(settings: PretrainSettings, run: Run, run_config: dict[str, Any], tok
 
 
 def main(argv):
-    settings = PretrainSettings(**{field.name: getattr(FLAGS, field.name)
-                                   for field in dataclasses.fields(PretrainSettings)})
+    with user_errors():
+        settings = PretrainSettings(**{field.name: getattr(FLAGS, field.name)
+                                       for field in dataclasses.fields(PretrainSettings)})
     summary = train(settings)
     print(json.dumps(summary))
     return exit_code(summary)

@@ -62,7 +62,7 @@ from dipod_jax.lm.rl_config import PAPER_PRESETS, RLConfig, preset_fields
 from dipod_jax.lm.tasks import get_task
 from dipod_jax.lm.tokenizer import load_hf_tokenizer
 from dipod_jax.models.llada import LLaDA
-from dipod_jax.run.config import build, define_config_flag, flag_overrides
+from dipod_jax.run.config import build, define_config_flag, field_defaults, flag_overrides
 from dipod_jax.run.distributed import initialize_distributed
 from dipod_jax.run.files import read_json, read_metrics, write_json_atomic
 from dipod_jax.run.harness import COMPLETED, TIME_BUDGET, Run, non_finite, progress_bar
@@ -80,7 +80,7 @@ FLAGS = flags.FLAGS
 class RLRunSettings:
     """Everything a run depends on (the flags, as one record; these defaults are the flags'). preset: a key of
     PAPER_PRESETS, or None for the task's CPU preset; config_overrides: RLConfig fields over it, as (name,
-    value) pairs (the --config.<field> flags)."""
+    value) pairs (the --config.<field> flags). Checked on construction (`validate_settings`)."""
 
     workdir: str
     init_dir: str | None = None
@@ -107,11 +107,14 @@ class RLRunSettings:
     mesh_data: int = 1
     plot: bool = True
 
+    def __post_init__(self):
+        validate_settings(self)
+
 
 def define_flags() -> None:
     """Register the command-line flags; called only when run as a program, so that importing this module
     (tests, other experiments in the same process) defines no global flags. Defaults are RLRunSettings'."""
-    defaults = RLRunSettings(workdir="")
+    defaults = field_defaults(RLRunSettings)
     flags.DEFINE_string("init_dir", None, "experiments.lm_pretrain output directory to start from.")
     flags.DEFINE_string("llada_dir", None, "Hugging Face LLaDA checkpoint directory (instead of --init_dir).")
     flags.DEFINE_string("workdir", None, "Output directory (config, checkpoints, metrics, TensorBoard, plot).")
@@ -145,7 +148,8 @@ def define_flags() -> None:
 
 
 def validate_settings(settings: RLRunSettings) -> None:
-    """ValueError naming the flag for an invalid setting, before anything is loaded or compiled."""
+    """ValueError naming the flag for an invalid setting (RLRunSettings' construction calls it, before anything
+    is loaded or compiled)."""
     if not settings.workdir:
         raise ValueError("--workdir is required")
     if (settings.init_dir is None) == (settings.llada_dir is None):
@@ -268,10 +272,10 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
     when the run completed, and the fields of the stop (`dipod_jax.run.harness`) otherwise.
 
     "stopped" is "completed", "time_budget", "signal" or "non_finite"; final_params is the trained pytree.
-    Raises UsageError (a ValueError) for invalid settings or a refused output directory, before any compile.
+    Raises UsageError (a ValueError) for an invalid configuration or a refused output directory, before any
+    compile (the settings checked themselves when constructed).
     """
     with user_errors():
-        validate_settings(settings)
         model, tokenizer, info = load_policy(settings, settings.seed)
         task = get_task(info["task"])
         config = build_rl_config(settings, info)
@@ -402,9 +406,8 @@ def settings_from_flags() -> RLRunSettings:
 
 
 def main(argv):
-    settings = settings_from_flags()
     with user_errors():
-        validate_settings(settings)
+        settings = settings_from_flags()
         initialize_distributed(FLAGS.distributed)
     summary = train(settings)
     summary.pop("final_params")

@@ -468,15 +468,16 @@ def test_experiment_resume_is_bit_exact(pretrained_dir, tmp_path):
 
 
 def test_experiment_settings_are_validated():
-    """Bad run settings raise ValueError naming the flag, before any checkpoint is read."""
+    """Bad run settings raise ValueError naming the flag when constructed, before any checkpoint is read; a
+    --config field that is none, or the generation length (the checkpoint's), is refused naming its flag."""
     from experiments import lm_rl
 
     with pytest.raises(ValueError, match="exactly one of --init_dir and --llada_dir"):
-        lm_rl.validate_settings(lm_rl.RLRunSettings(workdir="/tmp/x"))
+        lm_rl.RLRunSettings(workdir="/tmp/x")
     with pytest.raises(ValueError, match="--steps"):
-        lm_rl.validate_settings(lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y", steps=0))
+        lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y", steps=0)
     with pytest.raises(ValueError, match="--lora_alpha"):
-        lm_rl.validate_settings(lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y", lora_rank=4))
+        lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y", lora_rank=4)
     info = {"task": "sudoku", "template": "compact", "prompt_length": 20, "gen_length": 24}
     with pytest.raises(ValueError, match="--config.beta: not a field of RLConfig"):
         lm_rl.build_rl_config(lm_rl.RLRunSettings(workdir="/tmp/x", init_dir="/tmp/y",

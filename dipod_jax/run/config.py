@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import sys
+import types
 import typing
 from typing import Any, Dict, Iterable, Optional, Sequence, Type, TypeVar
 
@@ -115,6 +116,13 @@ def check_config_flag_names(argv: Iterable[str], known: Iterable[str]) -> None:
             hint = f" (did you mean --{CONFIG_FLAG}.{close[0]}?)" if close else ""
             raise ValueError(f"--{CONFIG_FLAG}.{name} is not a setting{hint}; the settings are the fields of "
                              f"--{CONFIG_FLAG}: {', '.join(sorted(known))}")
+
+
+def field_defaults(config_type: type) -> types.SimpleNamespace:
+    """The defaults of a dataclass's fields, by name (for flags whose defaults are the fields'; fields without
+    one are absent)."""
+    return types.SimpleNamespace(**{field.name: field.default for field in dataclasses.fields(config_type)
+                                    if field.default is not dataclasses.MISSING})
 
 
 def _coerce(hint: Any, value: Any) -> Any:
