@@ -296,9 +296,8 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
         return _train(settings, run, model, tokenizer, info, task, config, mesh, test_items, show_progress)
 
 
-def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dict[str, Any], task,
-           config: RLConfig, mesh, test_items: list, show_progress: bool) -> dict[str, Any]:
-    is_main = run.is_main
+def _initial_state(run: Run, model: LLaDA, config: RLConfig, mesh) -> tuple[Any, rl.TrainState, Any]:
+    """(graphdef, train state, frozen parameters): the model split, placed on the mesh, restored when resuming."""
     graphdef, params, frozen = rl.split_model(model, config.lora_only)
     if mesh is not None:
         params_sharding, frozen_sharding = rl.param_shardings(model, config.lora_only, mesh)
@@ -310,7 +309,29 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
     if run.resuming:
         _, restored = run.restore({"state": _state_tree(state)})
         state = _from_state_tree(restored["state"], state)
+    return graphdef, state, frozen
 
+
+def _paired_end_evaluation(settings: RLRunSettings, run: Run, step: int, evaluate, log_evaluation) -> dict[str, Any]:
+    """The whole test set again at the end, paired with the start's (paired_eval.json); also when a run that
+    stopped between its last checkpoint and here is resumed. paired_eval.json is written before the logged
+    record, so neither is ever doubled. (Every process decides alike: process 0 writes the file only after the
+    evaluation, which all share.)"""
+    paired_path = os.path.join(settings.workdir, PAIRED_EVAL_FILE)
+    if os.path.exists(paired_path) and read_json(paired_path)["step"] == step:
+        return read_json(paired_path)
+    end_rewards = evaluate(step, whole_test_set=True)
+    paired = paired_evaluation(read_json(os.path.join(settings.workdir, START_EVAL_FILE))["rewards"], end_rewards)
+    if run.is_main:
+        write_json_atomic(paired_path, {"step": step, **paired, "end_rewards": end_rewards.tolist()})
+    log_evaluation(step, end_rewards)
+    return paired
+
+
+def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dict[str, Any], task,
+           config: RLConfig, mesh, test_items: list, show_progress: bool) -> dict[str, Any]:
+    is_main = run.is_main
+    graphdef, state, frozen = _initial_state(run, model, config, mesh)
     mask_id, eos_id = tokenizer.mask_id, tokenizer.eos_id
     sample_fn = rl.make_sample_fn(config, graphdef, mask_id)
     update_fn = rl.make_update_fn(config, graphdef, mask_id, mesh)
@@ -336,13 +357,12 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
         log.write({"step": step, **{f"eval/{k}": v for k, v in result.items()}, "elapsed_s": time.time() - run.started})
         summary["last_eval"] = result
 
-    start_eval_path = os.path.join(settings.workdir, START_EVAL_FILE)
-    paired_path = os.path.join(settings.workdir, PAIRED_EVAL_FILE)
     if step == 0:
         # The whole test set at the start, kept per item for the paired start / end comparison.
         start_rewards = evaluate(0, whole_test_set=True)
         if is_main:
-            write_json_atomic(start_eval_path, {"step": 0, "rewards": start_rewards.tolist()})
+            write_json_atomic(os.path.join(settings.workdir, START_EVAL_FILE),
+                              {"step": 0, "rewards": start_rewards.tolist()})
         log_evaluation(0, start_rewards)
     progress = progress_bar(settings.steps, step, show_progress and is_main, "rl")
     while step < settings.steps:
@@ -380,18 +400,7 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
             break
     progress.close()
     if summary["stopped"] == COMPLETED:
-        # The whole test set again at the end (also when a run stopped between its last checkpoint and here
-        # is resumed); paired_eval.json is written before the logged record, so neither is ever doubled.
-        # (Every process decides alike: process 0 writes the file only after the evaluation, which all share.)
-        if os.path.exists(paired_path) and read_json(paired_path)["step"] == step:
-            paired = read_json(paired_path)
-        else:
-            end_rewards = evaluate(step, whole_test_set=True)
-            paired = paired_evaluation(read_json(start_eval_path)["rewards"], end_rewards)
-            if is_main:
-                write_json_atomic(paired_path, {"step": step, **paired, "end_rewards": end_rewards.tolist()})
-            log_evaluation(step, end_rewards)
-        summary["paired_eval"] = paired["difference"]
+        summary["paired_eval"] = _paired_end_evaluation(settings, run, step, evaluate, log_evaluation)["difference"]
     if settings.plot and is_main:
         plot_curves(settings.workdir)
     summary["final_params"] = state.params
