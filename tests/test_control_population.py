@@ -74,7 +74,7 @@ def test_grid_order_member_configs_and_validation():
         grid((0,), gamma=(0.9,))
     with pytest.raises(ValueError, match="Members.dipod_beta has 1 values for 2 seeds"):
         validate_members(FPO, Members(seeds=(0, 1), dipod_beta=(0.0,)))
-    with pytest.raises(ValueError, match=r"member 1 .*TrainConfig.dipod_beta"):
+    with pytest.raises(ValueError, match=r"member 1 .*dipod_beta: must be a finite number >= 0"):
         validate_members(FPO, Members(seeds=(0, 1), dipod_beta=(0.0, -1.0)))
     with pytest.raises(ValueError, match="seeds must be integers"):
         validate_members(FPO, Members(seeds=(0.5,)))

@@ -68,7 +68,7 @@ def test_config_validation_names_the_field():
                           (dict(adam_betas=(0.9, 1.0)), "adam_betas"),
                           (dict(weight_decay=-1e-4), "weight_decay"), (dict(loss_clamp=0.0), "loss_clamp"),
                           (dict(clip_eps="wide"), "clip_eps"), (dict(actor_hidden=("a",)), "actor_hidden")):
-        with pytest.raises(ConfigError, match=f"^{field}: must") as raised:
+        with pytest.raises(ConfigError, match=f"^{field}: ") as raised:
             TrainConfig(**fields)
         assert raised.value.field == field
     with pytest.raises(ConfigError, match="num_envs"):
