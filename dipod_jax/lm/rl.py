@@ -24,11 +24,11 @@ Sharding: pass a Mesh from dipod_jax.lm.sharding. Batch-major arrays are split o
 parameters follow their logical axes (embed over fsdp; `param_shardings` refuses a mesh that would leave a
 large parameter replicated), and the update is one `jax.jit` whose in_shardings / out_shardings say where every
 input and output lives (`update_shardings`); it, and `rl_step`'s sampler call, run under `jax.set_mesh`, so the
-model pins its activations by their logical axes. The batch-mean losses make XLA average the gradients across devices, so the
-sharded step is the single-device step up to float reduction order. The rollout batch must divide the number
-of batch shards times grad_accum_steps (`check_batch_divisible`). In a multi-process run each process passes
-only its own prompts and scores only its own rows; `host_local_array_to_global_array` assembles the global
-batch.
+model pins its activations by their logical axes. The batch-mean losses make XLA average the gradients across
+devices, so the sharded step is the single-device step up to float reduction order. The rollout batch must
+divide the number of batch shards times grad_accum_steps (`check_batch_divisible`). In a multi-process run each
+process passes only its own prompts and scores only its own rows; `host_local_array_to_global_array` assembles
+the global batch.
 """
 from __future__ import annotations
 
