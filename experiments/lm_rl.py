@@ -55,12 +55,13 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from dipod_jax.lm import data, rl, sharding
+from dipod_jax.lm import data, rl
 from dipod_jax.lm.evaluation import item_rewards, paired_evaluation, reward_summary
 from dipod_jax.lm.pretrain import load_pretrained
 from dipod_jax.lm.rl_config import PAPER_PRESETS, RLConfig, preset_fields
 from dipod_jax.lm.tasks import get_task
 from dipod_jax.lm.tokenizer import load_hf_tokenizer
+from dipod_jax.models import sharding
 from dipod_jax.models.llada import LLaDA
 from dipod_jax.run.config import build, define_config_flag, field_defaults, flag_overrides
 from dipod_jax.run.distributed import initialize_distributed
