@@ -99,8 +99,10 @@ def define_flags() -> None:
     """Register the command-line flags; called only when run as a program, so that importing this module
     (tests, other experiments in the same process) defines no global flags."""
     flags.DEFINE_string("task", _DEFAULTS.task, "Task to train on: sudoku or countdown (generated training data).")
-    flags.DEFINE_string("template", _DEFAULTS.template, "Prompt template of the task (compact for the char-level model).")
-    flags.DEFINE_integer("steps", _DEFAULTS.steps, "Total optimisation steps (a resumed run continues up to this count).")
+    flags.DEFINE_string("template", _DEFAULTS.template,
+                        "Prompt template of the task (compact for the char-level model).")
+    flags.DEFINE_integer("steps", _DEFAULTS.steps,
+                         "Total optimisation steps (a resumed run continues up to this count).")
     flags.DEFINE_integer("batch", _DEFAULTS.batch, "Training items per step.")
     flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate,
                        "Peak AdamW learning rate (linear warm-up, then cosine decay to 10%).")

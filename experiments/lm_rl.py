@@ -7,7 +7,7 @@
 Policy: a checkpoint of experiments.lm_pretrain (--init_dir, task / template / lengths from its config.json)
 or an imported Hugging Face LLaDA directory (--llada_dir with --task, --template, --prompt_length,
 --gen_length; tokenizer.json from the same directory). --lora_rank > 0 adds fresh LoRA adapters (B = 0, so the
-policy starts as the checkpoint); --lora_only trains only them.
+policy starts as the checkpoint); --config.lora_only trains only them.
 
 Hyper-parameters: an RLConfig built once from a preset (`dipod_jax.lm.rl_config.preset_fields`: the task's
 CPU-scale preset, the paper's structure; or --preset=<name>, one of the release's PAPER_PRESETS), then every
@@ -16,13 +16,13 @@ CPU-scale preset, the paper's structure; or --preset=<name>, one of the release'
 CPU preset, block_length and diffusion_steps default to one block of gen_length steps (one token per step), as
 in pre-training. The other flags say where to start and write, how long, how often and on which devices.
 
-Each step draws --num_prompts training items from a generator seeded by (seed, step, process), samples
+Each step draws --config.num_prompts training items from a generator seeded by (seed, step, process), samples
 num_generations completions per prompt, scores them with the task reward on the host and runs
 dipod_jax.lm.rl.rl_step; all randomness derives from (seed, step), so a resumed run repeats an uninterrupted
 one exactly. Every --eval_interval steps the sampler (--eval_temperature, default greedy) is scored on the first
 --eval_items test items; at step 0 and at the last step the WHOLE test set is scored item by item, and
 paired_eval.json holds both and their paired difference (end - start, mean with a 95% t-interval over items,
-for the reward and for the solved fraction). --placebo trains on rewards shuffled within each group: the
+for the reward and for the solved fraction). --config.placebo trains on rewards shuffled within each group: the
 control that shows how far updates without information move the model.
 
 Devices: the batch is split over all local devices (mesh data x fsdp, parameters sharded over fsdp). Multi-host:
@@ -284,7 +284,8 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
         mesh = sharding.make_mesh(data=settings.mesh_data, devices=devices) if len(devices) > 1 else None
         num_processes = jax.process_count()
         if config.num_prompts % num_processes:
-            raise ValueError(f"--num_prompts={config.num_prompts} must be divisible by the {num_processes} processes")
+            raise ValueError(f"--config.num_prompts={config.num_prompts} must be divisible by the {num_processes} "
+                             "processes")
         rl.check_batch_divisible(config.rollout_batch_size, config, mesh)
         test_items = task.load_test(settings.test_path)
         run = Run(settings.workdir, experiment="lm_rl", record_file=RUN_CONFIG_FILE,

@@ -148,7 +148,7 @@ def sampling_function(model_config: LLaDAConfig, sampler_key: tuple):
 
 
 def load_pretrained(out_dir: str, step: int | None = None) -> tuple[LLaDA, Tokenizer, dict[str, Any]]:
-    """Rebuilds (model, tokenizer, run config) from a pre-training --out_dir (the newest step by default);
+    """Rebuilds (model, tokenizer, run config) from a pre-training --workdir (the newest step by default);
     the run config (config.json) gets "checkpoint_step": the step loaded.
 
     Raises ValueError naming the directory when config.json or the checkpoint is missing.
