@@ -31,6 +31,7 @@ exact-likelihood inversion that did not converge (the Euler sampler is no longer
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -93,14 +94,10 @@ def check_flags(settings: List[str], bandit_dipod_beta: float, sequence_dipod_be
 
 
 def make_setting(setting: str, action_dim: int):
-    """(toy module, config) of a setting; the configs are validated here, before any compile."""
+    """(toy module, config) of a setting; the configs check themselves when constructed, before any compile."""
     if setting == "bandit_fpo":
-        config = bandit.BanditConfig(action_dim=action_dim)
-        bandit.check_config(config)
-        return bandit, config
-    config = sequence.SequenceConfig(method=setting.split("_")[1])
-    sequence.check_config(config)
-    return sequence, config
+        return bandit, bandit.BanditConfig(action_dim=action_dim)
+    return sequence, sequence.SequenceConfig(algo=setting.split("_")[1])
 
 
 def _freeze_diverged(new_state, old_state, valid: np.ndarray):
@@ -172,7 +169,7 @@ def _run_file(workdir: str, setting: str, beta: float) -> str:
 
 
 def _signature(config, beta: float, num_seeds: int, steps: int) -> str:
-    return json.dumps({"config": config._asdict(), "beta": beta, "num_seeds": num_seeds, "steps": steps},
+    return json.dumps({"config": dataclasses.asdict(config), "beta": beta, "num_seeds": num_seeds, "steps": steps},
                       sort_keys=True)
 
 
@@ -285,7 +282,7 @@ def run_record(settings: List[str], toys, bandit_dipod_beta: float, sequence_dip
     """The run record (config.json): every setting that changes the results; --resume must match it."""
     return {"settings": list(settings), "bandit_dipod_beta": bandit_dipod_beta,
             "sequence_dipod_beta": sequence_dipod_beta, "num_seeds": num_seeds, "steps": steps,
-            "configs": {setting: config._asdict() for setting, (_, config) in toys.items()}}
+            "configs": {setting: dataclasses.asdict(config) for setting, (_, config) in toys.items()}}
 
 
 def run_experiment(settings: List[str], bandit_dipod_beta: float, sequence_dipod_beta: float, num_seeds: int,

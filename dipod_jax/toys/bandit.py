@@ -18,6 +18,7 @@ Every function is pure and vmaps over seeds.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Dict, NamedTuple, Tuple
@@ -34,14 +35,16 @@ from dipod_jax.losses.advantages import normalize_advantages
 from dipod_jax.losses.flow import cfm_loss, draw_tau_eps, fpo_log_ratio
 from dipod_jax.losses.policy_gradient import fpo_loss
 from dipod_jax.models.flow_policy import VelocityMLP
+from dipod_jax.run.config import ConfigError
 
 
 # Metrics of train_step that are finite exactly while training is healthy (the others are diagnostics).
 TRAINING_METRICS = ("reward", "cfm_loss")
 
 
-class BanditConfig(NamedTuple):
-    """Hyper-parameters of the flow bandit (all static under jit)."""
+@dataclasses.dataclass(frozen=True)
+class BanditConfig:
+    """Hyper-parameters of the flow bandit (all static under jit), checked on construction (`check_config`)."""
     action_dim: int = 2
     num_flow_steps: int = 8
     hidden_size: int = 32
@@ -58,6 +61,9 @@ class BanditConfig(NamedTuple):
     inversion_tolerance: float = 1e-4
     inversion_max_iterations: int = 1000
 
+    def __post_init__(self):
+        check_config(self)
+
 
 class BanditState(NamedTuple):
     """Training state of one seed."""
@@ -67,16 +73,16 @@ class BanditState(NamedTuple):
 
 
 def check_config(config: BanditConfig) -> None:
-    """Raise ValueError naming the first invalid field of `config`."""
+    """ConfigError (a ValueError) naming the first invalid field of `config` (BanditConfig's construction calls it)."""
     if config.action_dim not in (1, 2):
-        raise ValueError(f"action_dim must be 1 or 2, got {config.action_dim!r}")
+        raise ConfigError("action_dim", f"must be 1 or 2, got {config.action_dim!r}")
     for name in ("num_flow_steps", "hidden_size", "batch_size", "num_tau_samples", "inner_epochs",
                  "inversion_max_iterations"):
         if int(getattr(config, name)) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)!r}")
+            raise ConfigError(name, f"must be >= 1, got {getattr(config, name)!r}")
     for name in ("output_scale", "learning_rate", "clip_eps", "mode_radius", "mode_width", "inversion_tolerance"):
         if not getattr(config, name) > 0:
-            raise ValueError(f"{name} must be > 0, got {getattr(config, name)!r}")
+            raise ConfigError(name, f"must be > 0, got {getattr(config, name)!r}")
 
 
 def make_velocity_fn(config: BanditConfig):
@@ -116,7 +122,6 @@ def bandit_reward(contexts: chex.Array, actions: chex.Array, config: BanditConfi
 
 def init_state(key: chex.PRNGKey, config: BanditConfig) -> BanditState:
     """Initial parameters, optimiser state and PRNG key of one seed."""
-    check_config(config)
     model, _ = make_velocity_fn(config)
     key_init, key_train = jax.random.split(key)
     params = model.init(key_init, jnp.zeros((1, 1)), jnp.zeros((1, config.action_dim)), jnp.zeros((1,)))
@@ -201,7 +206,6 @@ def make_seed_batched_step(config: BanditConfig, dipod_beta: float):
 
     Memoised on (config, dipod_beta), so repeated runs of one setting reuse the compiled step.
     """
-    check_config(config)
     return jax.jit(jax.vmap(lambda state: train_step(state, config, dipod_beta)))
 
 
@@ -214,7 +218,6 @@ def make_population_step(config: BanditConfig):
     a traced zero, which changes no value: it is bit-identical to `make_seed_batched_step(config, 0.0)` on the
     same states (tests/test_toys.py). Memoised on `config`.
     """
-    check_config(config)
     return jax.jit(jax.vmap(lambda state, beta: train_step(state, config, beta)))
 
 

@@ -21,6 +21,7 @@ cosine between the method's proxy policy gradient (its loss at beta = 0) and the
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Dict, NamedTuple, Tuple
 
@@ -38,16 +39,18 @@ from dipod_jax.losses.advantages import grpo_advantages
 from dipod_jax.losses.lm import fpo_dllm_loss, spg_loss
 from dipod_jax.losses.masked import (apply_mask, elbo_from_token_logprobs, mask_block_random, mask_uniform_count,
                                      spg_elbo_from_token_logprobs, spg_eubo_from_token_logprobs, token_log_probs)
+from dipod_jax.run.config import ConfigError
 
 # Metrics of train_step that are finite exactly while training is healthy (the others are diagnostics).
 TRAINING_METRICS = ("reward", "log_prob")
 
-SEQUENCE_METHODS = ("fpo", "spg")
+SEQUENCE_ALGORITHMS = ("fpo", "spg")
 
 
-class SequenceConfig(NamedTuple):
-    """Hyper-parameters of the sequence toy (all static under jit)."""
-    method: str = "fpo"
+@dataclasses.dataclass(frozen=True)
+class SequenceConfig:
+    """Hyper-parameters of the sequence toy (all static under jit), checked on construction (`check_config`)."""
+    algo: str = "fpo"
     vocab_size: int = 6
     completion_length: int = 4
     num_prompts: int = 8
@@ -62,6 +65,9 @@ class SequenceConfig(NamedTuple):
     spg_beta_e: float = 1.5
     spg_mix_weight: float = 0.5
 
+    def __post_init__(self):
+        check_config(self)
+
 
 class SequenceState(NamedTuple):
     """Training state of one seed."""
@@ -71,28 +77,29 @@ class SequenceState(NamedTuple):
 
 
 def check_config(config: SequenceConfig) -> None:
-    """Raise ValueError naming the first invalid field of `config`."""
-    if config.method not in SEQUENCE_METHODS:
-        raise ValueError(f"method must be one of {SEQUENCE_METHODS}, got {config.method!r}")
+    """ConfigError (a ValueError) naming the first invalid field of `config` (SequenceConfig's construction
+    calls it)."""
+    if config.algo not in SEQUENCE_ALGORITHMS:
+        raise ConfigError("algo", f"must be one of {SEQUENCE_ALGORITHMS}, got {config.algo!r}")
     if not 1 <= config.completion_length <= MAX_EXACT_LENGTH:
-        raise ValueError(f"completion_length must be in [1, {MAX_EXACT_LENGTH}], got {config.completion_length!r}")
+        raise ConfigError("completion_length", f"must be in [1, {MAX_EXACT_LENGTH}], got {config.completion_length!r}")
     if not 2 <= config.vocab_size <= 8:
-        raise ValueError(f"vocab_size must be in [2, 8], got {config.vocab_size!r}")
+        raise ConfigError("vocab_size", f"must be in [2, 8], got {config.vocab_size!r}")
     if config.group_size < 2:
-        raise ValueError(f"group_size must be >= 2, got {config.group_size!r}")
+        raise ConfigError("group_size", f"must be >= 2, got {config.group_size!r}")
     for name in ("num_prompts", "hidden_size", "inner_epochs", "num_mask_draws", "spg_num_draws",
                  "spg_block_length"):
         if int(getattr(config, name)) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)!r}")
+            raise ConfigError(name, f"must be >= 1, got {getattr(config, name)!r}")
     for name in ("learning_rate", "clip_eps", "spg_beta_e"):
         if not getattr(config, name) > 0:
-            raise ValueError(f"{name} must be > 0, got {getattr(config, name)!r}")
+            raise ConfigError(name, f"must be > 0, got {getattr(config, name)!r}")
     if not 0.0 <= config.spg_mix_weight <= 1.0:
-        raise ValueError(f"spg_mix_weight must be in [0, 1], got {config.spg_mix_weight!r}")
+        raise ConfigError("spg_mix_weight", f"must be in [0, 1], got {config.spg_mix_weight!r}")
     window_blocks = -(-config.completion_length // config.spg_block_length)
-    if config.method == "spg" and config.spg_num_draws > window_blocks:
-        raise ValueError(f"spg_num_draws must be <= the completion's {window_blocks} blocks of spg_block_length, "
-                         f"got {config.spg_num_draws!r}")
+    if config.algo == "spg" and config.spg_num_draws > window_blocks:
+        raise ConfigError("spg_num_draws", f"must be <= the completion's {window_blocks} blocks of spg_block_length, "
+                          f"got {config.spg_num_draws!r}")
 
 
 def mask_id(config: SequenceConfig) -> int:
@@ -175,7 +182,6 @@ def sample_random_order(key: chex.PRNGKey, logits_fn, prompts: chex.Array, confi
 
 def init_state(key: chex.PRNGKey, config: SequenceConfig) -> SequenceState:
     """Initial parameters, optimiser state and PRNG key of one seed."""
-    check_config(config)
     model, _ = make_logits_fn(config)
     key_init, key_train = jax.random.split(key)
     params = model.init(key_init, jnp.zeros((1, 1 + config.completion_length), jnp.int32))
@@ -221,7 +227,7 @@ def train_step(state: SequenceState, config: SequenceConfig, dipod_beta: float) 
         return elbo_from_token_logprobs(token_logp, elbo_masks, row_mask)
 
     elbo_estimate_old = elbo_estimate(params_old)
-    if config.method == "fpo":
+    if config.algo == "fpo":
         def method_loss(params, beta):
             return fpo_dllm_loss(elbo_estimate(params), elbo_estimate_old, advantages, config.clip_eps,
                                  dipod_beta=beta)[0]
@@ -275,7 +281,6 @@ def make_seed_batched_step(config: SequenceConfig, dipod_beta: float):
 
     Memoised on (config, dipod_beta), so repeated runs of one setting reuse the compiled step.
     """
-    check_config(config)
     return jax.jit(jax.vmap(lambda state: train_step(state, config, dipod_beta)))
 
 
@@ -283,7 +288,6 @@ def make_seed_batched_step(config: SequenceConfig, dipod_beta: float):
 def make_population_step(config: SequenceConfig):
     """A jitted step over a population of (seed, traced DiPOD beta) members, as
     `dipod_jax.toys.bandit.make_population_step`: (state [P], dipod_beta [P]) -> (state, metrics [P])."""
-    check_config(config)
     return jax.jit(jax.vmap(lambda state, beta: train_step(state, config, beta)))
 
 
