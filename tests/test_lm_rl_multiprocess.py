@@ -17,6 +17,8 @@ from dipod_jax.run.files import CHECKPOINT_DIR, read_metrics
 from dipod_jax.lm.tasks import get_task
 from processes import launch_processes
 
+pytestmark = pytest.mark.integration
+
 NUM_PROCESSES = 2
 STEPS = 2
 SEED = 0
