@@ -15,10 +15,6 @@ LONG_FUNCTIONS = {
                                     "step sample, reward, update, non-finite check, log, evaluate, save, stop) "
                                     "plus the paired start / end evaluation; owned by the configs work of "
                                     "issue 12",
-    "dipod_jax/lm/rl.py::rl_update": "one RL update as one traced function (GRPO advantages, inputs prepared "
-                                     "once, mu inner iterations of accumulated micro-batches, reference sync, "
-                                     "output shardings pinned, batch metrics) under a 17-line docstring that "
-                                     "lists every metric; owned by the sharding work of issue 12",
 }
 FLAG_PROGRAMS = ("experiments", "benchmarks")
 

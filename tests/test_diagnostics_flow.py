@@ -7,6 +7,7 @@ import pytest
 from absl.testing import parameterized
 
 from dipod_jax.diagnostics import drift, flow_exact
+from dipod_jax.models.flow_policy import VelocityMLP, euler_sample
 
 NUM_STEPS = 5
 OBS_DIM = 1
@@ -105,14 +106,27 @@ def test_inverse_round_trips(batch):
     """invert(sample(noise)) recovers the noise and sample(invert(a)) recovers the actions, for a nonlinear flow."""
     obs, noise = batch
     velocity = mlp_velocity(make_mlp_params(jax.random.PRNGKey(2), ACTION_DIM))
-    actions = flow_exact.euler_sample(velocity, obs, noise, NUM_STEPS)
+    actions = euler_sample(velocity, obs, noise, NUM_STEPS)
     recovered, residual = flow_exact.invert_euler_sampler(velocity, obs, actions, NUM_STEPS, tolerance=1e-6)
     np.testing.assert_allclose(recovered, noise, atol=1e-5)
     assert float(jnp.max(residual)) <= 1e-6
     arbitrary = actions[::-1] + 0.5
-    back = flow_exact.euler_sample(velocity, obs,
-                                   flow_exact.invert_euler_sampler(velocity, obs, arbitrary, NUM_STEPS)[0], NUM_STEPS)
+    back = euler_sample(velocity, obs, flow_exact.invert_euler_sampler(velocity, obs, arbitrary, NUM_STEPS)[0],
+                        NUM_STEPS)
     np.testing.assert_allclose(back, arbitrary, atol=1e-4)
+
+
+def test_policy_model_samples_and_inverts(batch):
+    """On the policy's own model (VelocityMLP, sinusoidal time features), log_prob_from_noise returns the actions
+    of models.flow_policy.euler_sample from the same noise, and inverting them recovers that noise."""
+    obs, noise = batch
+    model = VelocityMLP((16, 16), ACTION_DIM)
+    params = model.init(jax.random.PRNGKey(5), obs, noise, jnp.ones((BATCH,)))
+    velocity = lambda o, x, t: model.apply(params, o, x, t)  # noqa: E731
+    actions, _ = flow_exact.log_prob_from_noise(velocity, obs, noise, NUM_STEPS)
+    np.testing.assert_allclose(actions, euler_sample(velocity, obs, noise, NUM_STEPS), atol=1e-6)
+    recovered, _ = flow_exact.invert_euler_sampler(velocity, obs, actions, NUM_STEPS, tolerance=1e-6)
+    np.testing.assert_allclose(recovered, noise, atol=1e-5)
 
 
 def test_inverted_log_prob_equals_forward_log_prob(batch):

@@ -61,6 +61,11 @@ def test_sharded_step_equals_single_device_step(mesh):
     embedding = sharded_state.params["embedding"]
     assert "fsdp" in jax.tree.leaves(tuple(embedding.sharding.spec))
     assert len(embedding.sharding.device_set) == 8
+    # Every output sits where the update's jit contract puts it (the next step's in_shardings).
+    graphdef, _, frozen = rl.split_model(LLaDA(MODEL_CONFIG, rngs=nnx.Rngs(0)), CONFIG.lora_only)
+    _, (state_sharding, _) = rl.update_shardings(sharded_state, frozen, CONFIG, graphdef, mesh)
+    assert jax.tree.leaves(jax.tree.map(lambda array, expected: array.sharding.is_equivalent_to(expected, array.ndim),
+                                        sharded_state, state_sharding)) == [True] * len(jax.tree.leaves(sharded_state))
     for single, sharded in zip(single_batches, sharded_batches):
         chex.assert_trees_all_equal(single, sharded)
     chex.assert_trees_all_close(jax.tree.map(np.asarray, single_state),
@@ -84,3 +89,15 @@ def test_batch_not_divisible_by_devices_is_refused(mesh):
     with pytest.raises(ValueError, match="not divisible"):
         rl.check_batch_divisible(8, CONFIG, mesh)
     rl.check_batch_divisible(16, CONFIG, mesh)
+
+
+def test_update_refuses_inputs_placed_outside_its_contract(mesh):
+    """The sharded update's jit has explicit in_shardings: a state left on one device is refused (ValueError)
+    instead of being silently moved."""
+    model = LLaDA(MODEL_CONFIG, rngs=nnx.Rngs(0))
+    graphdef, params, frozen = rl.split_model(model, CONFIG.lora_only)
+    state = rl.init_train_state(params, CONFIG)
+    tokens = np.tile(np.array([[3, 4, 5, 5, 1, 1]], np.int32), (16, 1))
+    batch = rl.to_global(rl.RolloutBatch(tokens, tokens > 0, tokens == 3, tokens == 5, np.ones(16, np.float32)), mesh)
+    with pytest.raises(ValueError, match="does not match the sharding"):
+        rl.make_update_fn(CONFIG, graphdef, MASK_ID, mesh)(state, frozen, batch, jax.random.key(0))

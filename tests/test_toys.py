@@ -38,14 +38,6 @@ def test_bandit_reward_known_values():
         [1.0, 1.0], rtol=1e-5)
 
 
-def test_time_features_known_values():
-    """sin(2^j pi t), cos(2^j pi t): at t = 0 sines are 0 and cosines 1; at t = 1/2 the first sine is 1."""
-    features = bandit.time_features(jnp.array([0.0, 0.5]))
-    chex.assert_shape(features, (2, 8))
-    np.testing.assert_allclose(features[0], [0, 0, 0, 0, 1, 1, 1, 1], atol=1e-6)
-    np.testing.assert_allclose(features[1, [0, 4, 5]], [1.0, 0.0, -1.0], atol=1e-6)
-
-
 @pytest.mark.parametrize("field, value", [("action_dim", 3), ("num_flow_steps", 0), ("learning_rate", 0.0)])
 def test_bandit_bad_config_raises(field, value):
     """An invalid bandit configuration raises ValueError naming the field."""

@@ -1,9 +1,10 @@
-"""Exact log-likelihoods of a flow policy's K-step Euler sampler (small action dimensions).
+"""Exact log-likelihoods of the flow policy's K-step Euler sampler (small action dimensions).
 
-Sign convention (see WORKSPACE.md): t = 1 is noise, t = 0 is the action. With dt = 1 / K and the grid
-t_k = 1 - k dt (k = 0, ..., K - 1), the sampler is
+The sampler is the project's one sampler, `dipod_jax.models.flow_policy.euler_sample` (docs/algorithms.md,
+sections 3.1 and 5.1), with its convention: t = 1 is noise, t = 0 is the action. With dt = 1 / K and the grid
+t_k = 1 - k dt (`euler_times`), it starts at x(1) = noise ~ N(0, I) and steps
 
-    x_0 = noise ~ N(0, I),    x_{k+1} = x_k - dt * v_theta(x_k, t_k, s),    action = x_K.
+    x(t_k - dt) = x(t_k) - dt * v_theta(x(t_k), t_k, s)        (`euler_step`),        action = x(0).
 
 Each step is invertible when dt * Lip_x(v) < 1, so the whole sampler is a bijection noise -> action and the
 change of variables gives the exact density of the actions it produces:
@@ -11,26 +12,27 @@ change of variables gives the exact density of the actions it produces:
     log pi(a | s) = log N(noise; 0, I) - log |det d a / d noise|.
 
 The Jacobian is computed exactly with `jax.jacfwd` (D forward-mode passes), so this is meant for D <= 8.
-For an action that was not produced under the current parameters, the noise is recovered by inverting the
-sampler one step at a time, solving x_k = x_{k+1} + dt * v(x_k, t_k, s) by fixed-point iteration (a
-contraction exactly when the step is invertible). The solve is wrapped in `jax.lax.custom_root`, so gradients
-with respect to the parameters closed over by `velocity_fn` follow the implicit function theorem rather than
-the iterations.
+For an action that was not produced under the current parameters, the noise is recovered by undoing
+`euler_step` one step at a time, from t_k = 1/K back up to t_k = 1: x(t_k) solves
+x(t_k) - dt * v(x(t_k), t_k, s) = x(t_k - dt), found by fixed-point iteration (a contraction exactly when the
+step is invertible). The solve is wrapped in `jax.lax.custom_root`, so gradients with respect to the parameters
+closed over by `velocity_fn` follow the implicit function theorem rather than the iterations.
 
-Every public function takes `velocity_fn(obs [..., S], x [..., D], t [...]) -> [..., D]` with the parameters
-closed over; it is called here on single samples (no leading axes) and vmapped over the batch.
+Every public function takes `velocity_fn(obs [B, S], x [B, D], t [B]) -> [B, D]` with the parameters closed
+over, as `euler_sample` does. Per-sample Jacobians and inversions are vmapped over the batch, each calling
+`velocity_fn` on a batch of one.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Tuple
+from typing import Tuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-VelocityFn = Callable[[chex.Array, chex.Array, chex.Array], chex.Array]
+from dipod_jax.models.flow_policy import VelocityFn, euler_sample, euler_step, euler_times
 
 MAX_ACTION_DIM = 8
 
@@ -53,44 +55,14 @@ def _check_batch(obs: chex.Array, x: chex.Array, x_name: str) -> None:
                          "only computed for small action dimensions")
 
 
-def _flow_times(num_flow_steps: int) -> chex.Array:
-    """[K] the grid t_k = 1 - k / K at which step k evaluates the velocity."""
-    return 1.0 - jnp.arange(num_flow_steps, dtype=jnp.float32) / num_flow_steps
-
-
 def _sample_one(velocity_fn: VelocityFn, obs: chex.Array, noise: chex.Array, num_flow_steps: int) -> chex.Array:
-    """One Euler trajectory: obs [S], noise [D] -> action [D]."""
-    dt = 1.0 / num_flow_steps
-
-    def step(x, t):
-        return x - dt * velocity_fn(obs, x, t), None
-
-    action, _ = jax.lax.scan(step, noise, _flow_times(num_flow_steps))
-    return action
+    """`euler_sample` of one trajectory: obs [S], noise [D] -> action [D]."""
+    return euler_sample(velocity_fn, obs[None], noise[None], num_flow_steps)[0]
 
 
 def _standard_normal_log_prob(x: chex.Array) -> chex.Array:
     """log N(x; 0, I) for x [..., D] -> [...]."""
     return -0.5 * jnp.sum(jnp.square(x), axis=-1) - 0.5 * x.shape[-1] * math.log(2.0 * math.pi)
-
-
-def euler_sample(velocity_fn: VelocityFn, obs: chex.Array, noise: chex.Array, num_flow_steps: int) -> chex.Array:
-    """Run the K-step Euler sampler from the given noise.
-
-    Args:
-      velocity_fn: the velocity field, parameters closed over.
-      obs: [B, S] observations.
-      noise: [B, D] starting points x_0 (t = 1).
-      num_flow_steps: K >= 1.
-
-    Returns:
-      [B, D] actions x_K (t = 0).
-    """
-    _check_num_flow_steps(num_flow_steps)
-    _check_batch(obs, noise, "noise")
-    actions = jax.vmap(lambda s, z: _sample_one(velocity_fn, s, z, num_flow_steps))(obs, noise)
-    chex.assert_equal_shape([actions, noise])
-    return actions
 
 
 def log_prob_from_noise(
@@ -124,11 +96,11 @@ def _invert_one(
     velocity_fn: VelocityFn, obs: chex.Array, action: chex.Array, num_flow_steps: int,
     max_iterations: int, tolerance: float,
 ) -> Tuple[chex.Array, chex.Array]:
-    """Invert one trajectory: obs [S], action [D] -> (noise [D], largest step residual [])."""
+    """Undo `euler_sample` for one trajectory: obs [S], action [D] -> (noise [D], largest step residual [])."""
     dt = 1.0 / num_flow_steps
 
     def fixed_point(step_fn, initial):
-        # x <- x - step_fn(x) is x <- x_next + dt * v(x): a contraction when dt * Lip(v) < 1.
+        # x <- x - step_fn(x) is x <- x_next + dt * v(x, t): a contraction when dt * Lip(v) < 1.
         def keep_going(state):
             iteration, _, change = state
             return (iteration < max_iterations) & (change > tolerance)
@@ -146,13 +118,13 @@ def _invert_one(
 
     def invert_step(x_next, t):
         def step_residual(x):
-            return x - x_next - dt * velocity_fn(obs, x, t)
+            return euler_step(velocity_fn, obs[None], x[None], t, dt)[0] - x_next
 
         x = jax.lax.custom_root(step_residual, x_next, fixed_point, solve_linear)
         residual = jnp.max(jnp.abs(jax.lax.stop_gradient(step_residual(x))))
         return x, residual
 
-    noise, residuals = jax.lax.scan(invert_step, action, _flow_times(num_flow_steps), reverse=True)
+    noise, residuals = jax.lax.scan(invert_step, action, euler_times(num_flow_steps), reverse=True)
     # NaN residuals (a diverged iteration) must count as failures, so they are mapped to +inf.
     largest = jnp.max(residuals)
     return noise, jnp.where(jnp.isnan(largest), jnp.inf, largest)
@@ -162,7 +134,7 @@ def check_inversion_converged(residual: chex.Array, tolerance: float) -> None:
     """Raise `SamplerInversionError` when any concrete residual exceeds `tolerance` (or is not finite).
 
     Args:
-      residual: [...] largest per-step residual |x_k - x_{k+1} - dt v(x_k)|_inf of each inverted action.
+      residual: [...] largest per-step residual |euler_step(x(t_k)) - x(t_k - dt)|_inf of each inverted action.
       tolerance: the accepted residual.
     """
     values = np.asarray(residual)

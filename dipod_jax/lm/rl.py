@@ -21,14 +21,18 @@ adapters with `lora_only`), `frozen` is the rest of the model; `nnx.merge(graphd
 the model inside the traced functions.
 
 Sharding: pass a Mesh from dipod_jax.lm.sharding. Batch-major arrays are split over its ("data", "fsdp") axes,
-parameters follow their logical axes (embed over fsdp), and everything runs under `jax.jit` with
-NamedShardings: the batch-mean losses make XLA average the gradients across devices, so the sharded step is
-the single-device step up to float reduction order. The rollout batch must divide the number of batch shards
-times grad_accum_steps (`check_batch_divisible`). In a multi-process run each process passes only its own
-prompts and scores only its own rows; `host_local_array_to_global_array` assembles the global batch.
+parameters follow their logical axes (embed over fsdp; `param_shardings` refuses a mesh that would leave a
+large parameter replicated), and the update is one `jax.jit` whose in_shardings / out_shardings say where every
+input and output lives (`update_shardings`); it, and `rl_step`'s sampler call, run under `jax.set_mesh`, so the
+model pins its activations by their logical axes. The batch-mean losses make XLA average the gradients across
+devices, so the sharded step is the single-device step up to float reduction order. The rollout batch must
+divide the number of batch shards times grad_accum_steps (`check_batch_divisible`). In a multi-process run each
+process passes only its own prompts and scores only its own rows; `host_local_array_to_global_array` assembles
+the global batch.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
@@ -110,16 +114,13 @@ def split_model(model: nnx.Module, lora_only: bool) -> Tuple[Any, Params, Params
 
 def param_shardings(model: nnx.Module, lora_only: bool, mesh: Mesh) -> Tuple[Params, Params]:
     """NamedShardings (pure dicts matching `split_model`) of the trainable and frozen parts on `mesh`,
-    from the variables' logical axes (dipod_jax.lm.sharding.DEFAULT_RULES)."""
+    from the variables' logical axes (dipod_jax.lm.sharding.DEFAULT_RULES). ValueError naming the parameter
+    when a mesh axis would leave a large parameter replicated
+    (`dipod_jax.lm.sharding.assert_params_sufficiently_sharded`)."""
     _, trainable, frozen = nnx.split(model, LORA_FILTER if lora_only else nnx.Param, ...)
+    sharding.assert_params_sufficiently_sharded(nnx.state(model), mesh)
     return (nnx.to_pure_dict(sharding.state_shardings(trainable, mesh)),
             nnx.to_pure_dict(sharding.state_shardings(frozen, mesh)))
-
-
-def _traced_param_shardings(graphdef, params: Params, frozen: Params, lora_only: bool, mesh: Mesh) -> Params:
-    """`param_shardings` of the trainable part, rebuilt inside a trace from the variables' metadata."""
-    model = nnx.merge(graphdef, params, frozen)
-    return param_shardings(model, lora_only, mesh)[0]
 
 
 def make_optimizer(config: RLConfig) -> optax.GradientTransformation:
@@ -135,8 +136,9 @@ def init_train_state(params: Params, config: RLConfig, mesh: Optional[Mesh] = No
     """Fresh optimizer state, the reference and start copies (when used) and step 0 for a copy of `params`.
 
     The copy keeps the caller's arrays (e.g. the model's own) alive when the update donates the state. Every
-    array is committed to a device (the mesh, replicated, for the scalars; device 0 without a mesh) as the
-    update's outputs are, so the second step does not recompile for a change of placement.
+    array is committed to a device as the update expects it (`update_shardings` with a mesh: the optimizer
+    moments on their parameters' shardings, the scalars replicated; device 0 without a mesh, where the
+    outputs land, so the second step does not recompile for a change of placement).
     """
     params = jax.tree.map(jnp.copy, params)
     ref_params = jax.tree.map(jnp.copy, params) if config.kl_beta > 0 else {}
@@ -327,7 +329,8 @@ def _micro_batches(tree, num_micro: int):
 
 
 def rl_update(state: TrainState, frozen: Params, batch: RolloutBatch, key: chex.PRNGKey, *, config: RLConfig,
-              graphdef, mask_id: int, mesh: Optional[Mesh] = None) -> Tuple[TrainState, Dict[str, chex.Array]]:
+              graphdef, mask_id: int, mesh: Optional[Mesh] = None, params_sharding: Optional[Params] = None
+              ) -> Tuple[TrainState, Dict[str, chex.Array]]:
     """The pure core of one RL step on a scored generation batch (jit it, e.g. via `make_update_fn`).
 
     Args:
@@ -336,7 +339,9 @@ def rl_update(state: TrainState, frozen: Params, batch: RolloutBatch, key: chex.
       batch: RolloutBatch of N = P * G rows, rewards [N].
       key: PRNG key for the forward masks of this batch.
       config: RLConfig (static). graphdef: the model's nnx graphdef (static). mask_id: mask token id (static).
-      mesh: optional Mesh (static); the updated parameters are kept on their logical-axis shardings.
+      mesh: optional Mesh (static): the batch must divide over its batch shards (`check_batch_divisible`).
+      params_sharding: optional NamedShardings of state.params (static); every inner update keeps the
+        parameters there. Where the inputs and outputs live is `make_update_fn`'s jit contract.
 
     Returns:
       (new TrainState, metrics: dict of float32 scalars averaged over the mu inner iterations and
@@ -359,8 +364,6 @@ def rl_update(state: TrainState, frozen: Params, batch: RolloutBatch, key: chex.
     advantages = grpo_advantages(trained_rewards.reshape(-1, config.num_generations),
                                  scale_by_std=config.scale_rewards_by_std).reshape(num_rows)
     fixed, per_iteration = prepare_inputs(config, graphdef, mask_id, state, frozen, batch, advantages, key)
-    params_sharding = None if mesh is None else _traced_param_shardings(graphdef, state.params, frozen,
-                                                                         config.lora_only, mesh)
     optimizer = make_optimizer(config)
     grad_fn = jax.grad(functools.partial(rl_loss, config, graphdef, mask_id), has_aux=True)
 
@@ -393,17 +396,6 @@ def rl_update(state: TrainState, frozen: Params, batch: RolloutBatch, key: chex.
     if config.kl_beta > 0 and config.ref_sync_every > 0:
         sync = step % config.ref_sync_every == 0
         ref_params = jax.tree.map(lambda ref, new: jnp.where(sync, new, ref), ref_params, params)
-    if mesh is not None:
-        # Pin every output to the input placement, so the next step (and the sampler) reuse their executables.
-        replicated = NamedSharding(mesh, PartitionSpec())
-        opt_sharding = optax.tree_map_params(optimizer, lambda _, sharding: sharding, opt_state, params_sharding,
-                                             transform_non_params=lambda _: replicated)
-        params, opt_state, step = jax.lax.with_sharding_constraint(
-            (params, opt_state, step), (params_sharding, opt_sharding, replicated))
-        if ref_params:
-            ref_params = jax.lax.with_sharding_constraint(ref_params, params_sharding)
-        if start_params:
-            start_params = jax.lax.with_sharding_constraint(start_params, params_sharding)
     lengths = jnp.sum(batch.completion_mask, axis=-1).astype(jnp.float32)
     metrics.update(reward_mean=jnp.mean(rewards), reward_std=jnp.std(rewards),
                    advantage_abs_mean=jnp.mean(jnp.abs(advantages)), completion_length_mean=jnp.mean(lengths),
@@ -413,15 +405,49 @@ def rl_update(state: TrainState, frozen: Params, batch: RolloutBatch, key: chex.
     return TrainState(params, opt_state, ref_params, start_params, step), metrics
 
 
+def update_shardings(state: TrainState, frozen: Params, config: RLConfig, graphdef, mesh: Mesh):
+    """The jit contract of the sharded update: (in_shardings, out_shardings) of
+    fn(state, frozen, batch, key) -> (state, metrics), for a state and frozen part shaped like these.
+
+    Parameters, the reference and start copies and the optimizer moments follow the parameters' logical axes
+    (`param_shardings`); the batch is split over the mesh's batch axes; the key, step, optimizer counters and
+    metrics are replicated.
+    """
+    params_sharding, frozen_sharding = param_shardings(nnx.merge(graphdef, state.params, frozen), config.lora_only,
+                                                       mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_sharding = optax.tree_map_params(make_optimizer(config), lambda _, leaf_sharding: leaf_sharding,
+                                         state.opt_state, params_sharding, transform_non_params=lambda _: replicated)
+    state_sharding = TrainState(params_sharding, opt_sharding, params_sharding if state.ref_params else {},
+                                params_sharding if state.start_params else {}, replicated)
+    rows, row_values = sharding.batch_sharding(mesh, 2), sharding.batch_sharding(mesh, 1)
+    batch_sharding = RolloutBatch(rows, rows, rows, rows, row_values)
+    return (state_sharding, frozen_sharding, batch_sharding, replicated), (state_sharding, replicated)
+
+
 @functools.lru_cache(maxsize=None)
 def make_update_fn(config: RLConfig, graphdef, mask_id: int, mesh: Optional[Mesh] = None):
     """jit(rl_update) with config, graphdef, mask_id and mesh bound; the state's buffers are donated.
 
+    With a mesh the jit has explicit in_shardings / out_shardings (`update_shardings`, built from the first
+    state it gets: the parameters' shapes and logical axes fix them) and runs under `jax.set_mesh(mesh)`;
+    inputs placed elsewhere are refused by jit, outputs come back where the next step expects its inputs.
     Cached on its (hashable) arguments, so repeated runs in one process reuse the compiled step.
     Returns fn(state, frozen, batch, key) -> (state, metrics).
     """
-    return jax.jit(functools.partial(rl_update, config=config, graphdef=graphdef, mask_id=mask_id, mesh=mesh),
-                   donate_argnums=0)
+    update = functools.partial(rl_update, config=config, graphdef=graphdef, mask_id=mask_id, mesh=mesh)
+    if mesh is None:
+        return jax.jit(update, donate_argnums=0)
+    compiled = []
+
+    def sharded_update(state: TrainState, frozen: Params, batch: RolloutBatch, key: chex.PRNGKey):
+        if not compiled:
+            in_shardings, out_shardings = update_shardings(state, frozen, config, graphdef, mesh)
+            compiled.append(jax.jit(functools.partial(update, params_sharding=in_shardings[0].params),
+                                    in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=0))
+        with jax.set_mesh(mesh):
+            return compiled[0](state, frozen, batch, key)
+    return sharded_update
 
 
 @functools.lru_cache(maxsize=None)
@@ -521,7 +547,9 @@ def rl_step(state: TrainState, frozen: Params, prompts: np.ndarray, prompt_mask:
     prompt_rows = np.repeat(prompts, config.num_generations, axis=0)
     prompt_mask_rows = np.repeat(prompt_mask, config.num_generations, axis=0)
     global_prompts, global_prompt_mask = to_global((prompt_rows, prompt_mask_rows), mesh)
-    tokens = sample_fn(state.params, frozen, global_prompts, global_prompt_mask, sample_key)
+    # Under the mesh, the model pins its activations by their logical axes (dipod_jax.lm.sharding).
+    with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+        tokens = sample_fn(state.params, frozen, global_prompts, global_prompt_mask, sample_key)
     local_batch = rollout_batch_from_tokens(to_local(tokens, mesh), prompt_mask_rows, eos_id, reward_fn)
     state, metrics = update_fn(state, frozen, to_global(local_batch, mesh), update_key)
     metrics = {**metrics, "distinct_completions_per_group": distinct_completions_per_group(

@@ -1,14 +1,19 @@
-"""Device mesh and logical-axis rules for the LLaDA transformer.
+"""Device mesh and logical-axis rules for the LLaDA transformer: its parameters and its activations.
 
 Mesh axes: "data" (pure data parallelism: parameters replicated), "fsdp" (data parallelism with parameters
 sharded along their "embed" axis, gathered per layer by XLA), "tensor" (Megatron-style: heads, MLP hidden
 and vocabulary split across devices). Model variables carry logical axis names (see
-dipod_jax.models.llada); `DEFAULT_RULES` says which mesh axes each logical name may use. A mesh axis is used
-at most once per array, and a dimension that the mesh axis size does not divide is left replicated, so
-every rule set gives a valid sharding for every shape.
+dipod_jax.models.llada), and the model names the axes of its activations too (`shard_activation`);
+`DEFAULT_RULES` says which mesh axes each logical name may use. A mesh axis is used at most once per array,
+and a dimension that the mesh axis size does not divide is left replicated, so every rule set gives a valid
+sharding for every shape; `assert_params_sufficiently_sharded` refuses parameters that this would leave
+replicated by accident.
+
+This module imports nothing from dipod_jax: the model imports it (for `shard_activation`), not the reverse.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import jax
@@ -16,13 +21,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dipod_jax.models.llada import BATCH_MESH_AXES
-
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis name -> mesh axis, tuple of mesh axes, or None (replicated).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", BATCH_MESH_AXES),
+    # Inputs and activations are split along their batch; parameters never have a batch axis.
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    # Parameters.
     ("embed", "fsdp"),
     ("vocab", "tensor"),
     ("heads", "tensor"),
@@ -31,8 +37,17 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     ("norm", None),
     ("lora_rank", "fsdp"),
-    ("length", None),
+    # Activations whose axis a weight shards differently: the hidden features and the logits' vocabulary
+    # stay whole on every device (fsdp already splits the batch; the head's tensor-split vocabulary is
+    # gathered once, for the softmax).
+    ("activation_embed", None),
+    ("activation_vocab", None),
+    ("head_dim", None),
 )
+
+# Parameters of at most this many elements may end up replicated (norm scales, biases, small adapters of
+# tiny models): a few hundred KiB per device at most, not worth refusing a mesh for.
+MAX_REPLICATED_PARAM_SIZE = 2 ** 16
 
 
 def make_mesh(data: int = 1, fsdp: int | None = None, tensor: int = 1,
@@ -55,29 +70,32 @@ def make_mesh(data: int = 1, fsdp: int | None = None, tensor: int = 1,
     return Mesh(np.asarray(devices).reshape(data, fsdp, tensor), MESH_AXES)
 
 
+def _rule_axes(table: dict, name: str | None) -> tuple[str, ...]:
+    """The mesh axes a logical name may use, in order; ValueError for a name without a rule."""
+    if name is None:
+        return ()
+    if name not in table:
+        raise ValueError(f"logical axis {name!r} has no sharding rule (known: {sorted(table)})")
+    target = table[name]
+    return () if target is None else ((target,) if isinstance(target, str) else tuple(target))
+
+
 def logical_to_mesh_spec(logical_axes: Sequence[str | None], rules=DEFAULT_RULES,
                          shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> PartitionSpec:
     """Logical axis names (one per array dimension) -> a PartitionSpec over mesh axes.
 
-    With `shape` and `mesh`, mesh axes whose combined size does not divide the dimension are dropped
-    (the dimension is then sharded over the dividing prefix, or replicated). ValueError for a logical
-    name that has no rule.
+    With `mesh` (a Mesh or an AbstractMesh), mesh axes it does not have are skipped; with `shape` too, mesh
+    axes whose combined size does not divide the dimension are dropped (the dimension is then sharded over
+    the dividing prefix, or replicated). ValueError for a logical name that has no rule.
     """
     table = dict(rules)
     used: set[str] = set()
     spec = []
     for dim, name in enumerate(logical_axes):
-        if name is None:
-            spec.append(None)
-            continue
-        if name not in table:
-            raise ValueError(f"logical axis {name!r} has no sharding rule (known: {sorted(table)})")
-        target = table[name]
-        candidates = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
         chosen = []
         size = 1
-        for axis in candidates:
-            if axis in used:
+        for axis in _rule_axes(table, name):
+            if axis in used or (mesh is not None and axis not in mesh.axis_names):
                 continue
             axis_size = mesh.shape[axis] if mesh is not None else 1
             if shape is not None and mesh is not None and shape[dim] % (size * axis_size):
@@ -87,6 +105,28 @@ def logical_to_mesh_spec(logical_axes: Sequence[str | None], rules=DEFAULT_RULES
         used.update(chosen)
         spec.append(None if not chosen else (chosen[0] if len(chosen) == 1 else tuple(chosen)))
     return PartitionSpec(*spec)
+
+
+def _spec_axes(spec: PartitionSpec) -> list[str]:
+    """The mesh axes a PartitionSpec uses, in order."""
+    return [axis for entry in spec if entry is not None
+            for axis in ((entry,) if isinstance(entry, str) else entry)]
+
+
+def shard_activation(x: jax.Array, logical_axes: Sequence[str | None], rules=DEFAULT_RULES) -> jax.Array:
+    """Pin the activation x to the sharding its logical axes (one per dimension) give on the mesh set with
+    `jax.set_mesh`; the identity without a mesh, and when no dimension would be split (the partitioner then
+    stays free). Without these pins the partitioner may gather the whole batch of activations to keep
+    FSDP-sharded weights in place."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    if len(logical_axes) != x.ndim:
+        raise ValueError(f"{len(logical_axes)} logical axes {tuple(logical_axes)} for an array of shape {x.shape}")
+    spec = logical_to_mesh_spec(logical_axes, rules, x.shape, mesh)
+    if all(mesh.shape[axis] == 1 for axis in _spec_axes(spec)):
+        return x
+    return jax.lax.with_sharding_constraint(x, spec)
 
 
 def _is_variable(leaf) -> bool:
@@ -119,3 +159,50 @@ def shard_state(state: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules=DEFAULT_RULES) -> NamedSharding:
     """Sharding of a batch-major array [B, ...] (tokens, masks): batch over ("data", "fsdp")."""
     return NamedSharding(mesh, logical_to_mesh_spec(("batch",) + (None,) * (ndim - 1), rules))
+
+
+def _path_name(path) -> str:
+    return "/".join(str(getattr(entry, "key", getattr(entry, "name", entry))) for entry in path)
+
+
+def _replication_by_division(variable: nnx.Variable, mesh: Mesh, rules) -> list[str]:
+    """Why `variable` is replicated over a mesh axis (size > 1) that its rules give it: one line per mesh
+    axis dropped because the dimension's size is not divisible; empty when none was dropped."""
+    logical = variable.get_metadata().get("out_sharding")
+    if logical is None:
+        return []
+    shape = variable.get_value().shape
+    placed = set(_spec_axes(logical_to_mesh_spec(logical, rules, shape, mesh)))
+    intended = logical_to_mesh_spec(logical, rules, None, mesh)
+    reasons = []
+    for dim, entry in enumerate(intended):
+        for axis in _spec_axes(PartitionSpec(entry)):
+            if axis not in placed and mesh.shape[axis] > 1:
+                reasons.append(f"dimension {dim} ({logical[dim]!r}, size {shape[dim]}) is not divisible over mesh "
+                               f"axis {axis!r} (size {mesh.shape[axis]})")
+    return reasons
+
+
+def assert_params_sufficiently_sharded(state: Any, mesh: Mesh, rules=DEFAULT_RULES,
+                                       max_replicated_size: int = MAX_REPLICATED_PARAM_SIZE) -> None:
+    """ValueError when a variable of `state` (an nnx.State, concrete or abstract) larger than
+    `max_replicated_size` elements would be replicated over a mesh axis its logical axes ask for, because
+    that axis's size does not divide the dimension (`logical_to_mesh_spec` then silently drops it, and every
+    device holds the whole dimension). The message names each such parameter's path, shape and mesh axis.
+
+    Replication by design passes: logical axes whose rule is None (norm scales), variables without logical
+    axes, mesh axes of size 1, and a mesh axis already taken by another dimension of the same array.
+    """
+    problems = []
+    for path, variable in jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_variable)[0]:
+        shape = tuple(variable.get_value().shape) if _is_variable(variable) else ()
+        if not _is_variable(variable) or math.prod(shape) <= max_replicated_size:
+            continue
+        problems += [f"  {_path_name(path)} {shape}: {reason}"
+                     for reason in _replication_by_division(variable, mesh, rules)]
+    if problems:
+        raise ValueError(
+            f"parameters of more than max_replicated_size={max_replicated_size} elements would be replicated on "
+            f"mesh {dict(mesh.shape)}, because a dimension is not divisible by the mesh axis that shards it "
+            f"(choose mesh axis sizes that divide them, or give their logical axis the rule None to replicate "
+            f"it by design):\n" + "\n".join(problems))

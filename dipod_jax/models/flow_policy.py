@@ -1,8 +1,12 @@
-"""Flow-matching policy for continuous control: a velocity MLP and its K-step Euler sampler.
+"""The project's flow policy: a velocity MLP and its K-step Euler sampler (docs/algorithms.md, section 3.1).
 
 Sign convention (WORKSPACE.md): t = 1 is noise, t = 0 is the action; the sampler integrates from t = 1 to
 t = 0 with x_{t - dt} = x_t - dt * v(x_t, t, s). A zero initial noise x_1 = 0 gives the deterministic
 ("zero-noise") evaluation action.
+
+This is the only velocity model and the only sampler: the control trainer (dipod_jax.control.policies), the
+flow bandit (dipod_jax.toys.bandit) and the exact likelihoods (dipod_jax.diagnostics.flow_exact, which inverts
+`euler_step` on the grid `euler_times`) all use it.
 """
 from __future__ import annotations
 
@@ -62,8 +66,18 @@ class VelocityMLP(nn.Module):
         return nn.Dense(self.action_dim)(features) * self.output_scale
 
 
+def euler_times(num_steps: int) -> chex.Array:
+    """[K] the grid t_k = 1 - k / K (k = 0 .. K - 1) at which the sampler's steps evaluate the velocity."""
+    return 1.0 - jnp.arange(num_steps, dtype=jnp.float32) * (1.0 / num_steps)
+
+
+def euler_step(velocity_fn: VelocityFn, obs: chex.Array, x: chex.Array, t: chex.Array, dt: float) -> chex.Array:
+    """One Euler step from t to t - dt: obs [B, S], x [B, D], scalar t -> x - dt * v(x, t, s) [B, D]."""
+    return x - dt * velocity_fn(obs, x, jnp.full(x.shape[:1], t))
+
+
 def euler_sample(velocity_fn: VelocityFn, obs: chex.Array, x1: chex.Array, num_steps: int) -> chex.Array:
-    """Integrate the flow from t = 1 to t = 0 with `num_steps` Euler steps on the grid t_k = 1 - k / K.
+    """Integrate the flow from t = 1 to t = 0 with `num_steps` Euler steps on the grid `euler_times`.
 
     Args:
       velocity_fn: `velocity_fn(obs [B, S], x [B, D], t [B]) -> [B, D]`, parameters closed over.
@@ -79,13 +93,11 @@ def euler_sample(velocity_fn: VelocityFn, obs: chex.Array, x1: chex.Array, num_s
     chex.assert_rank([obs, x1], 2)
     chex.assert_equal_shape_prefix([obs, x1], 1)
     dt = 1.0 / num_steps
-    start_times = 1.0 - jnp.arange(num_steps, dtype=jnp.float32) * dt
 
     def step(x, t):
-        velocity = velocity_fn(obs, x, jnp.full(x.shape[:1], t))
-        return x - dt * velocity, None
+        return euler_step(velocity_fn, obs, x, t, dt), None
 
-    x0, _ = jax.lax.scan(step, x1, start_times)
+    x0, _ = jax.lax.scan(step, x1, euler_times(num_steps))
     return x0
 
 

@@ -9,8 +9,10 @@ positions 0..T-1, in float32.
 Parameters of the n_layers blocks are stacked along a leading "layers" axis and the blocks run under
 `jax.lax.scan`, so compile time does not grow with depth. Every parameter carries logical axis names in its
 `out_sharding` metadata (with `eager_sharding=False`: nothing is placed at construction);
-`dipod_jax.lm.sharding` maps them to a (data, fsdp, tensor) mesh. Under `jax.set_mesh(mesh)` the activations
-are pinned to be batch-sharded over (data, fsdp) (`constrain_batch_sharding`); without a mesh nothing changes.
+`dipod_jax.lm.sharding` maps them to a (data, fsdp, tensor) mesh. The activations are named too (`HIDDEN_AXES`,
+`KV_AXES`, `LOGITS_AXES`): under `jax.set_mesh(mesh)` they are pinned to the sharding the same rules give them
+(`dipod_jax.lm.sharding.shard_activation`: batch over (data, fsdp), key / value heads over tensor); without a
+mesh nothing changes.
 
 LoRA (Hu et al., 2021): with `lora_rank > 0` every projection W in {q, k, v, o, gate, up, down} gets
 A [in, r] (random) and B [r, out] (zeros), used as x W + (alpha / r) x A B, so a fresh model gives exactly the
@@ -36,11 +38,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dipod_jax.lm.sharding import shard_activation
+
 # Large finite negative bias for masked keys: -inf would give NaN on rows with no valid key.
 _MASKED_SCORE = -1e9
-
-# Mesh axes that split the batch of activations when a mesh is set with `jax.set_mesh` (dipod_jax.lm.sharding).
-BATCH_MESH_AXES = ("data", "fsdp")
 
 # The weight matrices of every block (also the LoRA targets).
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -314,22 +315,10 @@ def _attend_and_mlp(config: LLaDAConfig, x: jax.Array, params: dict[str, jax.Arr
     return x + _project(c, params, "down", hidden)
 
 
-def constrain_batch_sharding(x: jax.Array) -> jax.Array:
-    """Pin x [B, ...] to be split along B over the BATCH_MESH_AXES of the current mesh (identity without a
-    mesh, or for axes whose size does not divide B). Without it the partitioner may gather the whole batch
-    of activations to keep FSDP-sharded weights in place."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return x
-    axes, size = [], 1
-    for axis in BATCH_MESH_AXES:
-        if axis in mesh.axis_names and x.shape[0] % (size * mesh.shape[axis]) == 0:
-            axes.append(axis)
-            size *= mesh.shape[axis]
-    if size == 1:
-        return x
-    spec = jax.sharding.PartitionSpec(tuple(axes), *([None] * (x.ndim - 1)))
-    return jax.lax.with_sharding_constraint(x, spec)
+# Logical axis names of the activations (mapped to mesh axes by dipod_jax.lm.sharding.DEFAULT_RULES).
+HIDDEN_AXES = ("batch", "length", "activation_embed")  # hidden states [B, T, D]
+KV_AXES = ("batch", "length", "kv_heads", "head_dim")  # one layer's keys or values [B, T, KV, hd]
+LOGITS_AXES = ("batch", "length", "activation_vocab")  # logits [B, T, V]
 
 
 class KVCache(NamedTuple):
@@ -358,7 +347,7 @@ def _output_logits(config: LLaDAConfig, final_norm: jax.Array, head: jax.Array, 
     """Final hidden states x [B, S, D] -> logits [B, S, V] float32."""
     x = rms_norm(x, final_norm, config.rms_norm_eps)
     logits = jnp.einsum("btd,dv->btv", x, head.astype(config.dtype), preferred_element_type=jnp.float32)
-    return constrain_batch_sharding(logits)
+    return shard_activation(logits, LOGITS_AXES)
 
 
 def _full_pass(config: LLaDAConfig, embedding: jax.Array, block_params: dict[str, jax.Array], tokens: jax.Array,
@@ -370,12 +359,12 @@ def _full_pass(config: LLaDAConfig, embedding: jax.Array, block_params: dict[str
         raise ValueError(f"tokens length {seq_len} exceeds LLaDAConfig.max_seq_len={config.max_seq_len}")
     key_bias = _key_bias(attention_mask, batch, seq_len)
     cos, sin = rotary_tables(seq_len, config.head_dim, config.rope_theta)
-    x = constrain_batch_sharding(jnp.take(embedding, tokens, axis=0).astype(config.dtype))
+    x = shard_activation(jnp.take(embedding, tokens, axis=0).astype(config.dtype), HIDDEN_AXES)
 
     def layer(carry: jax.Array, layer_params: dict[str, jax.Array]):
         q, k, v = _attention_inputs(config, carry, layer_params, cos, sin)
-        out = constrain_batch_sharding(_attend_and_mlp(config, carry, layer_params, q, k, v, key_bias))
-        return out, ((constrain_batch_sharding(k), constrain_batch_sharding(v)) if keep_cache else None)
+        out = shard_activation(_attend_and_mlp(config, carry, layer_params, q, k, v, key_bias), HIDDEN_AXES)
+        return out, ((shard_activation(k, KV_AXES), shard_activation(v, KV_AXES)) if keep_cache else None)
 
     if config.remat:
         layer = jax.checkpoint(layer)
@@ -438,7 +427,7 @@ def transformer_forward_cached(config: LLaDAConfig, embedding: jax.Array, block_
     cos, sin = rotary_tables(seq_len, config.head_dim, config.rope_theta)
     cos = jax.lax.dynamic_slice_in_dim(cos, window_start, window_length, axis=0)
     sin = jax.lax.dynamic_slice_in_dim(sin, window_start, window_length, axis=0)
-    x = constrain_batch_sharding(jnp.take(embedding, window_tokens, axis=0).astype(config.dtype))
+    x = shard_activation(jnp.take(embedding, window_tokens, axis=0).astype(config.dtype), HIDDEN_AXES)
 
     def layer(carry: jax.Array, inputs) -> tuple[jax.Array, None]:
         layer_params, cached_keys, cached_values = inputs
@@ -446,8 +435,9 @@ def transformer_forward_cached(config: LLaDAConfig, embedding: jax.Array, block_
         keys = jax.lax.dynamic_update_slice_in_dim(cached_keys, k.astype(cached_keys.dtype), window_start, axis=1)
         values = jax.lax.dynamic_update_slice_in_dim(cached_values, v.astype(cached_values.dtype), window_start,
                                                      axis=1)
-        keys, values = constrain_batch_sharding(keys), constrain_batch_sharding(values)
-        return constrain_batch_sharding(_attend_and_mlp(config, carry, layer_params, q, keys, values, key_bias)), None
+        keys, values = shard_activation(keys, KV_AXES), shard_activation(values, KV_AXES)
+        out = shard_activation(_attend_and_mlp(config, carry, layer_params, q, keys, values, key_bias), HIDDEN_AXES)
+        return out, None
 
     x, _ = jax.lax.scan(layer, x, (block_params, cache.keys, cache.values))
     return _output_logits(config, final_norm, head, x[:, :logits_length])

@@ -6,7 +6,8 @@ r(s, a) = max_i exp(-|a - m_i(s)|^2 / (2 w^2)), with the modes m_i(s) moving wit
 - D = 2: four modes on the circle of radius R at angles pi/4 + i pi/2 + s pi/4.
 The initial policy is close to N(0, I) (the velocity network's output is scaled down), so it must split its
 mass between far-apart modes: the flow that does this has large Jacobians, the regime where the FPO surrogate
-is most likely to separate from the exact likelihood.
+is most likely to separate from the exact likelihood. The policy is the control trainer's flow policy
+(dipod_jax.models.flow_policy: `VelocityMLP` and its K-step Euler sampler, t = 1 noise, t = 0 action).
 
 One training step (per seed): draw B contexts and B actions with the Euler sampler, compute rewards and
 batch-normalised advantages, draw and store N (tau, eps) pairs per action, store l_old, then take
@@ -22,7 +23,6 @@ import math
 from typing import Dict, NamedTuple, Tuple
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -33,6 +33,7 @@ from dipod_jax.diagnostics.flow_exact import exact_log_prob, log_prob_from_noise
 from dipod_jax.losses.advantages import normalize_advantages
 from dipod_jax.losses.flow import cfm_loss, draw_tau_eps, fpo_log_ratio
 from dipod_jax.losses.policy_gradient import fpo_loss
+from dipod_jax.models.flow_policy import VelocityMLP
 
 
 # Metrics of train_step that are finite exactly while training is healthy (the others are diagnostics).
@@ -78,32 +79,14 @@ def check_config(config: BanditConfig) -> None:
             raise ValueError(f"{name} must be > 0, got {getattr(config, name)!r}")
 
 
-def time_features(t: chex.Array) -> chex.Array:
-    """Sinusoidal time embedding with frequencies 2^j pi, j = 0..3: t [...] -> [..., 8]."""
-    angles = t[..., None] * (math.pi * 2.0 ** jnp.arange(4, dtype=jnp.float32))
-    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
-
-
-class VelocityMLP(nn.Module):
-    """v_theta(x, t, s): a smooth two-hidden-layer MLP; obs [..., S], x [..., D], t [...] -> [..., D]."""
-    action_dim: int
-    hidden_size: int
-    output_scale: float
-
-    @nn.compact
-    def __call__(self, obs, x, t):
-        h = jnp.concatenate([obs, x, time_features(t)], axis=-1)
-        h = nn.swish(nn.Dense(self.hidden_size)(h))
-        h = nn.swish(nn.Dense(self.hidden_size)(h))
-        return self.output_scale * nn.Dense(self.action_dim)(h)
-
-
 def make_velocity_fn(config: BanditConfig):
-    """Return `velocity_fn_of(params)`, which closes the MLP over `params` in the project's velocity signature."""
-    model = VelocityMLP(config.action_dim, config.hidden_size, config.output_scale)
+    """The project's velocity model (`models.flow_policy.VelocityMLP`, two hidden layers of `hidden_size`) and
+    `velocity_fn_of(params)`, which closes it over `params` in the project's velocity signature."""
+    model = VelocityMLP((config.hidden_size, config.hidden_size), config.action_dim,
+                        output_scale=config.output_scale)
 
     def velocity_fn_of(params):
-        return lambda obs, x, t: model.apply(params, obs, x, t)
+        return functools.partial(model.apply, params)
 
     return model, velocity_fn_of
 
@@ -136,7 +119,7 @@ def init_state(key: chex.PRNGKey, config: BanditConfig) -> BanditState:
     check_config(config)
     model, _ = make_velocity_fn(config)
     key_init, key_train = jax.random.split(key)
-    params = model.init(key_init, jnp.zeros((1,)), jnp.zeros((config.action_dim,)), jnp.zeros(()))
+    params = model.init(key_init, jnp.zeros((1, 1)), jnp.zeros((1, config.action_dim)), jnp.zeros((1,)))
     return BanditState(params, make_optimizer(config).init(params), key_train)
 
 
