@@ -31,7 +31,7 @@ import optax  # noqa: E402
 from absl import flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from dipod_jax.lm import sharding  # noqa: E402
+from dipod_jax.models import sharding  # noqa: E402
 from dipod_jax.losses.lm import fpo_dllm_loss  # noqa: E402
 from dipod_jax.losses.masked import elbo_masked  # noqa: E402
 from dipod_jax.models.llada import (BASE_FILTER, LORA_FILTER, LLaDA, LLaDAConfig, count_params,  # noqa: E402

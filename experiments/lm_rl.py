@@ -52,12 +52,13 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from dipod_jax.lm import data, rl, sharding
+from dipod_jax.lm import data, rl
 from dipod_jax.lm.evaluation import item_rewards, paired_evaluation, reward_summary
 from dipod_jax.lm.pretrain import load_pretrained
 from dipod_jax.lm.rl_config import RLConfig, preset
 from dipod_jax.lm.tasks import get_task
 from dipod_jax.lm.tokenizer import load_hf_tokenizer
+from dipod_jax.models import sharding
 from dipod_jax.models.llada import LLaDA
 from dipod_jax.run.distributed import initialize_distributed
 from dipod_jax.run.files import read_json, read_metrics, write_json_atomic

@@ -1,4 +1,4 @@
-"""Tests of the LLaDA transformer (dipod_jax.models.llada) and its sharding rules (dipod_jax.lm.sharding)."""
+"""Tests of the LLaDA transformer (dipod_jax.models.llada) and its sharding rules (dipod_jax.models.sharding)."""
 import dataclasses
 
 import chex
@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from dipod_jax.lm import sharding
+from dipod_jax.models import sharding
 from dipod_jax.models.llada import (BASE_FILTER, LORA_FILTER, LLaDA, LLaDAConfig, LoRAParam, count_params,
                                     lora_optax_mask, masked_diffusion_logits_fn)
 

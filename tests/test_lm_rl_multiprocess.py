@@ -11,10 +11,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from dipod_jax.lm import data, rl, sharding
+from dipod_jax.lm import data, rl
 from dipod_jax.run.checkpoints import CheckpointStore
 from dipod_jax.run.files import CHECKPOINT_DIR, read_metrics
 from dipod_jax.lm.tasks import get_task
+from dipod_jax.models import sharding
 from processes import launch_processes
 
 pytestmark = pytest.mark.integration

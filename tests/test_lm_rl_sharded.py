@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dipod_jax.lm import rl, sharding
+from dipod_jax.lm import rl
 from dipod_jax.lm.rl_config import RLConfig
+from dipod_jax.models import sharding
 from dipod_jax.models.llada import LLaDA, LLaDAConfig
 
 MODEL_CONFIG = LLaDAConfig.tiny(8, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32, max_seq_len=16)

@@ -1,4 +1,4 @@
-"""Logical-axis sharding (dipod_jax.lm.sharding): activations pinned by their logical names, and the check that
+"""Logical-axis sharding (dipod_jax.models.sharding): activations pinned by their logical names, and the check that
 refuses parameters a mesh would leave replicated because a dimension does not divide. 8 fake CPU devices
 (tests/conftest.py)."""
 import jax
@@ -9,7 +9,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dipod_jax.lm import rl, sharding
+from dipod_jax.lm import rl
+from dipod_jax.models import sharding
 from dipod_jax.models.llada import KV_AXES, LLaDA, LLaDAConfig
 
 

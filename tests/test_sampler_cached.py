@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dipod_jax.lm import sharding
+from dipod_jax.models import sharding
 from dipod_jax.lm.sampler import generate, generate_from_logits_fn, unmask_schedule
 from dipod_jax.models.llada import LLaDA, LLaDAConfig
 

@@ -20,7 +20,7 @@ Parameters are pure pytrees (nested dicts of arrays): `params` are trained (all 
 adapters with `lora_only`), `frozen` is the rest of the model; `nnx.merge(graphdef, params, frozen)` rebuilds
 the model inside the traced functions.
 
-Sharding: pass a Mesh from dipod_jax.lm.sharding. Batch-major arrays are split over its ("data", "fsdp") axes,
+Sharding: pass a Mesh from dipod_jax.models.sharding. Batch-major arrays are split over its ("data", "fsdp") axes,
 parameters follow their logical axes (embed over fsdp; `param_shardings` refuses a mesh that would leave a
 large parameter replicated), and the update is one `jax.jit` whose in_shardings / out_shardings say where every
 input and output lives (`update_shardings`); it, and `rl_step`'s sampler call, run under `jax.set_mesh`, so the
@@ -45,7 +45,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dipod_jax.lm import sharding
+from dipod_jax.models import sharding
 from dipod_jax.lm.data import completion_mask_from_tokens
 from dipod_jax.lm.rl_config import RLConfig
 from dipod_jax.lm.sampler import generate, sampler_options
@@ -114,9 +114,9 @@ def split_model(model: nnx.Module, lora_only: bool) -> Tuple[Any, Params, Params
 
 def param_shardings(model: nnx.Module, lora_only: bool, mesh: Mesh) -> Tuple[Params, Params]:
     """NamedShardings (pure dicts matching `split_model`) of the trainable and frozen parts on `mesh`,
-    from the variables' logical axes (dipod_jax.lm.sharding.DEFAULT_RULES). ValueError naming the parameter
+    from the variables' logical axes (dipod_jax.models.sharding.DEFAULT_RULES). ValueError naming the parameter
     when a mesh axis would leave a large parameter replicated
-    (`dipod_jax.lm.sharding.assert_params_sufficiently_sharded`)."""
+    (`dipod_jax.models.sharding.assert_params_sufficiently_sharded`)."""
     _, trainable, frozen = nnx.split(model, LORA_FILTER if lora_only else nnx.Param, ...)
     sharding.assert_params_sufficiently_sharded(nnx.state(model), mesh)
     return (nnx.to_pure_dict(sharding.state_shardings(trainable, mesh)),
@@ -547,7 +547,7 @@ def rl_step(state: TrainState, frozen: Params, prompts: np.ndarray, prompt_mask:
     prompt_rows = np.repeat(prompts, config.num_generations, axis=0)
     prompt_mask_rows = np.repeat(prompt_mask, config.num_generations, axis=0)
     global_prompts, global_prompt_mask = to_global((prompt_rows, prompt_mask_rows), mesh)
-    # Under the mesh, the model pins its activations by their logical axes (dipod_jax.lm.sharding).
+    # Under the mesh, the model pins its activations by their logical axes (dipod_jax.models.sharding).
     with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
         tokens = sample_fn(state.params, frozen, global_prompts, global_prompt_mask, sample_key)
     local_batch = rollout_batch_from_tokens(to_local(tokens, mesh), prompt_mask_rows, eos_id, reward_fn)

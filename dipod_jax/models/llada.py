@@ -9,9 +9,9 @@ positions 0..T-1, in float32.
 Parameters of the n_layers blocks are stacked along a leading "layers" axis and the blocks run under
 `jax.lax.scan`, so compile time does not grow with depth. Every parameter carries logical axis names in its
 `out_sharding` metadata (with `eager_sharding=False`: nothing is placed at construction);
-`dipod_jax.lm.sharding` maps them to a (data, fsdp, tensor) mesh. The activations are named too (`HIDDEN_AXES`,
+`dipod_jax.models.sharding` maps them to a (data, fsdp, tensor) mesh. The activations are named too (`HIDDEN_AXES`,
 `KV_AXES`, `LOGITS_AXES`): under `jax.set_mesh(mesh)` they are pinned to the sharding the same rules give them
-(`dipod_jax.lm.sharding.shard_activation`: batch over (data, fsdp), key / value heads over tensor); without a
+(`dipod_jax.models.sharding.shard_activation`: batch over (data, fsdp), key / value heads over tensor); without a
 mesh nothing changes.
 
 LoRA (Hu et al., 2021): with `lora_rank > 0` every projection W in {q, k, v, o, gate, up, down} gets
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dipod_jax.lm.sharding import shard_activation
+from dipod_jax.models.sharding import shard_activation
 
 # Large finite negative bias for masked keys: -inf would give NaN on rows with no valid key.
 _MASKED_SCORE = -1e9
@@ -315,7 +315,7 @@ def _attend_and_mlp(config: LLaDAConfig, x: jax.Array, params: dict[str, jax.Arr
     return x + _project(c, params, "down", hidden)
 
 
-# Logical axis names of the activations (mapped to mesh axes by dipod_jax.lm.sharding.DEFAULT_RULES).
+# Logical axis names of the activations (mapped to mesh axes by dipod_jax.models.sharding.DEFAULT_RULES).
 HIDDEN_AXES = ("batch", "length", "activation_embed")  # hidden states [B, T, D]
 KV_AXES = ("batch", "length", "kv_heads", "head_dim")  # one layer's keys or values [B, T, KV, hd]
 LOGITS_AXES = ("batch", "length", "activation_vocab")  # logits [B, T, V]

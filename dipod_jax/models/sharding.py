@@ -9,7 +9,8 @@ and a dimension that the mesh axis size does not divide is left replicated, so e
 sharding for every shape; `assert_params_sufficiently_sharded` refuses parameters that this would leave
 replicated by accident.
 
-This module imports nothing from dipod_jax: the model imports it (for `shard_activation`), not the reverse.
+It sits with the models because the model itself names its activations with these rules (`shard_activation`);
+it imports nothing from dipod_jax.
 """
 from __future__ import annotations
 
