@@ -3,7 +3,8 @@ hypothesis profiles.
 
 Two markers split the suite (CI, the README's test command, runs everything that is not `slow`):
 - `integration`: a test that runs a program end to end (an experiment's `train`, a benchmark as a subprocess),
-  several processes, or a real environment (MuJoCo Playground, brax.envs). A test file made only of such tests
+  several processes, a real environment (MuJoCo Playground, brax.envs), or that compiles whole trainers or
+  models (the control trainer and population, the RL step, LLaDA and its samplers, the toys). A test file made only of such tests
   says so at its top with `pytestmark = pytest.mark.integration`; a single test carries the decorator. Tests that
   use the `pretrained_dir` fixture (it runs experiments.lm_pretrain) are marked here automatically.
   The unit suite, seconds to a minute on one core: `python -m pytest -m "not integration and not slow"`.
@@ -30,8 +31,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long checks that CI does not select (run with -m slow)")
-    config.addinivalue_line("markers", "integration: runs a program, several processes or a real environment "
-                                       "(the unit suite is -m 'not integration and not slow')")
+    config.addinivalue_line("markers", "integration: runs a program, several processes or a real environment, or "
+                                       "compiles whole trainers (the unit suite is -m 'not integration and not slow')")
 
 
 def pytest_collection_modifyitems(config, items):
