@@ -10,6 +10,8 @@ from dipod_jax.control.envs import make_point_target
 from dipod_jax.run.checkpoints import CheckpointStore, to_savable
 from experiments import control
 
+pytestmark = pytest.mark.integration
+
 TINY = "tiny/point_target"
 
 

@@ -19,6 +19,8 @@ import pytest
 from dipod_jax.control.configs import preset_config
 from dipod_jax.control.train import make_train
 
+pytestmark = pytest.mark.integration  # compiles whole trainers / models: not in the unit suite
+
 TINY = "tiny/point_target"
 RELEASE_FPO_PP_TINY = dict(num_envs=16, batch_size=16, num_updates_per_batch=2, actor_hidden=(32, 32),
                            critic_hidden=(32, 32), num_flow_steps=4, num_cfm_samples=4, num_eval_envs=16)

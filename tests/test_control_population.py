@@ -13,6 +13,8 @@ from dipod_jax.control.population import (DATA_AXIS, EVAL_SEED_OFFSET, MEMBER_AX
                                           validate_members)
 from dipod_jax.control.train import make_train
 
+pytestmark = pytest.mark.integration  # compiles whole trainers / models: not in the unit suite
+
 TINY = "tiny/point_target"
 FPO = preset_config(TINY, algo="fpo")
 PPO = preset_config(TINY, algo="ppo")

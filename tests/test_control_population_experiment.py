@@ -16,6 +16,8 @@ from dipod_jax.run.files import read_metrics
 from experiments import control_population
 from launch import sweep
 
+pytestmark = pytest.mark.integration
+
 TINY = "tiny/point_target"
 CONFIG = preset_config(TINY, algo="fpo", num_updates_per_batch=1)
 MEMBERS = control_population.build_members(["0", "1"], ["0", "0.05"], [])

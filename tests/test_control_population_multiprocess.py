@@ -22,6 +22,8 @@ from experiments import control_population
 from launch import sweep
 from processes import launch_processes
 
+pytestmark = pytest.mark.integration
+
 NUM_PROCESSES = 2
 ITERATIONS = 4
 FLAGS = ["--config.env_name=tiny/point_target", "--config.algo=fpo", "--seeds=0,1", "--betas=0,0.05",

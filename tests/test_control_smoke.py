@@ -1,10 +1,13 @@
 """Smoke tests of the trainer on real environments: MuJoCo Playground (CartpoleBalance, impl jax) and brax.envs (mjx)."""
 import chex
 import jax
+import pytest
 
 from dipod_jax.control.configs import preset_config
 from dipod_jax.control.envs import make_environment
 from dipod_jax.control.train import make_train
+
+pytestmark = pytest.mark.integration
 
 
 def test_cartpole_balance_fpo_iteration_and_evaluation():

@@ -15,6 +15,8 @@ from dipod_jax.control.rollout import init_rollout_state, rollout
 from dipod_jax.control.train import make_train, values_from_next_values
 from dipod_jax.run.config import ConfigError
 
+pytestmark = pytest.mark.integration  # compiles whole trainers / models: not in the unit suite
+
 TINY = TINY_POINT_TARGET
 
 

@@ -8,6 +8,8 @@ import pytest
 from experiments import double_drift
 from dipod_jax.toys import bandit
 
+pytestmark = pytest.mark.integration
+
 NUM_SEEDS = 2
 STEPS = 2
 REQUIRED_METRICS = ("reward", "bound_gap", "log_ratio_error", "grad_cosine")

@@ -13,6 +13,8 @@ from dipod_jax.models import sharding
 from dipod_jax.models.llada import (BASE_FILTER, LORA_FILTER, LLaDA, LLaDAConfig, LoRAParam, count_params,
                                     lora_optax_mask, masked_diffusion_logits_fn)
 
+pytestmark = pytest.mark.integration  # compiles whole trainers / models: not in the unit suite
+
 VOCAB = 16
 CONFIG = LLaDAConfig.tiny(VOCAB)
 LORA_CONFIG = dataclasses.replace(CONFIG, lora_rank=4, lora_alpha=8.0)

@@ -1,8 +1,12 @@
 """benchmarks.lm_memory_plan on a tiny LLaDA: the compiler's per-device argument bytes are the analytic ones."""
 import jax.numpy as jnp
+import pytest
 
 from benchmarks.lm_memory_plan import plan_for_mesh
 from dipod_jax.models.llada import LLaDAConfig
+
+# The benchmark's measurement itself: it compiles the sharded training step on 8 fake devices.
+pytestmark = pytest.mark.integration
 
 CONFIG = LLaDAConfig.tiny(vocab_size=64, d_model=64, n_heads=4, mlp_hidden=128, n_layers=2, dtype=jnp.bfloat16,
                           param_dtype=jnp.float32, lora_rank=8, lora_alpha=16.0)

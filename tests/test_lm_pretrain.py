@@ -22,6 +22,8 @@ from dipod_jax.losses.masked import mask_uniform_count
 from dipod_jax.models.llada import LLaDA, LLaDAConfig
 from experiments import lm_pretrain
 
+pytestmark = pytest.mark.integration
+
 TINY = dict(task="sudoku", model_size="tiny", batch=16, learning_rate=3e-3, warmup_steps=5, decay_steps=30,
             eval_items=8, extra_eval_tasks="sudoku_split_new", log_interval=5)
 

@@ -21,6 +21,8 @@ from dipod_jax.losses.lm import diffu_grpo_loss, fpo_dllm_loss
 from dipod_jax.losses.masked import apply_mask, elbo_masked, token_log_probs
 from dipod_jax.models.llada import LLaDA, LLaDAConfig
 
+pytestmark = pytest.mark.integration  # compiles whole trainers / models: not in the unit suite
+
 MODEL_CONFIG = LLaDAConfig.tiny(8, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32, max_seq_len=16)
 MASK_ID = MODEL_CONFIG.mask_token_id
 EOS_ID = 1

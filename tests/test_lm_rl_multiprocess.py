@@ -18,6 +18,8 @@ from dipod_jax.lm.tasks import get_task
 from dipod_jax.models import sharding
 from processes import launch_processes
 
+pytestmark = pytest.mark.integration
+
 NUM_PROCESSES = 2
 STEPS = 2
 SEED = 0

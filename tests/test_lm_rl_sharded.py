@@ -10,6 +10,8 @@ from dipod_jax.lm.rl_config import RLConfig
 from dipod_jax.models import sharding
 from dipod_jax.models.llada import LLaDA, LLaDAConfig
 
+pytestmark = pytest.mark.integration  # compiles whole trainers / models: not in the unit suite
+
 MODEL_CONFIG = LLaDAConfig.tiny(8, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32, max_seq_len=16)
 MASK_ID = MODEL_CONFIG.mask_token_id
 EOS_ID = 1

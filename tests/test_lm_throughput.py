@@ -10,6 +10,8 @@ import pytest
 from benchmarks.lm_throughput import pass_flops, sampler_flops
 from dipod_jax.models.llada import LLaDAConfig
 
+pytestmark = pytest.mark.integration
+
 TINY = ["--vocab_size=16", "--d_model=16", "--n_layers=1", "--n_heads=2", "--mlp_hidden=32", "--batch=2",
         "--prompt_length=4", "--gen_length=8", "--block_length=4", "--steps=8", "--samplers=exact,dual",
         "--matmul_size=64"]

@@ -3,6 +3,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.integration
+
 
 def _run(*args):
     return subprocess.run([sys.executable, "-m", "benchmarks.population_throughput",

@@ -37,6 +37,8 @@ from dipod_jax.run.checkpoints import CheckpointStore, to_savable
 from experiments import control, double_drift, lm_pretrain, lm_rl
 from launch import sweep
 
+pytestmark = pytest.mark.integration
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_ENV = "tiny/point_target"
 TIMING = ("elapsed_s", "train/step_s", "train/tokens_per_s", "env_steps_per_s")

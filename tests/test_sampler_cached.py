@@ -11,6 +11,8 @@ from dipod_jax.models import sharding
 from dipod_jax.lm.sampler import generate, generate_from_logits_fn, unmask_schedule
 from dipod_jax.models.llada import LLaDA, LLaDAConfig
 
+pytestmark = pytest.mark.integration  # compiles whole trainers / models: not in the unit suite
+
 VOCAB = 16
 MASK_ID = VOCAB - 1
 PROMPT_LENGTH, GEN_LENGTH, BLOCK_LENGTH, STEPS = 3, 8, 4, 6  # 2 blocks of 3 steps: counts 2, 1, 1 per block

@@ -14,6 +14,8 @@ import pytest
 from dipod_jax.diagnostics.masked_exact import exact_logprob_random_order
 from dipod_jax.toys import bandit, sequence
 
+pytestmark = pytest.mark.integration  # compiles whole trainers / models: not in the unit suite
+
 NUM_SEEDS = 2
 
 

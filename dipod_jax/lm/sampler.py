@@ -274,28 +274,38 @@ def _generate_fast(full_pass: FullPass, cached_pass: CachedPass | None, prompt: 
             history = jnp.where(done[:, None, None], history, tokens[None])
         return tokens, history, passes
 
-    if cache == "prefix":
-        # The window of a cached pass (the block and everything after it) shrinks block by block, so each
-        # block has its own static shapes: a Python loop over the blocks.
+    # The window of a "prefix" cached pass (the block and everything after it) shrinks block by block, so each
+    # block has its own static shapes: a Python loop over the blocks.
+    tokens, history, passes = _decode_blocks(decode_block, tokens, num_blocks, steps_per_block,
+                                             python_loop=cache == "prefix", return_history=return_history)
+    return tokens, history, dict(zip(("full_passes", "cached_passes", "cached_positions"), passes))
+
+
+def _decode_blocks(decode_block, tokens: jax.Array, num_blocks: int, steps_per_block: int, *, python_loop: bool,
+                   return_history: bool):
+    """`decode_block(block_index, tokens)` -> (tokens, history [steps_per_block, B, T] | None, passes [3]) over
+    the blocks in order: a Python loop (each block traced with its own static shapes) or one `fori_loop`.
+
+    Returns (tokens [B, T], history [num_blocks * steps_per_block, B, T] | None, passes [3] summed over blocks).
+    """
+    if python_loop:
         histories, passes = [], jnp.zeros(3, jnp.int32)
         for block_index in range(num_blocks):
             tokens, history, block_passes = decode_block(block_index, tokens)
             histories.append(history)
             passes = passes + block_passes
-        history = jnp.concatenate(histories) if return_history else None
-    else:
-        def loop_body(block_index, carry):
-            tokens, history, passes = carry
-            tokens, block_history, block_passes = decode_block(block_index, tokens)
-            if history is not None:
-                history = jax.lax.dynamic_update_slice_in_dim(history, block_history,
-                                                              block_index * steps_per_block, axis=0)
-            return tokens, history, passes + block_passes
+        return tokens, jnp.concatenate(histories) if return_history else None, passes
 
-        history = jnp.zeros((steps, batch, total_length), jnp.int32) if return_history else None
-        tokens, history, passes = jax.lax.fori_loop(0, num_blocks, loop_body,
-                                                    (tokens, history, jnp.zeros(3, jnp.int32)))
-    return tokens, history, dict(zip(("full_passes", "cached_passes", "cached_positions"), passes))
+    def loop_body(block_index, carry):
+        tokens, history, passes = carry
+        tokens, block_history, block_passes = decode_block(block_index, tokens)
+        if history is not None:
+            history = jax.lax.dynamic_update_slice_in_dim(history, block_history, block_index * steps_per_block,
+                                                          axis=0)
+        return tokens, history, passes + block_passes
+
+    history = jnp.zeros((num_blocks * steps_per_block,) + tokens.shape, jnp.int32) if return_history else None
+    return jax.lax.fori_loop(0, num_blocks, loop_body, (tokens, history, jnp.zeros(3, jnp.int32)))
 
 
 def _outputs(tokens, history, stats, return_history: bool, return_stats: bool):
