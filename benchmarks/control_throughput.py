@@ -38,7 +38,7 @@ from benchmarks.timing import matmul_gflops_per_s, time_call
 from dipod_jax.control.configs import TrainConfig, preset_config
 from dipod_jax.control.envs import make_environment
 from dipod_jax.control.train import make_train
-from dipod_jax.run.program import UsageError, run_program, user_errors
+from dipod_jax.run.program import UsageError, check_flag_choices, run_program, user_errors
 
 FLAGS = flags.FLAGS
 
@@ -84,9 +84,7 @@ def variant_configs(env_name: str, fields: Dict[str, int], variants: Sequence[st
                     dipod_beta: float) -> Dict[str, TrainConfig]:
     """{variant: TrainConfig} on the layout; UsageError naming the flag for bad variants or beta, or the
     TrainConfig field a layout breaks."""
-    unknown = [name for name in variants if name not in VARIANTS]
-    if not variants or unknown or len(set(variants)) != len(variants):
-        raise UsageError(f"--variants={','.join(variants)} must be distinct names from {list(VARIANTS)}")
+    check_flag_choices("variants", variants, VARIANTS)
     if "fpo_dipod" in variants and not 0 < dipod_beta < float("inf"):
         raise UsageError(f"--dipod_beta={dipod_beta} must be > 0 (it defines the fpo_dipod variant)")
     with user_errors():

@@ -32,7 +32,7 @@ from dipod_jax.lm.pretrain import load_pretrained
 from dipod_jax.lm.rl_config import ALGORITHMS, preset
 from dipod_jax.lm.sampler import SAMPLERS
 from dipod_jax.lm.tasks import get_task
-from dipod_jax.run.program import UsageError, run_program, user_errors
+from dipod_jax.run.program import UsageError, check_flag_choices, run_program, user_errors
 
 FLAGS = flags.FLAGS
 
@@ -54,9 +54,7 @@ def validate(values: dict[str, Any]) -> list[int]:
     """UsageError naming the flag for a bad setting; returns the seeds as ints."""
     if not values["checkpoint_dir"]:
         raise UsageError("--checkpoint_dir is required")
-    unknown = [name for name in values["samplers"] if name not in SAMPLERS]
-    if not values["samplers"] or unknown or len(set(values["samplers"])) != len(values["samplers"]):
-        raise UsageError(f"--samplers={','.join(values['samplers'])} must be distinct names from {sorted(SAMPLERS)}")
+    check_flag_choices("samplers", values["samplers"], SAMPLERS)
     try:
         seeds = [int(seed) for seed in values["seeds"]]
     except ValueError as error:

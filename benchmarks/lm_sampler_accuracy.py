@@ -28,7 +28,7 @@ from dipod_jax.lm.evaluation import evaluate
 from dipod_jax.lm.pretrain import load_pretrained
 from dipod_jax.lm.sampler import SAMPLERS, generate, sampler_options
 from dipod_jax.lm.tasks import get_task
-from dipod_jax.run.program import UsageError, run_program, user_errors
+from dipod_jax.run.program import UsageError, check_flag_choices, run_program, user_errors
 
 FLAGS = flags.FLAGS
 
@@ -62,9 +62,7 @@ def validate(values: dict[str, Any]) -> list[float]:
     """UsageError naming the flag for a bad setting; returns the thresholds as floats."""
     if not values["checkpoint_dir"]:
         raise UsageError("--checkpoint_dir is required")
-    unknown = [name for name in values["samplers"] if name not in SAMPLERS]
-    if not values["samplers"] or unknown or len(set(values["samplers"])) != len(values["samplers"]):
-        raise UsageError(f"--samplers={','.join(values['samplers'])} must be distinct names from {sorted(SAMPLERS)}")
+    check_flag_choices("samplers", values["samplers"], SAMPLERS)
     try:
         thresholds = [float(value) for value in values["thresholds"]]
     except ValueError as error:

@@ -40,7 +40,7 @@ from benchmarks.timing import matmul_probe, time_call
 from dipod_jax.lm.sampler import SAMPLERS, generate, sampler_options
 from dipod_jax.losses.masked import elbo_masked, mask_uniform_count
 from dipod_jax.models.llada import LLaDA, LLaDAConfig, count_params, masked_diffusion_logits_fn
-from dipod_jax.run.program import UsageError, run_program
+from dipod_jax.run.program import UsageError, check_flag_choices, run_program
 
 FLAGS = flags.FLAGS
 POSITIVE_INT_FLAGS = ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "batch", "prompt_length",
@@ -90,9 +90,7 @@ def validate_flags(values: dict[str, Any]) -> None:
     if values["d_model"] % values["n_heads"] or (values["d_model"] // values["n_heads"]) % 2:
         raise UsageError(f"--d_model={values['d_model']} must be divisible by --n_heads={values['n_heads']} "
                          "into an even head dimension")
-    unknown = [name for name in values["samplers"] if name not in SAMPLERS]
-    if not values["samplers"] or unknown or len(set(values["samplers"])) != len(values["samplers"]):
-        raise UsageError(f"--samplers={','.join(values['samplers'])} must be distinct names from {sorted(SAMPLERS)}")
+    check_flag_choices("samplers", values["samplers"], SAMPLERS)
     if not 0 < values["threshold"] <= 1:
         raise UsageError(f"--threshold={values['threshold']} must be in (0, 1]")
     if not 0 <= values["temperature"] < float("inf"):

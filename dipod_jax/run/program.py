@@ -19,7 +19,7 @@ import contextlib
 import math
 import signal
 import sys
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterable, NoReturn, Sequence
 
 from absl import app, flags, logging
 
@@ -65,6 +65,13 @@ def check_flag_bounds(settings: Any, positive: tuple[str, ...] = (), non_negativ
             value = getattr(settings, name)
             if not test(value):
                 raise UsageError(f"--{name}={value} must be {requirement}")
+
+
+def check_flag_choices(name: str, values: Sequence[str], choices: Iterable[str]) -> None:
+    """UsageError naming the list flag (--name=a,b) unless `values` are distinct, non-empty and all in `choices`."""
+    choices = sorted(choices)
+    if not values or len(set(values)) != len(values) or any(value not in choices for value in values):
+        raise UsageError(f"--{name}={','.join(values)} must be distinct names from {choices}")
 
 
 def _program_name() -> str:
