@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Tuple
 
 import jax
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
 from dipod_jax.control.configs import ALGORITHM_PRESETS, TrainConfig, config_from_flags, validate_periods
 from dipod_jax.control.envs import make_environment
@@ -150,11 +150,8 @@ def _train(harness_run: Run, config: TrainConfig, workdir: str, seed: int, num_s
     init, train_chunk, evaluate = compiled_functions(config, env or make_environment(config.env_name),
                                                      iterations_per_call)
     state = init(jax.vmap(jax.random.key)(seeds))
-    done_iterations = 0
-    if harness_run.resuming:
-        done_iterations, restored = harness_run.restore({"state": state})
-        state = restored["state"]
-        logging.info("resumed from iteration %d", done_iterations)
+    done_iterations, restored = harness_run.restore_if_resuming({"state": state})
+    state = restored["state"]
     log = harness_run.start(done_iterations)
 
     total_iterations = iterations_per_call * math.ceil(
@@ -204,11 +201,10 @@ def _train(harness_run: Run, config: TrainConfig, workdir: str, seed: int, num_s
             postfix["eval_return"] = f"{eval_metrics['eval_return_mean'].mean():.1f}"
         bar.set_postfix(postfix)
         bar.update(iterations_per_call)
-        stop = harness_run.stop_reason()
-        if done_iterations % checkpoint_every == 0 or done_iterations == total_iterations or stop:
-            harness_run.save(done_iterations, {"state": state})
-        if stop and done_iterations < total_iterations:
-            summary.update(harness_run.stop_summary(stop, done_iterations))
+        stopped = harness_run.save_or_stop(done_iterations, total_iterations, harness_run.stop_reason(),
+                                           done_iterations % checkpoint_every == 0, {"state": state})
+        if stopped:
+            summary.update(stopped)
             break
     bar.close()
     log.close()

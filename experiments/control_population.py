@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import jax
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
 from dipod_jax.control import population
 from dipod_jax.control.configs import ALGORITHM_PRESETS, TrainConfig, config_from_flags, validate_periods
@@ -179,11 +179,8 @@ def _train(harness_run: Run, trainer: population.PopulationTrainer, runs: List[D
            num_timesteps: int, checkpoint_every: int, eval_every: int, progress: bool) -> Tuple[Any, Dict[str, Any]]:
     config, per_call = trainer.config, trainer.iterations_per_call
     state = trainer.init()
-    done = 0
-    if harness_run.resuming:
-        done, restored = harness_run.restore({"state": state})
-        state = restored["state"]
-        logging.info("resumed from iteration %d", done)
+    done, restored = harness_run.restore_if_resuming({"state": state})
+    state = restored["state"]
     log = harness_run.start(done)
     member_logs = _member_logs(harness_run, runs, done)
     manifest_path = os.path.join(workdir, sweep.MANIFEST_FILE)
@@ -221,11 +218,10 @@ def _train(harness_run: Run, trainer: population.PopulationTrainer, runs: List[D
             postfix["eval_return"] = f"{evaluation[SUMMARY_METRIC].mean():.1f}"
         bar.set_postfix(postfix)
         bar.update(per_call)
-        stop = harness_run.stop_reason()
-        if done % checkpoint_every == 0 or done == total or stop:
-            harness_run.save(done, {"state": state})
-        if stop and done < total:
-            summary.update(harness_run.stop_summary(stop, done))
+        stopped = harness_run.save_or_stop(done, total, harness_run.stop_reason(), done % checkpoint_every == 0,
+                                           {"state": state})
+        if stopped:
+            summary.update(stopped)
             break
     bar.close()
     for member_log in member_logs:

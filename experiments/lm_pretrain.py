@@ -240,10 +240,8 @@ def _train(settings: PretrainSettings, run: Run, run_config: dict[str, Any], tok
     sample_fn = sampling_function(model_config, tuple(run_config["sampler"][name] for name in SAMPLER_FIELDS))
     params = init_params(jax.random.key(settings.seed))
     opt_state = optimizer.init(params)
-    step = 0
-    if run.resuming:
-        step, restored = run.restore({"params": params, "opt_state": opt_state})
-        params, opt_state = restored["params"], restored["opt_state"]
+    step, restored = run.restore_if_resuming({"params": params, "opt_state": opt_state})
+    params, opt_state = restored["params"], restored["opt_state"]
 
     base_key = jax.random.key(settings.seed)
     log = run.start(step)
@@ -286,10 +284,10 @@ def _train(settings: PretrainSettings, run: Run, run_config: dict[str, Any], tok
             record = evaluate_and_log(step)
             if show_progress:
                 progress.write(json.dumps(record))
-        if step % settings.eval_interval == 0 or step == settings.steps or stop:
-            run.save(step, {"params": params, "opt_state": opt_state})
-        if stop and step < settings.steps:
-            summary.update(run.stop_summary(stop, step))
+        stopped = run.save_or_stop(step, settings.steps, stop, step % settings.eval_interval == 0,
+                                   {"params": params, "opt_state": opt_state})
+        if stopped:
+            summary.update(stopped)
             break
     progress.close()
     return summary

@@ -395,10 +395,10 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
         # Logged before saved, so a run resumed from this checkpoint logs nothing twice; a signal only saves.
         if step < settings.steps and (step % settings.eval_interval == 0 or stop == TIME_BUDGET):
             log_evaluation(step, evaluate(step))
-        if step % checkpoint_interval == 0 or step == settings.steps or stop:
-            run.save(step, {"state": _state_tree(state)})
-        if stop and step < settings.steps:
-            summary.update(run.stop_summary(stop, step))
+        stopped = run.save_or_stop(step, settings.steps, stop, step % checkpoint_interval == 0,
+                                   {"state": _state_tree(state)})
+        if stopped:
+            summary.update(stopped)
             break
     progress.close()
     if summary["stopped"] == COMPLETED:

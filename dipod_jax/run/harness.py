@@ -194,6 +194,14 @@ class Run:
                              f"(unreadable ones were moved to {self.out_dir}/checkpoints_unreadable)")
         return step, trees
 
+    def restore_if_resuming(self, templates: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """`restore(templates)` for a resumed run; (0, templates) for a fresh or restarted one."""
+        if not self.resuming:
+            return 0, templates
+        step, trees = self.restore(templates)
+        logging.info("resumed from step %d", step)
+        return step, trees
+
     def start(self, step: int) -> MetricsLog:
         """Begins (or continues after `step`) the logged part of the run: metrics.jsonl keeps only the records
         of steps <= `step` (none for a restarted run) and is opened for appending (returned)."""
@@ -220,6 +228,16 @@ class Run:
         if self.stopped_by is not None:
             return SIGNAL
         return TIME_BUDGET if over_budget else None
+
+    def save_or_stop(self, step: int, total: int, stop: str | None, periodic: bool, trees: dict[str, Any]
+                     ) -> dict[str, Any] | None:
+        """The end of a step: checkpoints `step` when `periodic`, at the last step (`total`) or on a stop; returns
+        the stop summary fields when the run stops before `total` (the caller ends its loop), else None."""
+        if periodic or step == total or stop:
+            self.save(step, trees)
+        if stop and step < total:
+            return self.stop_summary(stop, step)
+        return None
 
     def stop_summary(self, reason: str, step: int) -> dict[str, Any]:
         """The summary fields of a stop: {"stopped", "step"} and, for a signal, "signal"."""
