@@ -275,11 +275,11 @@ def test_loss_composition_baseline_and_dipod_term(composition_inputs, method, es
         elbo = elbo_masked(logits_fn, tokens, completion_mask, elbo_masks, MASK_ID)
         dipod_mean = jnp.mean(elbo)
         if method == "fpo":
-            expected = fpo_dllm_loss(elbo, elbo, advantages, 0.5, elbo_ref=elbo, kl_beta=kl_beta)[0]
+            expected = fpo_dllm_loss(elbo, elbo, advantages, 0.5, elbo_ref=elbo, kl_beta=kl_beta, dipod_beta=0.0)[0]
         else:
             one_step = token_log_probs(logits_fn(apply_mask(tokens, inputs["one_step_mask"], MASK_ID)), tokens)
             expected = diffu_grpo_loss(one_step, one_step, advantages, completion_mask, 0.5,
-                                       token_logp_ref=one_step, kl_beta=kl_beta)[0]
+                                       token_logp_ref=one_step, kl_beta=kl_beta, dipod_beta=0.0)[0]
         np.testing.assert_allclose(losses[0.0][0], expected, rtol=1e-5, atol=1e-6)
         assert float(losses[0.0][1]["ratio_mean"]) == pytest.approx(1.0, abs=1e-6)
         assert float(losses[0.0][1]["clip_fraction"]) == 0.0
@@ -466,7 +466,8 @@ def test_experiment_resume_is_bit_exact(pretrained_dir, tmp_path):
     end_rewards = np.asarray(result["end_rewards"])
     assert result["end"]["mean_reward"] == pytest.approx(end_rewards.mean())
     assert straight_records[-1]["eval/mean_reward"] == pytest.approx(end_rewards[:4].mean())
-    assert straight["paired_eval"]["mean"] == pytest.approx(result["end"]["mean_reward"] - result["start"]["mean_reward"])
+    paired_mean = result["end"]["mean_reward"] - result["start"]["mean_reward"]
+    assert straight["paired_eval"]["mean"] == pytest.approx(paired_mean)
 
 
 def test_experiment_settings_are_validated():

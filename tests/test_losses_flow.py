@@ -353,8 +353,9 @@ class PolicyGradientTest(chex.TestCase, parameterized.TestCase):
             return self.variant(jax.value_and_grad(lambda ln: loss_fn(l_old, ln, adv, dipod_beta=beta)[0]))(l_new)
 
         def baseline(loss_fn):
-            # The same surrogate written without any DiPOD argument: the unregularised PG loss in aux.
-            return self.variant(jax.value_and_grad(lambda ln: loss_fn(l_old, ln, adv)[1]["pg_loss"]))(l_new)
+            # The unregularised PG loss the aux reports beside a non-zero term: the surrogate alone.
+            return self.variant(jax.value_and_grad(lambda ln: loss_fn(l_old, ln, adv, dipod_beta=0.05)[1]["pg_loss"]))(
+                l_new)
 
         for loss_fn in (L.fpo_loss, L.fpo_pp_loss):
             v0, g0 = total(loss_fn, 0.0)
@@ -370,7 +371,7 @@ class PolicyGradientTest(chex.TestCase, parameterized.TestCase):
         l_old, l_new, adv = _fpo_inputs(1)
         f = jax.jit(jax.value_and_grad(lambda ln, beta: L.fpo_loss(l_old, ln, adv, dipod_beta=beta)[0]))
         v, g = f(l_new, jnp.float32(0.0))
-        vb, gb = jax.value_and_grad(lambda ln: L.fpo_loss(l_old, ln, adv)[0])(l_new)
+        vb, gb = jax.value_and_grad(lambda ln: L.fpo_loss(l_old, ln, adv, dipod_beta=0.0)[0])(l_new)
         np.testing.assert_allclose(v, vb, rtol=1e-7)
         np.testing.assert_allclose(g, gb, rtol=1e-6, atol=1e-9)
 
@@ -397,13 +398,13 @@ class PolicyGradientTest(chex.TestCase, parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, "dipod_beta"):
             L.fpo_loss(l_old, l_new, adv, dipod_beta=-0.1)
         with self.assertRaisesRegex(ValueError, "clip_eps"):
-            L.fpo_pp_loss(l_old, l_new, adv, clip_eps=-1.0)
+            L.fpo_pp_loss(l_old, l_new, adv, clip_eps=-1.0, dipod_beta=0.0)
         with self.assertRaisesRegex(ValueError, "dipod_beta"):
             L.with_dipod(jnp.float32(0.0), l_new, float("nan"))
         with self.assertRaises(AssertionError):
-            L.fpo_loss(l_old, l_new[:, :2], adv)
+            L.fpo_loss(l_old, l_new[:, :2], adv, dipod_beta=0.0)
         with self.assertRaises(AssertionError):
-            L.fpo_loss(l_old, l_new, adv[:2])
+            L.fpo_loss(l_old, l_new, adv[:2], dipod_beta=0.0)
 
     def test_dipod_regularizer_weighted_mean(self):
         """dipod_regularizer = -beta * sum(w * elbo) / sum(w); zero weights give 0, not NaN."""
@@ -514,7 +515,7 @@ class ReleaseFpoPlusPlusTest(parameterized.TestCase):
             def loss(ln):
                 return L.fpo_pp_loss(jnp.asarray(l_old), ln, jnp.asarray(advantages), clip, mode,
                                      advantage_clamp=advantage_clamp, loss_clamp=20.0,
-                                     log_ratio_clamp=diff_clamp_max, cfm_loss_clamp=cfm_loss_clamp)[0]
+                                     log_ratio_clamp=diff_clamp_max, cfm_loss_clamp=cfm_loss_clamp, dipod_beta=0.0)[0]
             value, grad = jax.value_and_grad(loss)(jnp.asarray(l_new))
             np.testing.assert_allclose(float(value), want, rtol=1e-12)
             np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-10, atol=1e-15)
@@ -525,7 +526,7 @@ class ReleaseFpoPlusPlusTest(parameterized.TestCase):
         want, _ = _np_release_surrogate(l_old, l_new, advantages, 0.05, "aspo", negative_clamp=False)
         with jax.enable_x64(True):
             got, _ = L.fpo_pp_loss(jnp.asarray(l_old), jnp.asarray(l_new), jnp.asarray(advantages), 0.05,
-                                   advantage_clamp=(100.0, 100.0), loss_clamp=None)
+                                   advantage_clamp=(100.0, 100.0), loss_clamp=None, dipod_beta=0.0)
             np.testing.assert_allclose(float(got), want, rtol=1e-12)
 
     def test_advantage_clamp_forms_and_errors(self):

@@ -72,16 +72,17 @@ class LossValuesTest(chex.TestCase):
         with jax.enable_x64(True):
             advantages = np.zeros(BATCH)
             advantages[-1] = 1.0
-            loss, _ = lm.grpo_loss(x["new"], x["new"], advantages, x["completion"], 0.2)
+            loss, _ = lm.grpo_loss(x["new"], x["new"], advantages, x["completion"], 0.2, dipod_beta=0.0)
             lengths = x["completion"].sum(-1)
             np.testing.assert_allclose(loss, -lengths[-1] / lengths.sum(), rtol=1e-12)
 
     def test_diffu_grpo_is_grpo_with_d1_defaults(self):
         """diffu_grpo_loss equals grpo_loss with eps = 0.5 and kl_beta = 0.04."""
         x = make_inputs(1)
-        got, _ = lm.diffu_grpo_loss(x["new"], x["old"], x["advantages"], x["completion"], token_logp_ref=x["ref"])
+        got, _ = lm.diffu_grpo_loss(x["new"], x["old"], x["advantages"], x["completion"], token_logp_ref=x["ref"],
+                                    dipod_beta=0.0)
         want, _ = lm.grpo_loss(x["new"], x["old"], x["advantages"], x["completion"], 0.5,
-                               token_logp_ref=x["ref"], kl_beta=0.04)
+                               token_logp_ref=x["ref"], kl_beta=0.04, dipod_beta=0.0)
         np.testing.assert_array_equal(got, want)
 
     @chex.variants(with_jit=True, without_jit=True)
@@ -153,7 +154,7 @@ class DipodAndGradientTest(chex.TestCase):
                 self.assertFalse(np.allclose(grad_new_beta, grad_new), total.__name__)
                 # ... and at beta = 0 the loss is the PPO loss itself (the same traced value, no added term).
                 pg_only = jax.value_and_grad(lambda new, inputs: lm.fpo_dllm_loss(
-                    new[:, 0], inputs["old"][:, 0], inputs["advantages"], 0.5)[1]["pg_loss"])
+                    new[:, 0], inputs["old"][:, 0], inputs["advantages"], 0.5, dipod_beta=0.0)[1]["pg_loss"])
                 self.assertEqual(str(jax.make_jaxpr(with_elbo)(x["new"], x)), str(jax.make_jaxpr(pg_only)(x["new"], x)))
                 continue
             # GRPO: plain mean over the batch; SPG: weighted by completion lengths.
@@ -169,7 +170,8 @@ class DipodAndGradientTest(chex.TestCase):
         x = {k: jnp.asarray(v, jnp.float32) if v.dtype != bool else jnp.asarray(v) for k, v in make_inputs(6).items()}
         _, aux = lm.fpo_dllm_loss(x["new"][:, 0], x["old"][:, 0], x["advantages"], 0.5, dipod_beta=0.0)
         self.assertIsInstance(aux["dipod_term"], jax.Array)
-        jaxpr = jax.make_jaxpr(lambda n: lm.fpo_dllm_loss(n, x["old"][:, 0], x["advantages"], 0.5)[1]["dipod_term"])
+        jaxpr = jax.make_jaxpr(lambda n: lm.fpo_dllm_loss(n, x["old"][:, 0], x["advantages"], 0.5,
+                                                          dipod_beta=0.0)[1]["dipod_term"])
         self.assertIsInstance(jaxpr(x["new"][:, 0]).jaxpr.outvars[0], jax_core.Literal)
         traced = jax.jit(lambda beta: lm.fpo_dllm_loss(x["new"][:, 0], x["old"][:, 0], x["advantages"], 0.5,
                                                        dipod_beta=beta)[1]["dipod_term"])(jnp.float32(0.0))
@@ -181,7 +183,8 @@ class DipodAndGradientTest(chex.TestCase):
         x["advantages"][:3] = np.abs(x["advantages"][:3]) + 0.1
         x["advantages"][3:] = -np.abs(x["advantages"][3:]) - 0.1
         new, old = jnp.asarray(x["new"], jnp.float32), jnp.asarray(x["old"], jnp.float32)
-        grad = np.asarray(jax.grad(lambda n: lm.grpo_loss(n, old, x["advantages"], x["completion"], 0.2)[0])(new))
+        grad = np.asarray(jax.grad(lambda n: lm.grpo_loss(n, old, x["advantages"], x["completion"], 0.2,
+                                                          dipod_beta=0.0)[0])(new))
         ratio = np.exp(np.asarray(new) - np.asarray(old))
         positive = x["advantages"][:, None] > 0
         clipped = (positive & (ratio > 1.2)) | (~positive & (ratio < 0.8))
@@ -192,7 +195,8 @@ class DipodAndGradientTest(chex.TestCase):
         self.assertTrue(np.all(grad[live] != 0.0))
         elbo_new = jnp.asarray([0.0, 0.0, -1.0, 1.0])
         elbo_old = jnp.asarray([-1.0, 0.0, 0.0, 0.0])
-        fpo_grad = jax.grad(lambda e: lm.fpo_dllm_loss(e, elbo_old, jnp.asarray([1.0, 1.0, -1.0, -1.0]), 0.5)[0])(
+        fpo_grad = jax.grad(lambda e: lm.fpo_dllm_loss(e, elbo_old, jnp.asarray([1.0, 1.0, -1.0, -1.0]), 0.5,
+                                                       dipod_beta=0.0)[0])(
             elbo_new)
         np.testing.assert_array_equal(np.asarray(fpo_grad) == 0.0, [True, False, True, False])
 
@@ -200,9 +204,10 @@ class DipodAndGradientTest(chex.TestCase):
         """Under jit an all-empty completion mask (or zero lengths) gives a finite 0 loss, not NaN."""
         x = make_inputs(6)
         empty = np.zeros_like(x["completion"])
-        grpo = jax.jit(lambda m: lm.grpo_loss(x["new"], x["old"], x["advantages"], m, 0.2)[0])
+        grpo = jax.jit(lambda m: lm.grpo_loss(x["new"], x["old"], x["advantages"], m, 0.2, dipod_beta=0.0)[0])
         self.assertEqual(float(grpo(empty)), 0.0)
-        spg = jax.jit(lambda lengths: lm.spg_loss(x["elbo"], x["elbo"], x["advantages"], lengths, "eubo")[0])
+        spg = jax.jit(lambda lengths: lm.spg_loss(x["elbo"], x["elbo"], x["advantages"], lengths, "eubo",
+                                                  dipod_beta=0.0)[0])
         self.assertEqual(float(spg(np.zeros(BATCH))), 0.0)
 
     def test_invalid_arguments_raise(self):
@@ -210,20 +215,24 @@ class DipodAndGradientTest(chex.TestCase):
         x = make_inputs(7)
         args = (x["new"], x["old"], x["advantages"], x["completion"])
         cases = [
-            ("clip_eps", lambda: lm.grpo_loss(*args, 0.0)),
-            ("kl_beta", lambda: lm.grpo_loss(*args, 0.2, token_logp_ref=x["ref"], kl_beta=-1.0)),
+            ("clip_eps", lambda: lm.grpo_loss(*args, 0.0, dipod_beta=0.0)),
+            ("kl_beta", lambda: lm.grpo_loss(*args, 0.2, token_logp_ref=x["ref"], kl_beta=-1.0, dipod_beta=0.0)),
             ("dipod_beta", lambda: lm.grpo_loss(*args, 0.2, elbo=x["elbo"], dipod_beta=-0.1)),
             ("elbo", lambda: lm.grpo_loss(*args, 0.2, dipod_beta=0.1)),
-            ("token_logp_ref", lambda: lm.grpo_loss(*args, 0.2, kl_beta=0.1)),
-            ("advantages", lambda: lm.grpo_loss(x["new"], x["old"], x["advantages"][:4], x["completion"], 0.2)),
-            ("completion_mask", lambda: lm.grpo_loss(*args[:3], np.zeros_like(x["completion"]), 0.2)),
-            ("clip_eps", lambda: lm.fpo_dllm_loss(x["elbo"], x["elbo"], x["advantages"], -0.5)),
-            ("elbo_ref", lambda: lm.fpo_dllm_loss(x["elbo"], x["elbo"], x["advantages"], kl_beta=0.1)),
-            ("elbo_old", lambda: lm.fpo_dllm_loss(x["elbo"], x["elbo"][:3], x["advantages"])),
-            ("estimator", lambda: lm.spg_loss(x["elbo"], x["elbo"], x["advantages"], x["elbo"], "upper")),
-            ("logp_upper", lambda: lm.spg_loss(x["elbo"], None, x["advantages"], x["elbo"], "mix")),
-            ("lengths", lambda: lm.spg_loss(x["elbo"], x["elbo"], x["advantages"], x["elbo"][:2], "mix")),
-            ("weight", lambda: lm.spg_loss(x["elbo"], x["elbo"], x["advantages"], x["elbo"], "mix", 1.5)),
+            ("token_logp_ref", lambda: lm.grpo_loss(*args, 0.2, kl_beta=0.1, dipod_beta=0.0)),
+            ("advantages", lambda: lm.grpo_loss(x["new"], x["old"], x["advantages"][:4], x["completion"], 0.2,
+                                                dipod_beta=0.0)),
+            ("completion_mask", lambda: lm.grpo_loss(*args[:3], np.zeros_like(x["completion"]), 0.2, dipod_beta=0.0)),
+            ("clip_eps", lambda: lm.fpo_dllm_loss(x["elbo"], x["elbo"], x["advantages"], -0.5, dipod_beta=0.0)),
+            ("elbo_ref", lambda: lm.fpo_dllm_loss(x["elbo"], x["elbo"], x["advantages"], kl_beta=0.1, dipod_beta=0.0)),
+            ("elbo_old", lambda: lm.fpo_dllm_loss(x["elbo"], x["elbo"][:3], x["advantages"], dipod_beta=0.0)),
+            ("estimator", lambda: lm.spg_loss(x["elbo"], x["elbo"], x["advantages"], x["elbo"], "upper",
+                                              dipod_beta=0.0)),
+            ("logp_upper", lambda: lm.spg_loss(x["elbo"], None, x["advantages"], x["elbo"], "mix", dipod_beta=0.0)),
+            ("lengths", lambda: lm.spg_loss(x["elbo"], x["elbo"], x["advantages"], x["elbo"][:2], "mix",
+                                            dipod_beta=0.0)),
+            ("weight", lambda: lm.spg_loss(x["elbo"], x["elbo"], x["advantages"], x["elbo"], "mix", 1.5,
+                                           dipod_beta=0.0)),
         ]
         for name, call in cases:
             with self.assertRaisesRegex(ValueError, name):

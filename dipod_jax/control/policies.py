@@ -133,7 +133,8 @@ def _flow_policy(config: TrainConfig, action_size: int) -> Policy:
 
     if config.algo == "fpo":
         def ratio_loss(l_old, l_new, advantages, hyper):
-            return losses.fpo_loss(l_old, l_new, advantages, hyper.clip_eps, trust_region, hyper.dipod_beta)
+            return losses.fpo_loss(l_old, l_new, advantages, hyper.clip_eps, trust_region,
+                                   dipod_beta=hyper.dipod_beta)
     else:
         def ratio_loss(l_old, l_new, advantages, hyper):
             return losses.fpo_pp_loss(l_old, l_new, advantages, hyper.clip_eps, trust_region,

@@ -1,7 +1,8 @@
 """Pure-functional losses for diffusion / flow policy optimisation with the DiPOD regulariser.
 
 Every function takes arrays (and, where a model is needed, a closure over its parameters) and returns arrays;
-shapes are in each docstring. Modules:
+shapes are in each docstring. Every policy-gradient loss takes `dipod_beta` as a required keyword: the
+coefficient's one default lives in each trainer's config, and 0.0 reproduces the baseline bit for bit. Modules:
   flow            conditional flow matching, stored (tau, eps) draws, FPO / FPO++ log-ratios
   trust_region    PPO / SPO / ASPO surrogates
   advantages      GAE, advantage normalisation, GRPO group advantages

@@ -50,7 +50,7 @@ def _needs_elbo(dipod_beta, elbo) -> None:
 
 def grpo_loss(token_logp_new: chex.Array, token_logp_old: chex.Array, advantages: chex.Array,
               completion_mask: chex.Array, clip_eps: float, token_logp_ref: Optional[chex.Array] = None,
-              kl_beta: float = 0.0, elbo: Optional[chex.Array] = None, dipod_beta=0.0) -> LossAndAux:
+              kl_beta: float = 0.0, elbo: Optional[chex.Array] = None, *, dipod_beta) -> LossAndAux:
     """Token-level GRPO with PPO clipping, a k3 KL penalty to a reference model and the DiPOD term.
 
     Per real completion token: -min(r A, clip(r, 1 - eps, 1 + eps) A) + kl_beta * k3, with
@@ -67,7 +67,7 @@ def grpo_loss(token_logp_new: chex.Array, token_logp_old: chex.Array, advantages
       token_logp_ref: [B, T] reference-model log-probs; required when kl_beta != 0.
       kl_beta: KL coefficient >= 0 (d1: 0.04).
       elbo: [B] on-policy sequence ELBOs under the current parameters; required when dipod_beta != 0.
-      dipod_beta: DiPOD coefficient >= 0.
+      dipod_beta: DiPOD coefficient >= 0, required (0.0 is the baseline, bit for bit).
 
     Returns:
       (scalar loss, aux with pg_loss, kl, clip_fraction, ratio_mean, dipod_term).
@@ -111,7 +111,7 @@ def grpo_loss(token_logp_new: chex.Array, token_logp_old: chex.Array, advantages
 def diffu_grpo_loss(token_logp_new: chex.Array, token_logp_old: chex.Array, advantages: chex.Array,
                     completion_mask: chex.Array, clip_eps: float = 0.5,
                     token_logp_ref: Optional[chex.Array] = None, kl_beta: float = 0.04,
-                    elbo: Optional[chex.Array] = None, dipod_beta=0.0) -> LossAndAux:
+                    elbo: Optional[chex.Array] = None, *, dipod_beta) -> LossAndAux:
     """diffu-GRPO (d1): `grpo_loss` fed by the one-step per-token log-prob estimate, with d1's defaults.
 
     The loss formula is exactly `grpo_loss` (d1 reuses GRPO's); what makes it diffu-GRPO is the input: each
@@ -128,7 +128,7 @@ def diffu_grpo_loss(token_logp_new: chex.Array, token_logp_old: chex.Array, adva
 
 
 def fpo_dllm_loss(elbo_new: chex.Array, elbo_old: chex.Array, advantages: chex.Array, clip_eps: float = 0.5,
-                  elbo_ref: Optional[chex.Array] = None, kl_beta: float = 0.0, dipod_beta=0.0) -> LossAndAux:
+                  elbo_ref: Optional[chex.Array] = None, kl_beta: float = 0.0, *, dipod_beta) -> LossAndAux:
     """FPO for dLLMs (d1 `fpo=True`): sequence ratio exp(ELBO_new - ELBO_old) with PPO clipping.
 
     loss = -mean_b min(rho A, clip(rho) A) + kl_beta * mean_b(ELBO_new - ELBO_ref) - dipod_beta * mean_b ELBO_new.
@@ -172,7 +172,7 @@ def fpo_dllm_loss(elbo_new: chex.Array, elbo_old: chex.Array, advantages: chex.A
 
 
 def spg_loss(logp_lower: chex.Array, logp_upper: Optional[chex.Array], advantages: chex.Array,
-             lengths: chex.Array, estimator: str = "mix", mix_weight: float = 0.5, dipod_beta=0.0,
+             lengths: chex.Array, estimator: str = "mix", mix_weight: float = 0.5, *, dipod_beta,
              elbo: Optional[chex.Array] = None) -> LossAndAux:
     """SPG's sandwiched, length-weighted policy gradient loss with the DiPOD term.
 

@@ -31,7 +31,8 @@ def ppo_loss(
     clip_eps: float = 0.2,
     entropy: Optional[chex.Array] = None,
     entropy_coef: float = 0.0,
-    dipod_beta: float = 0.0,
+    *,
+    dipod_beta: float,
 ) -> LossAndAux:
     """Clipped PPO for a policy with an exact log-likelihood (the Gaussian baseline).
 
@@ -67,7 +68,8 @@ def fpo_loss(
     advantages: chex.Array,
     clip_eps: float = 0.05,
     trust_region: str = "ppo",
-    dipod_beta: float = 0.0,
+    *,
+    dipod_beta: float,
 ) -> LossAndAux:
     """FPO: one ratio per action, exp(mean_n l_old - mean_n l_new), under a trust region.
 
@@ -117,7 +119,8 @@ def fpo_pp_loss(
     advantage_clamp: Optional[AdvantageClamp] = None,
     loss_clamp: Optional[float] = 20.0,
     log_ratio_clamp: float = 10.0,
-    dipod_beta: float = 0.0,
+    *,
+    dipod_beta: float,
     cfm_loss_clamp: float = -1.0,
 ) -> LossAndAux:
     """FPO++: a ratio per (tau, eps) sample, each under the trust region, averaged over samples and actions.

@@ -172,7 +172,8 @@ def train_step(state: BanditState, config: BanditConfig, dipod_beta: float) -> T
         return score_function_objective(log_prob, advantages), residual
 
     # Both gradients are of objectives to maximise, at the rollout parameters, on the same batch.
-    proxy_grad = jax.grad(lambda p: -fpo_loss(l_old, cfm_losses(p), advantages, config.clip_eps)[0])(params_old)
+    proxy_grad = jax.grad(lambda p: -fpo_loss(l_old, cfm_losses(p), advantages, config.clip_eps,
+                                              dipod_beta=0.0)[0])(params_old)
     exact_grad, residual_old = jax.grad(exact_objective, has_aux=True)(params_old)
 
     def update(carry, _):
