@@ -162,21 +162,26 @@ class Run:
         self.flag = flag
         self.is_main = jax.process_index() == 0
         self.record = {"experiment": experiment, **record}
-        self.mode = run_record.claim_output_dir(out_dir, flag, record_file, self.record, resume,
-                                                tuple(progress_paths), tuple(other_run_files), write=False)
-        _sync("claim checked")
-        if self.mode == run_record.FRESH and self.is_main:
-            try:
-                write_json_atomic(os.path.join(out_dir, record_file), run_record.normalized(self.record))
-            except OSError as error:
-                raise UsageError(f"{flag}={out_dir} is not writable ({error.strerror})") from error
-        _sync("record written")
-        self.checkpoints = CheckpointStore(out_dir, keep)
+        # Stop signals are caught before the record is written: a signal that arrives once the directory shows
+        # the claim (also during compilation) ends the run after its next step, never mid-way by default action.
+        self.signals = StopSignals().__enter__()
+        try:
+            self.mode = run_record.claim_output_dir(out_dir, flag, record_file, self.record, resume,
+                                                    tuple(progress_paths), tuple(other_run_files), write=False)
+            _sync("claim checked")
+            if self.mode == run_record.FRESH and self.is_main:
+                try:
+                    write_json_atomic(os.path.join(out_dir, record_file), run_record.normalized(self.record))
+                except OSError as error:
+                    raise UsageError(f"{flag}={out_dir} is not writable ({error.strerror})") from error
+            _sync("record written")
+            self.checkpoints = CheckpointStore(out_dir, keep)
+        except BaseException:
+            self.signals.__exit__()
+            raise
         self.step_key = step_key
         self.tensorboard_dir = tensorboard_dir
         self.log: MetricsLog | None = None
-        # From the claim on, a stop signal (also one during compilation) ends the run after its next step.
-        self.signals = StopSignals().__enter__()
         self.stopped_by: int | None = None
         self.started = time.time()
 
