@@ -39,7 +39,7 @@ from dipod_jax.control.train import make_train
 from dipod_jax.run.files import METRICS_FILE
 from dipod_jax.run.harness import COMPLETED, Run, non_finite, progress_bar
 from dipod_jax.run.config import define_config_flag, flag_overrides
-from dipod_jax.run.program import UsageError, exit_code, run_program, user_errors
+from dipod_jax.run.program import UsageError, finish_run, run_program, user_errors
 
 FLAGS = flags.FLAGS
 
@@ -224,8 +224,7 @@ def main(argv):
     _, summary = run(config, FLAGS.workdir, FLAGS.seed, FLAGS.num_seeds, FLAGS.num_timesteps,
                      FLAGS.iterations_per_call, FLAGS.checkpoint_every, FLAGS.eval_every, FLAGS.resume,
                      FLAGS.progress, env)
-    print(json.dumps(summary))
-    return exit_code(summary)
+    return finish_run(summary)
 
 
 if __name__ == "__main__":

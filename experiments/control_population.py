@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import time
@@ -47,7 +46,7 @@ from dipod_jax.run.config import define_config_flag, flag_overrides
 from dipod_jax.run.distributed import initialize_distributed
 from dipod_jax.run.files import MetricsLog, truncate_metrics, write_json_atomic
 from dipod_jax.run.harness import COMPLETED, SIGNAL, Run, non_finite, progress_bar
-from dipod_jax.run.program import UsageError, exit_code, run_program, user_errors
+from dipod_jax.run.program import UsageError, finish_run, run_program, user_errors
 from launch import sweep
 
 FLAGS = flags.FLAGS
@@ -256,9 +255,7 @@ def main(argv):
     state, summary = run(config, members, FLAGS.workdir, FLAGS.num_timesteps, FLAGS.iterations_per_call,
                          FLAGS.checkpoint_every, FLAGS.eval_every, FLAGS.data_shards, FLAGS.resume, FLAGS.progress,
                          env)
-    if jax.process_index() == 0:
-        print(json.dumps(summary))
-    return exit_code(summary)
+    return finish_run(summary)
 
 
 if __name__ == "__main__":

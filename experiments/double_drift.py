@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from dipod_jax.run.files import METRICS_FILE, write_atomic, write_json_atomic
 from dipod_jax.run.harness import COMPLETED, SIGNAL, Run
-from dipod_jax.run.program import exit_code, one_line, run_program, user_errors
+from dipod_jax.run.program import finish_run, one_line, run_program, user_errors
 from dipod_jax.run.record import float_name
 from dipod_jax.run.statistics import t_interval
 from dipod_jax.toys import bandit, sequence
@@ -358,8 +358,7 @@ def _run_plan(harness_run: Run, plan, toys, num_seeds: int, steps: int, workdir:
 def main(argv):
     summary = run_experiment(FLAGS.settings, FLAGS.bandit_dipod_beta, FLAGS.sequence_dipod_beta, FLAGS.num_seeds,
                              FLAGS.steps, FLAGS.workdir, FLAGS.bandit_action_dim, FLAGS.resume)
-    print(json.dumps(summary, indent=2))
-    return exit_code(summary)
+    return finish_run(summary, indent=2)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ from dipod_jax.lm.tasks import TASKS, get_task
 from dipod_jax.lm.tokenizer import Tokenizer, char_tokenizer, tokenizer_config
 from dipod_jax.run.config import field_defaults
 from dipod_jax.run.harness import COMPLETED, TIME_BUDGET, Run, non_finite, progress_bar
-from dipod_jax.run.program import check_flag_bounds, exit_code, run_program, user_errors
+from dipod_jax.run.program import check_flag_bounds, finish_run, run_program, user_errors
 
 @dataclasses.dataclass(frozen=True)
 class PretrainSettings:
@@ -298,8 +298,7 @@ def main(argv):
         settings = PretrainSettings(**{field.name: getattr(FLAGS, field.name)
                                        for field in dataclasses.fields(PretrainSettings)})
     summary = train(settings)
-    print(json.dumps(summary))
-    return exit_code(summary)
+    return finish_run(summary)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ Ctrl-C save the current step and exit (128 + signal number; on several processes
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -67,7 +66,7 @@ from dipod_jax.run.config import build, define_config_flag, field_defaults, flag
 from dipod_jax.run.distributed import initialize_distributed
 from dipod_jax.run.files import read_json, read_metrics, write_json_atomic
 from dipod_jax.run.harness import COMPLETED, TIME_BUDGET, Run, non_finite, progress_bar
-from dipod_jax.run.program import UsageError, check_flag_bounds, exit_code, run_program, user_errors
+from dipod_jax.run.program import UsageError, check_flag_bounds, finish_run, run_program, user_errors
 
 RUN_CONFIG_FILE = "rl_config.json"
 START_EVAL_FILE = "eval_start.json"
@@ -422,9 +421,7 @@ def main(argv):
         initialize_distributed(FLAGS.distributed)
     summary = train(settings)
     summary.pop("final_params")
-    if jax.process_index() == 0:
-        print(json.dumps(summary))
-    return exit_code(summary)
+    return finish_run(summary)
 
 
 if __name__ == "__main__":

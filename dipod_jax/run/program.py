@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import sys
@@ -122,6 +123,16 @@ def run_program(main: Callable[[list[str]], Any]) -> None:
             return _report("interrupted", 128 + signal.SIGINT)
 
     app.run(wrapped, flags_parser=_parse_flags)
+
+
+def finish_run(summary: dict[str, Any], indent: int | None = None) -> int:
+    """An experiment's last act: prints its summary as JSON on stdout (process 0 of a multi-host run only) and
+    returns the exit status `exit_code` gives it."""
+    import jax  # here, not at the top: programs without JAX (the sweep) use this module too
+
+    if jax.process_index() == 0:
+        print(json.dumps(summary, indent=indent))
+    return exit_code(summary)
 
 
 def exit_code(summary: dict[str, Any]) -> int:
