@@ -32,7 +32,7 @@ from dipod_jax.lm.pretrain import load_pretrained
 from dipod_jax.lm.rl_config import ALGORITHMS, preset
 from dipod_jax.lm.sampler import SAMPLERS
 from dipod_jax.lm.tasks import get_task
-from dipod_jax.run.program import UsageError, check_flag_choices, run_program, user_errors
+from dipod_jax.run.program import UsageError, check_flag_bounds, check_flag_choices, run_program, user_errors
 
 FLAGS = flags.FLAGS
 
@@ -63,9 +63,7 @@ def validate(values: dict[str, Any]) -> list[int]:
         raise UsageError(f"--seeds={','.join(values['seeds'])} must be distinct integers")
     if values["steps"] < 3:
         raise UsageError(f"--steps={values['steps']} must be >= 3")
-    for name in ("refresh_interval", "block_length", "diffusion_steps"):
-        if values[name] < 0:
-            raise UsageError(f"--{name}={values[name]} must be >= 0")
+    check_flag_bounds(values, non_negative=("refresh_interval", "block_length", "diffusion_steps"))
     return seeds
 
 

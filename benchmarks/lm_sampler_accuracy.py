@@ -28,7 +28,7 @@ from dipod_jax.lm.evaluation import evaluate
 from dipod_jax.lm.pretrain import load_pretrained
 from dipod_jax.lm.sampler import SAMPLERS, generate, sampler_options
 from dipod_jax.lm.tasks import get_task
-from dipod_jax.run.program import UsageError, check_flag_choices, run_program, user_errors
+from dipod_jax.run.program import UsageError, check_flag_bounds, check_flag_choices, run_program, user_errors
 
 FLAGS = flags.FLAGS
 
@@ -69,9 +69,7 @@ def validate(values: dict[str, Any]) -> list[float]:
         raise UsageError(f"--thresholds={','.join(values['thresholds'])} must be numbers") from error
     if not thresholds or not all(0 < value <= 1 for value in thresholds):
         raise UsageError(f"--thresholds={','.join(values['thresholds'])} must be numbers in (0, 1]")
-    for name in ("block_length", "steps", "refresh_interval", "repeats"):
-        if values[name] < 0:
-            raise UsageError(f"--{name}={values[name]} must be >= 0")
+    check_flag_bounds(values, non_negative=("block_length", "steps", "refresh_interval", "repeats"))
     return thresholds
 
 

@@ -20,7 +20,7 @@ import json
 import math
 import signal
 import sys
-from typing import Any, Callable, Iterable, NoReturn, Sequence
+from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
 
 from absl import app, flags, logging
 
@@ -57,13 +57,14 @@ def user_errors():
 
 def check_flag_bounds(settings: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
                       finite: tuple[str, ...] = ()) -> None:
-    """UsageError naming the flag (--name=value) when a field of `settings` listed in `positive` is not > 0,
-    one in `non_negative` is not >= 0, or one in `finite` is NaN or infinite (NaN fails every bound)."""
+    """UsageError naming the flag (--name=value) when a field of `settings` (an object, or a dict of flag values)
+    listed in `positive` is not > 0, one in `non_negative` is not >= 0, or one in `finite` is NaN or infinite (NaN
+    fails every bound)."""
     for names, test, requirement in ((finite, math.isfinite, "a finite number"),
                                      (positive, lambda value: value > 0, "> 0"),
                                      (non_negative, lambda value: value >= 0, ">= 0")):
         for name in names:
-            value = getattr(settings, name)
+            value = settings[name] if isinstance(settings, Mapping) else getattr(settings, name)
             if not test(value):
                 raise UsageError(f"--{name}={value} must be {requirement}")
 
