@@ -225,13 +225,13 @@ def test_fpo_dipod_term_and_baseline(fpo_runs):
 
 def test_fpo_beta_zero_is_bitwise_baseline(fpo_runs, monkeypatch):
     """beta = 0 equals the baseline bit for bit: the trainer with dipod_beta = 0 gives the same parameters as
-    one whose FPO loss is the baseline call (no dipod_beta argument at all)."""
+    one whose FPO loss is the baseline call (a Python 0.0, which keeps the term out of the program)."""
     initial, expected_state = fpo_runs[0.0][2:4]
     baseline_fpo_loss = losses.fpo_loss
 
     def fpo_loss_without_dipod(l_old, l_new, advantages, clip_eps, trust_region, dipod_beta):
         assert dipod_beta == 0.0
-        return baseline_fpo_loss(l_old, l_new, advantages, clip_eps, trust_region)
+        return baseline_fpo_loss(l_old, l_new, advantages, clip_eps, trust_region, dipod_beta=0.0)
 
     monkeypatch.setattr(losses, "fpo_loss", fpo_loss_without_dipod)
     trainer = make_train(tiny_config(algo="fpo", dipod_beta=0.0))
