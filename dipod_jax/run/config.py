@@ -88,7 +88,7 @@ def define_config_flag(defaults: Any, flag_values: flags.FlagValues = flags.FLAG
     try:
         check_config_flag_names(argv[1:], [field.name for field in dataclasses.fields(defaults)])
     except ValueError as error:
-        exit_usage_error(str(error))
+        exit_usage_error(error)
     return config_flags.DEFINE_config_dict(
         CONFIG_FLAG, config_dict(defaults),
         f"{type(defaults).__name__} fields, each overridden by --{CONFIG_FLAG}.<field>=<value>.",

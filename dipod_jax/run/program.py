@@ -86,10 +86,10 @@ def _report(message: str, status: int) -> int:
     return status
 
 
-def exit_usage_error(message: str) -> NoReturn:
-    """Prints "<program>: error: <message>" (one line) and exits with status 2: for a user error found before
+def exit_usage_error(error: BaseException) -> NoReturn:
+    """Prints "<program>: error: <message>" (`one_line`) and exits with status 2: for a user error found before
     app.run, e.g. while a flag is registered."""
-    sys.exit(_report(" ".join(message.split()), EXIT_USAGE))
+    sys.exit(_report(one_line(error), EXIT_USAGE))
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
