@@ -48,12 +48,14 @@ from dipod_jax.lm.pretrain import (
     sampling_function,
     sized_model_config,
     training_functions,
+    training_items,
 )
 from dipod_jax.lm.tasks import TASKS, get_task
 from dipod_jax.lm.tokenizer import Tokenizer, char_tokenizer, tokenizer_config
 from dipod_jax.run.config import field_defaults
 from dipod_jax.run.harness import COMPLETED, TIME_BUDGET, Run, non_finite, progress_bar
 from dipod_jax.run.program import check_flag_bounds, finish_run, run_program, user_errors
+from dipod_jax.run.record import value_digest
 
 @dataclasses.dataclass(frozen=True)
 class PretrainSettings:
@@ -76,6 +78,7 @@ class PretrainSettings:
     num_draws: int = 1
     model_size: str = "small"
     seed: int = 0
+    distractor_fraction: float = 0.0
     eval_interval: int = 100
     eval_items: int = 0
     test_path: str | None = None
@@ -117,6 +120,10 @@ def define_flags() -> None:
                       "Model size preset (d_model, layers, heads, mlp).")
     flags.DEFINE_string("workdir", None, "Output directory (config, checkpoints, metrics, TensorBoard).")
     flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of the model initialisation, data generation and masking.")
+    flags.DEFINE_float("distractor_fraction", _DEFAULTS.distractor_fraction,
+                       "Fraction q of training items whose completion is the task's distractor, a plausible wrong "
+                       "answer of one fixed kind (Sudoku: digits 1 and 2 exchanged; Countdown: operators "
+                       "inverted): a start with headroom for RL (docs: RL test bed). 0 = none.")
     flags.DEFINE_integer("eval_interval", _DEFAULTS.eval_interval,
                          "Evaluate and checkpoint every this many steps (and at the end).")
     flags.DEFINE_integer("eval_items", _DEFAULTS.eval_items, "Test items per evaluation (0 = the whole test set).")
@@ -151,6 +158,8 @@ def validate_settings(settings: PretrainSettings) -> None:
                       non_negative=("warmup_steps", "decay_steps", "eval_items", "gen_steps", "weight_decay",
                                     "eval_temperature", "time_budget_min"),
                       finite=("learning_rate", "max_grad_norm", "weight_decay", "eval_temperature", "time_budget_min"))
+    if not 0.0 <= settings.distractor_fraction <= 1.0:
+        raise ValueError(f"--distractor_fraction={settings.distractor_fraction} must be in [0, 1]")
     for name in _extra_eval_names(settings):
         if name not in TASKS or settings.template not in TASKS[name].templates:
             raise ValueError(f"--extra_eval_tasks: {name!r} is not a task with template {settings.template!r}")
@@ -175,9 +184,10 @@ def build_run_config(settings: PretrainSettings, tokenizer: Tokenizer) -> dict[s
     run must have the same record."""
     task = get_task(settings.task)
     longest_prompt, gen_length = data.required_lengths(task, [task.longest_item()], tokenizer, settings.template)
+    eval_sets = evaluation_sets(settings)
     prompt_length = max([longest_prompt] + [
         data.required_lengths(get_task(name), items, tokenizer, settings.template, False)[0]
-        for name, items in evaluation_sets(settings).items()])
+        for name, items in eval_sets.items()])
     model_config = sized_model_config(settings.model_size, tokenizer.vocab_size, prompt_length + gen_length,
                                       tokenizer.mask_id)
     learning_rate, warmup_steps, decay_steps, weight_decay, max_grad_norm = optimizer_hyperparameters(settings)
@@ -195,8 +205,13 @@ def build_run_config(settings: PretrainSettings, tokenizer: Tokenizer) -> dict[s
                      "num_draws": settings.num_draws, "learning_rate": learning_rate, "warmup_steps": warmup_steps,
                      "decay_steps": decay_steps, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
                      "eval_items": settings.eval_items,
+                     # Recorded only when used, so that the records of earlier runs still resume.
+                     **({"distractor_fraction": settings.distractor_fraction} if settings.distractor_fraction else {}),
                      "test_path": os.path.abspath(settings.test_path) if settings.test_path else None,
-                     "extra_eval_tasks": _extra_eval_names(settings)},
+                     "extra_eval_tasks": _extra_eval_names(settings),
+                     # Content of each evaluation set: a resumed run refuses a test file changed in place.
+                     "eval_digests": {name: value_digest([dataclasses.asdict(item) for item in items])
+                                      for name, items in eval_sets.items()}},
     }
 
 
@@ -208,8 +223,8 @@ def optimizer_hyperparameters(settings: PretrainSettings) -> tuple:
 
 def _training_batch(task, settings: PretrainSettings, run_config: dict[str, Any], tokenizer: Tokenizer,
                     step: int) -> data.TokenBatch:
-    """Generated supervised items of `step`, drawn from a generator seeded by (seed, step)."""
-    items = task.generate(np.random.default_rng([settings.seed, step]), settings.batch)
+    """The token batch of `training_items` of `step` (the --distractor_fraction share replaced)."""
+    items = training_items(task, settings.seed, step, settings.batch, settings.distractor_fraction)
     return data.task_batch(task, items, tokenizer, settings.template, run_config["prompt_length"],
                            run_config["gen_length"])
 

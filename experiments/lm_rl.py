@@ -51,12 +51,19 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import flags
+from absl import flags, logging
 from flax import nnx
 
 from dipod_jax.lm import data, rl
-from dipod_jax.lm.evaluation import item_rewards, paired_evaluation, reward_summary
-from dipod_jax.lm.pretrain import load_pretrained
+from dipod_jax.lm.evaluation import (
+    item_rewards,
+    paired_evaluation,
+    paired_sampled_evaluation,
+    reward_summary,
+    sampled_item_rewards,
+    sampled_summary,
+)
+from dipod_jax.lm.pretrain import CONFIG_FILE, load_pretrained
 from dipod_jax.lm.rl_config import PAPER_PRESETS, RLConfig, preset_fields
 from dipod_jax.lm.tasks import get_task
 from dipod_jax.lm.tokenizer import load_hf_tokenizer
@@ -66,7 +73,8 @@ from dipod_jax.run.config import build, define_config_flag, field_defaults, flag
 from dipod_jax.run.distributed import initialize_distributed
 from dipod_jax.run.files import read_json, read_metrics, write_json_atomic
 from dipod_jax.run.harness import COMPLETED, TIME_BUDGET, Run, non_finite, progress_bar
-from dipod_jax.run.program import UsageError, check_flag_bounds, finish_run, run_program, user_errors
+from dipod_jax.run.program import UsageError, check_flag_bounds, finish_run, one_line, run_program, user_errors
+from dipod_jax.run.record import file_digest, value_digest
 
 RUN_CONFIG_FILE = "rl_config.json"
 START_EVAL_FILE = "eval_start.json"
@@ -99,6 +107,7 @@ class RLRunSettings:
     eval_items: int = 64
     test_path: str | None = None
     eval_temperature: float = 0.0
+    sampled_eval_k: int = 6
     checkpoint_interval: int = 0
     log_interval: int = 1
     time_budget_min: float = 0.0
@@ -134,6 +143,9 @@ def define_flags() -> None:
     flags.DEFINE_string("test_path", None, "Test file (default: the task's shipped test set).")
     flags.DEFINE_float("eval_temperature", defaults.eval_temperature,
                        "Sampling temperature at evaluation (0 = greedy); the rollouts': --config.rollout_temperature.")
+    flags.DEFINE_integer("sampled_eval_k", defaults.sampled_eval_k,
+                         "Completions per test item sampled at the rollout temperature at every evaluation (the "
+                         "reward RL optimises: mean and pass@k beside the greedy one); 0 = greedy only.")
     flags.DEFINE_integer("checkpoint_interval", defaults.checkpoint_interval,
                          "Checkpoint every this many steps (0 = --eval_interval).")
     flags.DEFINE_integer("log_interval", defaults.log_interval, "Write train metrics every this many steps.")
@@ -160,7 +172,7 @@ def validate_settings(settings: RLRunSettings) -> None:
         if settings.prompt_length <= 0 or settings.gen_length <= 0:
             raise ValueError("--llada_dir needs --prompt_length > 0 and --gen_length > 0")
     check_flag_bounds(settings, positive=("steps", "eval_interval", "log_interval", "mesh_data"),
-                      non_negative=("eval_items", "checkpoint_interval", "lora_rank", "num_devices",
+                      non_negative=("eval_items", "sampled_eval_k", "checkpoint_interval", "lora_rank", "num_devices",
                                     "eval_temperature", "time_budget_min"),
                       finite=("eval_temperature", "time_budget_min", "lora_alpha"))
     if settings.lora_rank and not settings.lora_alpha > 0:
@@ -201,12 +213,12 @@ def load_policy(settings: RLRunSettings, seed: int) -> tuple[LLaDA, Any, dict[st
 def build_rl_config(settings: RLRunSettings, info: dict[str, Any]) -> RLConfig:
     """The run's RLConfig, built once: the preset (--preset, else the task's CPU preset, whose sampler is then
     one block of gen_length steps), the checkpoint's generation length, then the --config overrides."""
-    fields = preset_fields(info["task"], settings.preset)
+    overrides = dict(settings.config_overrides)
+    fields = preset_fields(info["task"], settings.preset, overrides.get("algo"))
     gen_length = fields["gen_length"] = info["gen_length"]
     if settings.preset is None:
         fields.update(block_length=gen_length, diffusion_steps=gen_length,
                       spg_block_length=min(fields["spg_block_length"], gen_length))
-    overrides = dict(settings.config_overrides)
     if "gen_length" in overrides:
         raise ValueError("--config.gen_length: the generation length is the checkpoint's (--gen_length with "
                          "--llada_dir)")
@@ -228,21 +240,31 @@ def _from_state_tree(tree: dict[str, Any], template: rl.TrainState) -> rl.TrainS
     return rl.TrainState(**{**{part: getattr(template, part) for part in _OPTIONAL_PARTS}, **tree})
 
 
+# Panels of curves.png: (title, metrics drawn in it); a metric a run did not log is left out.
+PLOT_PANELS = (("reward", ("train/reward_mean", "eval/mean_reward", "eval/sampled_mean_reward")),
+               ("KL to the start", ("train/kl_to_start",)),
+               ("own-sample ELBO", ("train/elbo",)),
+               ("DiPOD term", ("train/dipod_term",)))
+
+
 def plot_curves(workdir: str) -> str:
-    """Train reward and eval reward against the step, from metrics.jsonl, into workdir/curves.png."""
+    """The PLOT_PANELS curves against the step, from metrics.jsonl, into workdir/curves.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = read_metrics(workdir)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for axis, name in zip(axes, ("train/reward_mean", "eval/mean_reward")):
-        points = [(r["step"], r[name]) for r in records if name in r]
-        if points:
-            axis.plot(*zip(*points), marker="." if name.startswith("eval") else None)
+    figure, axes = plt.subplots(1, len(PLOT_PANELS), figsize=(4 * len(PLOT_PANELS), 3.5))
+    for axis, (title, names) in zip(axes, PLOT_PANELS):
+        for name in names:
+            points = [(r["step"], r[name]) for r in records if name in r]
+            if points:
+                axis.plot(*zip(*points), marker="." if name.startswith("eval") else None, label=name)
         axis.set_xlabel("step")
-        axis.set_title(name)
+        axis.set_title(title)
+        if axis.lines:
+            axis.legend(fontsize=7)
     figure.tight_layout()
     path = os.path.join(workdir, PLOT_FILE)
     figure.savefig(path, dpi=100)
@@ -253,15 +275,20 @@ def plot_curves(workdir: str) -> str:
 # RLRunSettings fields that change a run's results (besides the RL config they resolve to); the others say where
 # and how often to write, how long to run and on which devices.
 # (task, template and lengths are in the record's "info", as resolved from the starting checkpoint.)
-RECORD_SETTINGS = ("lora_rank", "lora_alpha", "seed", "eval_items", "eval_temperature")
+RECORD_SETTINGS = ("lora_rank", "lora_alpha", "seed", "eval_items", "eval_temperature", "sampled_eval_k")
 
 
-def run_record(settings: RLRunSettings, config: RLConfig, info: dict[str, Any]) -> dict[str, Any]:
-    """The run record (rl_config.json): every setting that changes the results; a resumed run must match it."""
-    start = ({"init_dir": os.path.abspath(settings.init_dir), "init_step": info["init_step"]}
-             if settings.init_dir is not None else {"llada_dir": os.path.abspath(settings.llada_dir)})
+def run_record(settings: RLRunSettings, config: RLConfig, info: dict[str, Any], test_items: list) -> dict[str, Any]:
+    """The run record (rl_config.json): every setting that changes the results, and the content digests of the
+    inputs (the test items, the starting run's record), so a resumed run refuses a changed input."""
+    if settings.init_dir is not None:
+        start = {"init_dir": os.path.abspath(settings.init_dir), "init_step": info["init_step"],
+                 "init_record_digest": file_digest(os.path.join(settings.init_dir, CONFIG_FILE))}
+    else:
+        start = {"llada_dir": os.path.abspath(settings.llada_dir)}
     return {"settings": {**{name: getattr(settings, name) for name in RECORD_SETTINGS}, **start,
                          "test_path": os.path.abspath(settings.test_path) if settings.test_path else None,
+                         "test_digest": value_digest([dataclasses.asdict(item) for item in test_items]),
                          "num_processes": jax.process_count()},
             "rl_config": dataclasses.asdict(config),
             "info": {key: value for key, value in info.items() if key != "init_step"}}
@@ -288,13 +315,62 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
         rl.check_batch_divisible(config.rollout_batch_size, config, mesh)
         test_items = task.load_test(settings.test_path)
         run = Run(settings.workdir, experiment="lm_rl", record_file=RUN_CONFIG_FILE,
-                  record=run_record(settings, config, info), resume=settings.resume)
-        start_eval_path = os.path.join(settings.workdir, START_EVAL_FILE)
-        if run.resuming and not os.path.exists(start_eval_path):
-            run.close()
-            raise UsageError(f"--resume: {start_eval_path} is missing (the start evaluation of this run)")
+                  record=run_record(settings, config, info, test_items), resume=settings.resume)
+        if run.resuming:
+            try:
+                check_start_evaluation(os.path.join(settings.workdir, START_EVAL_FILE), len(test_items),
+                                       settings.sampled_eval_k)
+            except UsageError:
+                run.close()
+                raise
     with run:
         return _train(settings, run, model, tokenizer, info, task, config, mesh, test_items, show_progress)
+
+
+def check_start_evaluation(path: str, items: int, samples: int) -> None:
+    """UsageError naming `path` unless it holds this run's start evaluation: per-item greedy rewards for the
+    `items` test items and, when `samples` > 0, [items, samples] sampled rewards (a resumed run pairs its end
+    evaluation with these, so a damaged file would give a wrong paired result)."""
+    if not os.path.exists(path):
+        raise UsageError(f"--resume: {path} is missing (the start evaluation of this run)")
+    try:
+        start = read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UsageError(f"--resume: {path} is not readable ({one_line(error)}); it is the start evaluation "
+                         "the end is paired with: start the run again in a new --workdir") from error
+    rewards = start.get("rewards") if isinstance(start, dict) else None
+    sampled = start.get("sampled_rewards") if isinstance(start, dict) else None
+    if not isinstance(rewards, list) or len(rewards) != items:
+        raise UsageError(f"--resume: {path} does not hold {items} per-item rewards (the test set's size)")
+    if samples and np.shape(sampled) != (items, samples):
+        raise UsageError(f"--resume: {path} does not hold [{items}, {samples}] sampled rewards (--sampled_eval_k)")
+
+
+def make_evaluator(settings: RLRunSettings, config: RLConfig, graphdef, frozen, info: dict[str, Any], tokenizer,
+                   test_items: list):
+    """evaluate(params, step, whole_test_set=False) -> (greedy rewards [n], sampled rewards [n, --sampled_eval_k]
+    or None) on the first --eval_items test items (the logged curve) or on all of them: the exact sampler at
+    --eval_temperature, and at the rollout temperature (what RL optimises) for the sampled rewards. The keys
+    depend only on (seed, step), so a resumed run scores exactly as an uninterrupted one."""
+    mask_id = tokenizer.mask_id
+    eval_sample = rl.make_sample_fn(
+        dataclasses.replace(config, rollout_temperature=settings.eval_temperature, sampler="exact"), graphdef, mask_id)
+    rollout_sample = rl.make_sample_fn(dataclasses.replace(config, sampler="exact"), graphdef, mask_id)
+    base_key = jax.random.key(settings.seed)
+    curve_items = settings.eval_items or len(test_items)
+
+    def evaluate(params, step: int, whole_test_set: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        items = test_items if whole_test_set else test_items[:curve_items]
+        greedy = item_rewards(lambda p, prompt, mask, key: eval_sample(p, frozen, prompt, mask, key),
+                              params, info, tokenizer, items, jax.random.fold_in(jax.random.fold_in(base_key, 1), step))
+        if not settings.sampled_eval_k:
+            return greedy, None
+        sampled = sampled_item_rewards(lambda p, prompt, mask, key: rollout_sample(p, frozen, prompt, mask, key),
+                                       params, info, tokenizer, items,
+                                       jax.random.fold_in(jax.random.fold_in(base_key, 2), step), settings.sampled_eval_k)
+        return greedy, sampled
+
+    return evaluate
 
 
 def _initial_state(run: Run, model: LLaDA, config: RLConfig, mesh) -> tuple[Any, rl.TrainState, Any]:
@@ -313,19 +389,49 @@ def _initial_state(run: Run, model: LLaDA, config: RLConfig, mesh) -> tuple[Any,
     return graphdef, state, frozen
 
 
+def _stored_paired_evaluation(path: str, step: int) -> dict[str, Any] | None:
+    """The paired evaluation stored at `path` for `step`; None when there is none, it is of another step, or it
+    cannot be read (then it is computed again, with a warning)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        stored = read_json(path)
+        if stored["step"] != step:
+            return None
+        np.asarray(stored["end_rewards"], dtype=np.float64)
+        return stored
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        logging.warning("%s is damaged (%s): evaluating the end again", path, one_line(error))
+        return None
+
+
 def _paired_end_evaluation(settings: RLRunSettings, run: Run, step: int, evaluate, log_evaluation) -> dict[str, Any]:
     """The whole test set again at the end, paired with the start's (paired_eval.json); also when a run that
     stopped between its last checkpoint and here is resumed. paired_eval.json is written before the logged
     record, so neither is ever doubled. (Every process decides alike: process 0 writes the file only after the
     evaluation, which all share.)"""
     paired_path = os.path.join(settings.workdir, PAIRED_EVAL_FILE)
-    if os.path.exists(paired_path) and read_json(paired_path)["step"] == step:
-        return read_json(paired_path)
-    end_rewards = evaluate(step, whole_test_set=True)
-    paired = paired_evaluation(read_json(os.path.join(settings.workdir, START_EVAL_FILE))["rewards"], end_rewards)
+    # A run resumed at its last step may have logged this evaluation already (or died after writing the file
+    # but before logging): the record is logged exactly once, from the file when there is one.
+    logged = any(record.get("step") == step and "eval/mean_reward" in record
+                 for record in read_metrics(settings.workdir))
+    stored = _stored_paired_evaluation(paired_path, step)
+    if stored is not None:
+        if not logged:
+            sampled = stored.get("end_sampled_rewards")
+            log_evaluation(step, np.asarray(stored["end_rewards"]), None if sampled is None else np.asarray(sampled))
+        return stored
+    end_rewards, end_sampled = evaluate(step, whole_test_set=True)
+    start = read_json(os.path.join(settings.workdir, START_EVAL_FILE))
+    paired = paired_evaluation(start["rewards"], end_rewards)
+    record = {"step": step, **paired, "end_rewards": end_rewards.tolist()}
+    if end_sampled is not None:
+        paired["sampled"] = paired_sampled_evaluation(start["sampled_rewards"], end_sampled)
+        record.update(sampled=paired["sampled"], end_sampled_rewards=end_sampled.tolist())
     if run.is_main:
-        write_json_atomic(paired_path, {"step": step, **paired, "end_rewards": end_rewards.tolist()})
-    log_evaluation(step, end_rewards)
+        write_json_atomic(paired_path, record)
+    if not logged:
+        log_evaluation(step, end_rewards, end_sampled)
     return paired
 
 
@@ -336,9 +442,7 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
     mask_id, eos_id = tokenizer.mask_id, tokenizer.eos_id
     sample_fn = rl.make_sample_fn(config, graphdef, mask_id)
     update_fn = rl.make_update_fn(config, graphdef, mask_id, mesh)
-    # The evaluation sampler: the exact one at --eval_temperature.
-    eval_sample = rl.make_sample_fn(
-        dataclasses.replace(config, rollout_temperature=settings.eval_temperature, sampler="exact"), graphdef, mask_id)
+    score = make_evaluator(settings, config, graphdef, frozen, info, tokenizer, test_items)
     curve_items = settings.eval_items or len(test_items)
     prompt_length, local_prompts = info["prompt_length"], config.num_prompts // jax.process_count()
     base_key = jax.random.key(settings.seed)
@@ -347,24 +451,25 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
     log = run.start(step)
     summary: dict[str, Any] = {"step": step, "stopped": COMPLETED, "last_eval": None}
 
-    def evaluate(step: int, whole_test_set: bool = False) -> np.ndarray:
-        """Per-item rewards of the first --eval_items test items (the logged curve) or of all of them."""
-        return item_rewards(lambda p, prompt, mask, key: eval_sample(p, frozen, prompt, mask, key),
-                            state.params, info, tokenizer, test_items if whole_test_set else test_items[:curve_items],
-                            jax.random.fold_in(jax.random.fold_in(base_key, 1), step))
+    def evaluate(step: int, whole_test_set: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        return score(state.params, step, whole_test_set)
 
-    def log_evaluation(step: int, rewards: np.ndarray) -> None:
+    def log_evaluation(step: int, rewards: np.ndarray, sampled: np.ndarray | None) -> None:
         result = reward_summary(rewards[:curve_items])
+        if sampled is not None:
+            result.update({f"sampled_{k}": v for k, v in sampled_summary(sampled[:curve_items]).items()
+                           if k not in ("items",)})
         log.write({"step": step, **{f"eval/{k}": v for k, v in result.items()}, "elapsed_s": time.time() - run.started})
         summary["last_eval"] = result
 
     if step == 0:
         # The whole test set at the start, kept per item for the paired start / end comparison.
-        start_rewards = evaluate(0, whole_test_set=True)
+        start_rewards, start_sampled = evaluate(0, whole_test_set=True)
         if is_main:
             write_json_atomic(os.path.join(settings.workdir, START_EVAL_FILE),
-                              {"step": 0, "rewards": start_rewards.tolist()})
-        log_evaluation(0, start_rewards)
+                              {"step": 0, "rewards": start_rewards.tolist(),
+                               **({} if start_sampled is None else {"sampled_rewards": start_sampled.tolist()})})
+        log_evaluation(0, start_rewards, start_sampled)
     progress = progress_bar(settings.steps, step, show_progress and is_main, "rl")
     while step < settings.steps:
         items = task.generate(np.random.default_rng([settings.seed, step, jax.process_index()]), local_prompts)
@@ -393,7 +498,7 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
         stop = run.stop_reason(settings.time_budget_min)
         # Logged before saved, so a run resumed from this checkpoint logs nothing twice; a signal only saves.
         if step < settings.steps and (step % settings.eval_interval == 0 or stop == TIME_BUDGET):
-            log_evaluation(step, evaluate(step))
+            log_evaluation(step, *evaluate(step))
         stopped = run.save_or_stop(step, settings.steps, stop, step % checkpoint_interval == 0,
                                    {"state": _state_tree(state)})
         if stopped:
@@ -401,7 +506,10 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
             break
     progress.close()
     if summary["stopped"] == COMPLETED:
-        summary["paired_eval"] = _paired_end_evaluation(settings, run, step, evaluate, log_evaluation)["difference"]
+        paired = _paired_end_evaluation(settings, run, step, evaluate, log_evaluation)
+        summary["paired_eval"] = paired["difference"]
+        if "sampled" in paired:
+            summary["paired_sampled_eval"] = paired["sampled"]["difference"]
     if settings.plot and is_main:
         plot_curves(settings.workdir)
     summary["final_params"] = state.params

@@ -48,7 +48,7 @@ from absl import flags
 
 from dipod_jax.run.files import write_json_atomic
 from dipod_jax.run.program import UsageError, run_program, user_errors
-from dipod_jax.run.record import float_name, has_checkpoint
+from dipod_jax.run.record import float_name, has_checkpoint, lock_output_dir
 from dipod_jax.run.statistics import t_interval
 
 MANIFEST_FILE = "manifest.json"
@@ -194,6 +194,11 @@ def run_sweep(runs: List[Dict[str, Any]], manifest_path: str, max_parallel: int 
         raise ValueError(f"--max_parallel={max_parallel} must be >= 1")
     queue = [index for index, run in enumerate(runs) if run["status"] != "succeeded"]
     for index in queue:
+        holder = live_holder(runs[index])
+        if holder is not None:
+            raise UsageError(f"run {runs[index]['name']} is still running as process {holder} (its workdir "
+                             f"{runs[index]['workdir']}): stop it or wait for it before running the sweep again")
+    for index in queue:
         runs[index].update(status="pending", returncode=None)
     running: Dict[int, Any] = {}
     received: List[int] = []
@@ -203,7 +208,8 @@ def run_sweep(runs: List[Dict[str, Any]], manifest_path: str, max_parallel: int 
         for process, _ in running.values():
             process.send_signal(signal.SIGKILL if len(received) > 1 else signum)
 
-    previous_handlers = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous_handlers = {signum: signal.signal(signum, on_signal)
+                         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         write_manifest(manifest_path, runs)
         while (queue and not received) or running:
@@ -215,7 +221,7 @@ def run_sweep(runs: List[Dict[str, Any]], manifest_path: str, max_parallel: int 
                 log = open(os.path.join(run["workdir"], LOG_FILE), "a")
                 process = subprocess.Popen(run["command"] + (["--resume"] if resume else []), stdout=log,
                                            stderr=subprocess.STDOUT, env={**os.environ, **env_for_run(index)},
-                                           start_new_session=True)
+                                           start_new_session=True, preexec_fn=_stop_with_parent)
                 running[index] = (process, log)
                 run.update(status="running", returncode=None, started=time.time(), pid=process.pid, resumed=resume)
                 write_manifest(manifest_path, runs)
@@ -234,6 +240,30 @@ def run_sweep(runs: List[Dict[str, Any]], manifest_path: str, max_parallel: int 
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
     return runs, received[0] if received else None
+
+
+def _stop_with_parent() -> None:
+    """In a launched experiment before it starts (Linux): SIGTERM it when the sweep dies, however the sweep dies
+    (SIGKILL included), so that it saves and exits instead of running on as an orphan."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def live_holder(run: Dict[str, Any]) -> Optional[int]:
+    """The PID recorded for a "running" manifest entry when that process is alive and is this run (its command
+    line names the run's workdir), else None."""
+    pid = run.get("pid")
+    if run.get("status") != "running" or not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            command_line = handle.read().decode(errors="replace")
+    except OSError:
+        return None
+    return pid if run["workdir"] in command_line else None
 
 
 def read_curve(workdir: str, metric: str) -> List[tuple]:
@@ -311,31 +341,59 @@ def summarize_paired(runs: List[Dict[str, Any]], confidence: float = 0.95) -> Di
             "difference": paired["difference"]["mean"], "half_width": paired["difference"]["half_width"],
             "low": paired["difference"]["low"], "exact_start": paired["start"]["exact_fraction"],
             "exact_end": paired["end"]["exact_fraction"],
-            "exact_difference": paired["exact_difference"]["mean"]})
+            "exact_difference": paired["exact_difference"]["mean"],
+            **_sampled_fields(paired.get("sampled"))})
     for group in groups.values():
         seeds = group["per_seed"]
         group["difference"] = t_interval([seed["difference"] for seed in seeds], confidence)
         group["exact_difference"] = t_interval([seed["exact_difference"] for seed in seeds], confidence)
+        if all("sampled_difference" in seed for seed in seeds):
+            group["sampled_start"] = float(np.mean([seed["sampled_start"] for seed in seeds]))
+            group["sampled_end"] = float(np.mean([seed["sampled_end"] for seed in seeds]))
+            group["sampled_difference"] = t_interval([seed["sampled_difference"] for seed in seeds], confidence)
+            group["pass_difference"] = t_interval([seed["pass_difference"] for seed in seeds], confidence)
         group["start"] = float(np.mean([seed["start"] for seed in seeds]))
         group["end"] = float(np.mean([seed["end"] for seed in seeds]))
         group["all_seeds_above_zero"] = all(seed["low"] > 0 for seed in seeds)
     return {"confidence": confidence, "groups": groups, "missing": missing}
 
 
+def _sampled_fields(sampled: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """One seed's sampled evaluation (lm_rl's --sampled_eval_k) for the summary; {} when the run had none."""
+    if not sampled:
+        return {}
+    return {"sampled_start": sampled["start"]["mean_reward"], "sampled_end": sampled["end"]["mean_reward"],
+            "sampled_difference": sampled["difference"]["mean"], "sampled_half_width": sampled["difference"]["half_width"],
+            "pass_start": sampled["start"]["pass_at_k"], "pass_end": sampled["end"]["pass_at_k"],
+            "pass_difference": sampled["pass_difference"]["mean"], "k": sampled["start"]["k"]}
+
+
+def _interval_text(interval: Dict[str, float]) -> str:
+    """'+0.083 ± 0.025', or '+0.083 (n = 1)' where one seed leaves no spread to measure."""
+    if interval["n"] < 2:
+        return f"{interval['mean']:+.3f} (n = {interval['n']})"
+    return f"{interval['mean']:+.3f} ± {interval['half_width']:.3f}"
+
+
 def paired_table(summary: Dict[str, Any]) -> str:
     """A markdown table of `summarize_paired`'s groups: start, end, paired difference (mean over seeds with its
     interval), each seed's difference with its own interval, solved-fraction change."""
     lines = ["| group | beta | start | end | end - start (seeds) | per seed: end - start (95% over items) "
-             "| solved: start -> end |",
-             "|---|---|---|---|---|---|---|"]
+             "| solved: start -> end | sampled: start -> end | sampled end - start (seeds) | pass@k end - start |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, group in sorted(summary["groups"].items()):
         difference = group["difference"]
         per_seed = ", ".join(f"{seed['difference']:+.3f} ± {seed['half_width']:.3f}" for seed in group["per_seed"])
         exact_start = np.mean([seed["exact_start"] for seed in group["per_seed"]])
         exact_end = np.mean([seed["exact_end"] for seed in group["per_seed"]])
+        if "sampled_difference" in group:
+            sampled = (f"{group['sampled_start']:.3f} -> {group['sampled_end']:.3f} "
+                       f"| {_interval_text(group['sampled_difference'])} | {_interval_text(group['pass_difference'])}")
+        else:
+            sampled = "- | - | -"
         lines.append(f"| {group['group']} | {float_name(group['beta'])} | {group['start']:.3f} | {group['end']:.3f} "
-                     f"| {difference['mean']:+.3f} ± {difference['half_width']:.3f} | {per_seed} "
-                     f"| {exact_start:.3f} -> {exact_end:.3f} |")
+                     f"| {_interval_text(difference)} | {per_seed} "
+                     f"| {exact_start:.3f} -> {exact_end:.3f} | {sampled} |")
     return "\n".join(lines)
 
 
@@ -396,8 +454,16 @@ def main(argv):
         for run in runs:
             print(" ".join(run["command"]))
         return 0
-    runs, stop_signal = run_sweep(runs, manifest_path, FLAGS.max_parallel, lambda index: distributed_env(
-        index, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id))
+    with user_errors():
+        if FLAGS.max_parallel < 1:
+            raise ValueError(f"--max_parallel={FLAGS.max_parallel} must be >= 1")
+        # One sweep per --out_root at a time (the lock is released when this process ends, however it ends).
+        lock = lock_output_dir(FLAGS.out_root, "--out_root")
+    try:
+        runs, stop_signal = run_sweep(runs, manifest_path, FLAGS.max_parallel, lambda index: distributed_env(
+            index, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id))
+    finally:
+        lock.release()
     unfinished = [run["name"] for run in runs if run["status"] != "succeeded"]
     print(json.dumps({"manifest": manifest_path, "runs": len(runs), "not_succeeded": unfinished}))
     if stop_signal is not None:

@@ -85,6 +85,19 @@ def test_presets_are_valid_and_keep_the_paper_structure():
         preset("sudoku", beta=0.1)
 
 
+def test_cpu_presets_carry_each_algorithms_measured_settings():
+    """The CPU preset: 32 prompts x 6 at temperature 0.9 for every method; diffu-GRPO (the default algorithm) at
+    learning rate 3e-4 with KL 0.04, FPO and SPG at 3e-6 (they drift at 3e-5), SPG without KL; a --config field
+    given overrides the preset's."""
+    default = preset("sudoku")
+    assert default.algo == "diffu_grpo" and default.learning_rate == 3e-4 and default.kl_beta == 0.04
+    assert (default.num_prompts, default.num_generations, default.rollout_temperature) == (32, 6, 0.9)
+    assert preset("sudoku", algo="fpo").learning_rate == 3e-6 and preset("sudoku", algo="fpo").kl_beta == 0.04
+    spg = preset("countdown", algo="spg")
+    assert spg.learning_rate == 3e-6 and spg.kl_beta == 0.0 and spg.num_prompts == 32
+    assert preset("sudoku", algo="spg", learning_rate=1e-5).learning_rate == 1e-5
+
+
 def test_paper_presets_carry_the_release_values():
     """The release's launch settings: 16 prompts x 6 completions; d1-FPO (language/d1/diffu-grpo train.yaml +
     slurm_scripts: NUM_ITER=8, beta 0.04, epsilon 0.5, 4 ELBO draws, dipod_beta 0.05, temperature 0.9 because

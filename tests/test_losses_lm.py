@@ -36,7 +36,9 @@ def np_grpo(x, eps, kl_beta, dipod_beta):
     per_token = -np_ppo(ratio, x["advantages"][:, None], eps)
     log_ref_ratio = x["ref"] - x["new"]
     per_token = per_token + kl_beta * (np.exp(log_ref_ratio) - log_ref_ratio - 1)
-    return (per_token * x["completion"]).sum() / x["completion"].sum() - dipod_beta * x["elbo"].mean()
+    # The DiPOD term on the loss's token-mean scale: sum_b ELBO_b / sum_b L_b.
+    return ((per_token * x["completion"]).sum() / x["completion"].sum()
+            - dipod_beta * x["elbo"].sum() / x["completion"].sum())
 
 
 def np_fpo(elbo_new, elbo_old, elbo_ref, advantages, eps, kl_beta, dipod_beta):
@@ -63,7 +65,8 @@ class LossValuesTest(chex.TestCase):
             loss, aux = fn(x["new"], x["old"], x["advantages"], x["completion"], token_logp_ref=x["ref"],
                            elbo=x["elbo"])
             np.testing.assert_allclose(loss, np_grpo(x, 0.2, 0.04, 0.05), rtol=1e-12)
-            np.testing.assert_allclose(aux["dipod_term"], -0.05 * x["elbo"].mean(), rtol=1e-10)
+            np.testing.assert_allclose(aux["dipod_term"], -0.05 * x["elbo"].sum() / x["completion"].sum(),
+                                       rtol=1e-10)
             self.assertGreater(float(aux["clip_fraction"]), 0.0)
 
     def test_grpo_averages_over_tokens_not_sequences(self):
@@ -135,7 +138,8 @@ class DipodAndGradientTest(chex.TestCase):
         """beta = 0 (a Python number): the DiPOD term does not enter the computation at all. The traced program
         of the loss and its gradient with an ELBO given is identical to the one without (so the compiled
         program, and its bits, are the same on every backend), the compiled values agree bit for bit and the
-        ELBO's gradient is exactly 0. beta > 0 adds -beta * mean ELBO (tolerances: a different program)."""
+        ELBO's gradient is exactly 0. beta > 0 adds -beta * (token or length-weighted) mean ELBO (tolerances: a
+        different program)."""
         x = {k: jnp.asarray(v, jnp.float32) if v.dtype != bool else jnp.asarray(v) for k, v in make_inputs(4).items()}
         for total in (grpo_total, fpo_total, spg_total):
             with_elbo = jax.value_and_grad(lambda new, inputs: total(new, inputs["elbo"], inputs, 0.0))
@@ -157,9 +161,9 @@ class DipodAndGradientTest(chex.TestCase):
                     new[:, 0], inputs["old"][:, 0], inputs["advantages"], 0.5, dipod_beta=0.0)[1]["pg_loss"])
                 self.assertEqual(str(jax.make_jaxpr(with_elbo)(x["new"], x)), str(jax.make_jaxpr(pg_only)(x["new"], x)))
                 continue
-            # GRPO: plain mean over the batch; SPG: weighted by completion lengths.
-            weights = np.ones(BATCH) if total is grpo_total else np.asarray(x["completion"].sum(-1), np.float64)
-            weights = weights / weights.sum()
+            # GRPO: token mean, sum_b ELBO_b / sum_b L_b; SPG: weighted by completion lengths.
+            lengths = np.asarray(x["completion"].sum(-1), np.float64)
+            weights = np.full(BATCH, 1.0 / lengths.sum()) if total is grpo_total else lengths / lengths.sum()
             np.testing.assert_allclose(value_beta - value, -0.5 * weights @ np.asarray(x["elbo"]), rtol=1e-5)
             np.testing.assert_allclose(grad_elbo_beta, -0.5 * weights, rtol=1e-6)
             np.testing.assert_allclose(grad_new_beta, grad_new, rtol=1e-6, atol=1e-7)

@@ -518,6 +518,53 @@ def test_lm_rl_resume_refuses_changed_settings_and_another_init_dir(pretrained, 
         lm_rl.train(_rl_settings(pretrained, tmp_path / "empty", resume=True), show_progress=False)
 
 
+def test_lm_rl_resume_refuses_a_test_file_changed_in_place(pretrained, tmp_path):
+    """Issue 21, class 5: the run record holds the test set's content digest, so a test file rewritten with other
+    puzzles of the same count under the same path is refused on --resume (it used to resume and pair different
+    items), naming the field."""
+    from dipod_jax.lm.tasks import sudoku
+
+    items = sudoku.load_test_set()
+    test_file = tmp_path / "test.csv"
+
+    def write_items(chosen):
+        test_file.write_text("Puzzle,Solution\n" + "".join(f"{i.puzzle},{i.solution}\n" for i in chosen))
+
+    write_items(items[:4])
+    out_dir = tmp_path / "run"
+    lm_rl.train(_rl_settings(pretrained, out_dir, steps=2, test_path=str(test_file)), show_progress=False)
+    write_items(items[4:8])
+    with pytest.raises(ValueError, match="settings.test_digest: "):
+        lm_rl.train(_rl_settings(pretrained, out_dir, steps=4, test_path=str(test_file), resume=True),
+                    show_progress=False)
+
+
+def test_lm_rl_damaged_evaluation_files_and_a_lost_final_record(pretrained, rl_straight, tmp_path):
+    """Issue 21, classes 5 and 8, on a copy of a finished run resumed at its last step: a final evaluation
+    record missing from metrics.jsonl (a death between paired_eval.json and the log) is logged again from the
+    file; a damaged paired_eval.json is evaluated again (same result); a damaged eval_start.json is refused in
+    one line before anything runs."""
+    import shutil
+
+    straight_dir, _ = rl_straight
+    copy = tmp_path / "copy"
+    shutil.copytree(straight_dir, copy)
+    records = files.read_metrics(str(copy))
+    final = [r for r in records if r["step"] == RL_RUN["steps"] and "eval/mean_reward" in r]
+    assert len(final) == 1
+    (copy / files.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records if r is not final[0]))
+    lm_rl.train(_rl_settings(pretrained, copy, resume=True), show_progress=False)
+    assert without_timing(files.read_metrics(str(copy))) == without_timing(records)
+    paired = files.read_json(str(copy / "paired_eval.json"))
+    (copy / "paired_eval.json").write_text("{")
+    summary = lm_rl.train(_rl_settings(pretrained, copy, resume=True), show_progress=False)
+    assert files.read_json(str(copy / "paired_eval.json")) == paired
+    assert summary["paired_eval"] == paired["difference"]
+    (copy / "eval_start.json").write_text('{"step": 0, "rewards": [0.5')
+    with pytest.raises(ValueError, match="eval_start.json is not readable"):
+        lm_rl.train(_rl_settings(pretrained, copy, resume=True), show_progress=False)
+
+
 def test_lm_rl_non_finite_final_update_exits_non_zero(pretrained, tmp_path):
     """Observation 1 for experiments.lm_rl (the issue's command: --steps=2 --checkpoint_interval=1
     --max_grad_norm=1e30 --learning_rate=1e30): the final update is non-finite; it is not saved, the run stops

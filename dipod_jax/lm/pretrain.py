@@ -18,6 +18,7 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -172,3 +173,20 @@ def load_pretrained(out_dir: str, step: int | None = None) -> tuple[LLaDA, Token
     params = store.restore(step, {"params": template})["params"]
     store.close()
     return bind_params(graphdef, state, params), tokenizer, {**run_config, "checkpoint_step": step}
+
+
+DISTRACTOR_STREAM = 1  # the third entry of the seed of the generator that picks distractor items
+
+
+def training_items(task, seed: int, step: int, batch: int, distractor_fraction: float = 0.0) -> list:
+    """The `batch` supervised items of `step`: drawn from a generator seeded by (seed, step), each replaced by
+    `task.distractor(item)` (a plausible wrong answer of one fixed kind) with probability `distractor_fraction`,
+    drawn from a second generator seeded by (seed, step, DISTRACTOR_STREAM), so that 0 leaves the data exactly
+    as without distractors and a resumed run sees the items an uninterrupted one would."""
+    items = task.generate(np.random.default_rng([seed, step]), batch)
+    if distractor_fraction > 0:
+        if task.distractor is None:
+            raise ValueError(f"task {task.name} has no distractor")
+        picks = np.random.default_rng([seed, step, DISTRACTOR_STREAM]).random(len(items))
+        items = [task.distractor(item) if pick < distractor_fraction else item for item, pick in zip(items, picks)]
+    return items

@@ -56,7 +56,10 @@ def grpo_loss(token_logp_new: chex.Array, token_logp_old: chex.Array, advantages
     Per real completion token: -min(r A, clip(r, 1 - eps, 1 + eps) A) + kl_beta * k3, with
     r = exp(logp_new - logp_old) and k3 = exp(ref - new) - (ref - new) - 1. Averaging follows d1: ONE mean
     over all real completion tokens of the batch, sum(per_token * mask) / sum(mask) (so long completions
-    weigh more), not a per-sequence mean followed by a batch mean.
+    weigh more), not a per-sequence mean followed by a batch mean. The DiPOD term is put on the same scale,
+    a token mean of the sequence ELBOs: -dipod_beta * sum_b ELBO_b / sum_b L_b with L_b the real completion
+    tokens of row b (a sequence ELBO added to a token-mean loss would weigh it about L times more; our
+    extension, the release's diffu-GRPO has no DiPOD term).
 
     Args:
       token_logp_new: [B, T] current per-token log-probs (differentiated).
@@ -103,7 +106,12 @@ def grpo_loss(token_logp_new: chex.Array, token_logp_old: chex.Array, advantages
         baseline = pg_loss + kl_beta * aux["kl"]
     else:
         baseline = pg_loss
-    loss = with_dipod(baseline, elbo, dipod_beta)
+    if elbo is None or is_zero_beta(dipod_beta):
+        loss = with_dipod(baseline, elbo, dipod_beta)
+    else:
+        # weighted_mean(ELBO_b / L_b, weights L_b) = sum_b ELBO_b / sum_b L_b.
+        lengths = jnp.sum(completion_mask, axis=-1).astype(elbo.dtype)
+        loss = with_dipod(baseline, elbo / jnp.maximum(lengths, 1.0), dipod_beta, weights=lengths)
     aux["dipod_term"] = dipod_term_metric(loss, baseline, dipod_beta)
     return loss, aux
 
@@ -118,7 +126,8 @@ def diffu_grpo_loss(token_logp_new: chex.Array, token_logp_old: chex.Array, adva
     token_logp_* is `token_log_probs(logits_fn(apply_mask(tokens, mask, mask_id)), tokens)` for ONE mask from
     `mask_completion_and_prompt` (every completion token hidden, prompt tokens hidden w.p. 0.15), the same
     mask for new, old and reference models, a fresh one per inner iteration. Defaults: eps = 0.5,
-    kl_beta = 0.04. The DiPOD `elbo` is the Section-3 sequence ELBO (`elbo_masked` with `mask_uniform_count`).
+    kl_beta = 0.04. The DiPOD `elbo` is the Section-3 sequence ELBO (`elbo_masked` with `mask_uniform_count`),
+    entered as a token mean (`grpo_loss`).
 
     Shapes as `grpo_loss`: token_logp_new / token_logp_old / token_logp_ref [B, T], advantages [B],
     completion_mask [B, T], elbo [B]. Returns (loss scalar, aux dict).

@@ -17,9 +17,11 @@ CHECKPOINT_DIR = "checkpoints"  # Orbax steps (dipod_jax.run.checkpoints)
 
 
 def write_atomic(path: str, write: Callable[[str], None]) -> None:
-    """Calls write(tmp_path) to create a temporary file next to `path`, then renames it to `path`.
+    """Calls write(tmp_path) to create a temporary file next to `path` (`write` must close what it opens), forces
+    it to disk (fsync), then renames it to `path`: the target is replaced only by a complete file.
 
-    The temporary file is removed if `write` fails; the parent directory is created when missing.
+    Any error (a failed write, or one only seen at close or fsync, e.g. no space left) is raised and leaves the
+    target as it was; the temporary file is removed. The parent directory is created when missing.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -27,11 +29,25 @@ def write_atomic(path: str, write: Callable[[str], None]) -> None:
     os.close(handle)
     try:
         write(tmp_path)
+        descriptor = os.open(tmp_path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.chmod(tmp_path, 0o644)  # mkstemp creates 0600 files
         os.replace(tmp_path, path)
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes `text` (UTF-8) to `path` atomically (`write_atomic`)."""
+    def write(tmp_path):
+        with open(tmp_path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    write_atomic(path, write)
 
 
 def write_json_atomic(path: str, record: Any) -> None:
@@ -89,7 +105,7 @@ def truncate_metrics(out_dir: str, last_step: int | None, step_key: str = "step"
     kept = [line if line.endswith("\n") else line + "\n" for line, record in parsed
             if record is not None and last_step is not None and record.get(step_key, last_step + 1) <= last_step]
     if len(kept) != len(parsed):
-        write_atomic(path, lambda tmp_path: open(tmp_path, "w").writelines(kept))
+        write_text_atomic(path, "".join(kept))
     return len(parsed) - len(kept)
 
 

@@ -42,11 +42,26 @@ from absl import logging
 
 from dipod_jax.run import record as run_record
 from dipod_jax.run.checkpoints import CheckpointStore
-from dipod_jax.run.files import MetricsLog, truncate_metrics, write_json_atomic
-from dipod_jax.run.program import UsageError
+from dipod_jax.run.files import CHECKPOINT_DIR, MetricsLog, truncate_metrics, write_json_atomic
+from dipod_jax.run.program import CheckpointWriteError, UsageError
 
 COMPLETED, TIME_BUDGET, NON_FINITE, SIGNAL = "completed", "time_budget", "non_finite", "signal"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP too: a closed terminal or a dropped SSH session stops a run as cleanly as SIGTERM.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def check_writable_directory(path: str, flag: str) -> None:
+    """UsageError naming `flag` unless `path` is (or can be created as) a directory this process can write to."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag}: {path} is a file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_probe.{os.getpid()}")
+        with open(probe, "w") as handle:
+            handle.write("probe\n")
+        os.remove(probe)
+    except OSError as error:
+        raise UsageError(f"{flag}: cannot write in {path} ({error.strerror})") from error
 
 
 @jax.jit
@@ -165,7 +180,10 @@ class Run:
         # Stop signals are caught before the record is written: a signal that arrives once the directory shows
         # the claim (also during compilation) ends the run after its next step, never mid-way by default action.
         self.signals = StopSignals().__enter__()
+        self.lock = None
         try:
+            if self.is_main:
+                self.lock = run_record.lock_output_dir(out_dir, flag)
             self.mode = run_record.claim_output_dir(out_dir, flag, record_file, self.record, resume,
                                                     tuple(progress_paths), tuple(other_run_files), write=False)
             _sync("claim checked")
@@ -175,14 +193,19 @@ class Run:
                 except OSError as error:
                     raise UsageError(f"{flag}={out_dir} is not writable ({error.strerror})") from error
             _sync("record written")
+            if self.is_main:
+                check_writable_directory(os.path.join(out_dir, CHECKPOINT_DIR), flag)
             self.checkpoints = CheckpointStore(out_dir, keep)
         except BaseException:
             self.signals.__exit__()
+            if self.lock is not None:
+                self.lock.release()
             raise
         self.step_key = step_key
         self.tensorboard_dir = tensorboard_dir
         self.log: MetricsLog | None = None
         self.stopped_by: int | None = None
+        self._checkpoint_failed = False
         self.started = time.time()
 
     @property
@@ -222,8 +245,16 @@ class Run:
         return self.log
 
     def save(self, step: int, trees: dict[str, Any]) -> None:
-        """Checkpoint `step` (atomic; the oldest beyond `keep` are deleted)."""
-        self.checkpoints.save(step, trees)
+        """Checkpoint `step` (atomic; the oldest beyond `keep` are deleted). CheckpointWriteError when it cannot
+        be written; the newest complete checkpoint stays."""
+        try:
+            self.checkpoints.save(step, trees)
+        except Exception as error:  # noqa: BLE001 - any failure to write ends the run the same way
+            self._checkpoint_failed = True
+            newest = self.checkpoints.latest()
+            raise CheckpointWriteError(f"cannot write checkpoint {step} in {self.checkpoints.directory} "
+                                       f"({type(error).__name__}: {error}); the newest complete checkpoint is "
+                                       f"{newest}") from error
 
     def stop_reason(self, time_budget_min: float = 0.0) -> str | None:
         """SIGNAL when a stop signal was received, TIME_BUDGET when the budget ran out (on any process: all
@@ -271,7 +302,12 @@ class Run:
         if self.log is not None:
             self.log.close()
             self.log = None
-        self.checkpoints.close()
+        # After a failed save Orbax's writer threads may never finish: closing the manager would wait for them.
+        if not self._checkpoint_failed:
+            self.checkpoints.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def __enter__(self) -> "Run":
         return self

@@ -11,6 +11,7 @@
 - Ctrl-C outside a run's training loop (which stops cleanly by itself) exits 130 without a traceback;
 - absl logging is set to WARNING unless --verbosity is given, so library INFO lines (Orbax reports every
   save) do not bury the progress bar;
+- a checkpoint that cannot be written ends the process at once with exit status 3 (EXIT_CHECKPOINT) and one line;
 - main's return value is the exit status (see `exit_code` for a run's summary).
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
@@ -26,6 +28,7 @@ from absl import app, flags, logging
 
 EXIT_USAGE = 2
 EXIT_NON_FINITE = 1
+EXIT_CHECKPOINT = 3  # a checkpoint could not be written (CheckpointWriteError)
 _HELP = {"help", "helpshort", "?", "h"}
 _HELP_FULL = {"helpfull"}
 _verbosity_given = False
@@ -33,6 +36,11 @@ _verbosity_given = False
 
 class UsageError(ValueError):
     """A user error (a flag, a field, a file) stated in one line; programs exit with status 2 on it."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (no space, no inodes, a file where a directory should be): the program
+    ends at once with EXIT_CHECKPOINT and one line, the newest complete checkpoint kept."""
 
 
 def one_line(error: BaseException) -> str:
@@ -122,6 +130,13 @@ def run_program(main: Callable[[list[str]], Any]) -> None:
             return _report(one_line(error), EXIT_USAGE)
         except KeyboardInterrupt:
             return _report("interrupted", 128 + signal.SIGINT)
+        except CheckpointWriteError as error:
+            # Orbax's writer threads may be blocked for good after a failed save, and the interpreter would wait
+            # for them at exit: report and end the process now.
+            _report(one_line(error), EXIT_CHECKPOINT)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_CHECKPOINT)
 
     app.run(wrapped, flags_parser=_parse_flags)
 

@@ -10,10 +10,15 @@ is compiled:
 - --resume: the directory must hold a checkpoint (or the experiment's other saved progress) and a record
   equal to this run's; every difference is listed ("field: saved -> now") and the resume is refused.
 
+A live process holds its directory exclusively (`lock_output_dir`: an OS lock the kernel releases when the
+process dies), so two processes never write one run, whichever path admitted the second.
+
 This module needs no JAX, so the sweep runner can ask whether a run directory can be resumed.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 from typing import Any, Iterable
@@ -24,6 +29,57 @@ from dipod_jax.run.files import CHECKPOINT_DIR, METRICS_FILE, read_json, write_j
 from dipod_jax.run.program import UsageError
 
 FRESH, RESTART, RESUME = "fresh", "restart", "resume"
+LOCK_FILE = ".lock"
+
+
+class DirectoryLock:
+    """An exclusive lock on a directory, held while this object is open: `flock` on dir/LOCK_FILE, which holds
+    the holder's PID for messages. The kernel releases it when the process ends, however it ends."""
+
+    def __init__(self, directory: str, flag: str):
+        path = os.path.join(directory, LOCK_FILE)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise UsageError(f"{flag}={directory}: cannot create {LOCK_FILE} ({error.strerror})") from error
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            raise UsageError(f"{flag}={directory} is in use by process {holder} (a live run holds it); wait for "
+                             "it to end or stop it, or choose another directory") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Releases the lock (closing the file releases the flock); safe to call twice."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def lock_output_dir(directory: str, flag: str) -> DirectoryLock:
+    """The exclusive lock of `directory` for this process; UsageError naming `flag` and the holder's PID when
+    another live process holds it."""
+    return DirectoryLock(directory, flag)
+
+
+def value_digest(value: Any) -> str:
+    """"sha256:<hex>" of a JSON-able value (e.g. a test set's items as dicts): recorded for each input, so a
+    resumed run refuses one whose content changed although its path did not."""
+    text = json.dumps(normalized(value), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_digest(path: str) -> str:
+    """"sha256:<hex>" of the file's bytes: recorded for each input file, so a resumed run refuses a changed one."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
 
 
 def float_name(value: float) -> str:

@@ -8,6 +8,8 @@
   target_completion(item, template) -> str           (the supervised completion, d1 answer format)
   reward(completion_text, item) -> float             (docs/algorithms.md, section 4.7; linear time)
   longest_item() -> item                             (as long as any generated item; None for GSM8K)
+  distractor(item) -> item                           (the generated item with a plausible wrong answer of one
+                                                     fixed kind as its completion; None for GSM8K)
 and `templates`, the prompt templates it supports (the first is its default).
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Task:
     target_completion: Callable[[Any, str], str]
     reward: Callable[[str, Any], float]
     longest_item: Callable[[], Any] | None
+    distractor: Callable[[Any], Any] | None = None
 
 
 def _sudoku_generate(rng: np.random.Generator, count: int, num_blanks: int | tuple[int, int] = (6, 10)) -> list:
@@ -48,6 +51,7 @@ def _sudoku_task(name: str, test_file: str) -> Task:
         target_completion=sudoku.target_completion,
         reward=sudoku.reward,
         longest_item=sudoku.longest_item,
+        distractor=sudoku.distractor_item,
     )
 
 
@@ -63,6 +67,7 @@ TASKS: dict[str, Task] = {
         target_completion=countdown.target_completion,
         reward=countdown.reward,
         longest_item=countdown.longest_item,
+        distractor=countdown.distractor_item,
     ),
     "gsm8k": Task(
         name="gsm8k",

@@ -103,6 +103,33 @@ def generate_items(rng: np.random.Generator, count: int) -> list[CountdownItem]:
     return items
 
 
+_OPERATOR_SWAP = str.maketrans("+-*/", "-+/*")
+_OPERATOR_CROSS = str.maketrans("+-*/", "*/+-")
+
+
+def _distractor_candidates(expression: str):
+    yield expression.translate(_OPERATOR_SWAP)
+    for index, char in enumerate(expression):
+        if char in "+-*/":
+            yield expression[:index] + char.translate(_OPERATOR_CROSS) + expression[index + 1:]
+
+
+def distractor_item(item: CountdownItem) -> CountdownItem:
+    """The item with a plausible wrong answer of one fixed kind: the generator's expression over the same numbers
+    with every operator exchanged for its inverse (+ <-> -, * <-> /). Where that still reaches the target or
+    divides by zero (identities such as 'x+y-y', 1.5% of generated items), the first single operator changed
+    across precedence (+ -> *, - -> /, * -> +, / -> -) whose expression misses the target; every generated
+    item has one. The answer is well formed and uses each number once, so it earns the format reward 0.1.
+    ValueError for an item without an expression (test items) or with no such answer."""
+    if item.expression is None:
+        raise ValueError("countdown.distractor_item: this item has no expression (test items have none)")
+    for candidate in _distractor_candidates(item.expression):
+        value = parse_arithmetic(candidate).value
+        if value is not None and value != item.target:
+            return dataclasses.replace(item, expression=candidate)
+    raise ValueError(f"countdown.distractor_item: no operator change of {item.expression!r} misses {item.target}")
+
+
 def longest_item() -> CountdownItem:
     """An item whose prompt and supervised completion are as long as any generated one can be: three
     3-digit numbers, a 3-digit target and the generator's longest rendering (one pair of brackets)."""

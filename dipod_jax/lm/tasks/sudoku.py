@@ -123,6 +123,16 @@ def longest_item() -> SudokuItem:
     return SudokuItem(puzzle="0" * GRID_CELLS, solution=all_valid_grids()[0])
 
 
+DISTRACTOR_SWAP = str.maketrans("12", "21")
+
+
+def distractor_item(item: SudokuItem) -> SudokuItem:
+    """The item with a plausible wrong answer of one fixed kind: the solution with the digits 1 and 2 exchanged
+    everywhere. It is a valid grid (exchanging two symbols keeps every unit a permutation) that contradicts every
+    clue 1 or 2 of the puzzle, so its reward is the fraction of empty cells holding a 3 or a 4."""
+    return dataclasses.replace(item, solution=item.solution.translate(DISTRACTOR_SWAP))
+
+
 def load_test_set(name_or_path: str = SHIPPED_TEST_FILES[0]) -> list[SudokuItem]:
     """Reads a Puzzle,Solution CSV: a shipped file name (package data) or a filesystem path (UTF-8).
 
