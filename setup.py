@@ -1,6 +1,8 @@
 """dipod_jax: DiPOD (Diffusion Policy Optimization without Drifting Apart) in JAX/Flax."""
 from setuptools import find_packages, setup
 
+DOCS = ["mkdocs>=1.6.1", "mkdocs-material>=9.8.2", "mkdocstrings[python]>=1.0.8"]
+
 setup(
     name="dipod_jax",
     version="0.1.0",
@@ -30,6 +32,8 @@ setup(
         "pyyaml>=6.0.4",
     ],
     # "launch": SkyPilot for launch/skypilot_task.py (the gcloud commands of launch/tpu_pod.py need only gcloud).
-    extras_require={"test": ["pytest>=9.2.0", "hypothesis>=6.170", "pytest-xdist>=3.8.0"],
+    # "docs": the MkDocs site (docs/, mkdocs.yml); CI builds it strictly, so the test extra includes it.
+    extras_require={"test": ["pytest>=9.2.0", "hypothesis>=6.170", "pytest-xdist>=3.8.0", *DOCS],
+                    "docs": DOCS,
                     "launch": ["skypilot>=0.14.1"]},
 )

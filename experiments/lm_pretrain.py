@@ -54,7 +54,7 @@ from dipod_jax.lm.tasks import TASKS, get_task
 from dipod_jax.lm.tokenizer import Tokenizer, char_tokenizer, tokenizer_config
 from dipod_jax.run.config import field_defaults
 from dipod_jax.run.harness import COMPLETED, TIME_BUDGET, Run, non_finite, progress_bar
-from dipod_jax.run.program import check_flag_bounds, finish_run, run_program, user_errors
+from dipod_jax.run.program import UsageError, check_flag_bounds, finish_run, run_program, user_errors
 from dipod_jax.run.record import value_digest
 
 @dataclasses.dataclass(frozen=True)
@@ -241,8 +241,14 @@ def train(settings: PretrainSettings, show_progress: bool = True) -> dict[str, A
         task = get_task(settings.task)
         run_config = build_run_config(settings, tokenizer)
         eval_sets = evaluation_sets(settings)
-        run = Run(settings.workdir, experiment="lm_pretrain", record_file=CONFIG_FILE, record=run_config,
-                  resume=settings.resume)
+        try:
+            run = Run(settings.workdir, experiment="lm_pretrain", record_file=CONFIG_FILE, record=run_config,
+                      resume=settings.resume)
+        except UsageError as error:
+            if settings.decay_steps == 0 and "settings.decay_steps:" in str(error):
+                raise UsageError(f"{error} (--decay_steps=0 follows --steps, so a longer run changes the schedule: "
+                                 "pass --decay_steps=<the recorded value> to extend the run with the same one)") from error
+            raise
     with run:
         return _train(settings, run, run_config, tokenizer, task, eval_sets, show_progress)
 

@@ -306,7 +306,10 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
         model, tokenizer, info = load_policy(settings, settings.seed)
         task = get_task(info["task"])
         config = build_rl_config(settings, info)
-        devices = jax.devices()[: settings.num_devices] if settings.num_devices else jax.devices()
+        if config.lora_only and not model.config.lora_rank:
+            raise ValueError("--config.lora_only=true trains only LoRA adapters, and this model has none: pass "
+                             "--lora_rank (and --lora_alpha)")
+        devices = select_devices(settings)
         mesh = sharding.make_mesh(data=settings.mesh_data, devices=devices) if len(devices) > 1 else None
         num_processes = jax.process_count()
         if config.num_prompts % num_processes:
@@ -314,6 +317,7 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
                              "processes")
         rl.check_batch_divisible(config.rollout_batch_size, config, mesh)
         test_items = task.load_test(settings.test_path)
+        check_task_fits(task, info, tokenizer, test_items, settings)
         run = Run(settings.workdir, experiment="lm_rl", record_file=RUN_CONFIG_FILE,
                   record=run_record(settings, config, info, test_items), resume=settings.resume)
         if run.resuming:
@@ -325,6 +329,39 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
                 raise
     with run:
         return _train(settings, run, model, tokenizer, info, task, config, mesh, test_items, show_progress)
+
+
+def select_devices(settings: RLRunSettings) -> list:
+    """The devices of the run (--num_devices, 0 = all); ValueError naming the flag when there are fewer, or when
+    --mesh_data does not divide them (both used to be ignored silently)."""
+    available = jax.devices()
+    if settings.num_devices > len(available):
+        raise ValueError(f"--num_devices={settings.num_devices}: only {len(available)} device(s) here")
+    devices = available[: settings.num_devices] if settings.num_devices else available
+    if len(devices) % settings.mesh_data:
+        raise ValueError(f"--mesh_data={settings.mesh_data} does not divide the {len(devices)} device(s) of the run")
+    return devices
+
+
+def check_task_fits(task, info: dict[str, Any], tokenizer, test_items: list, settings: RLRunSettings) -> None:
+    """ValueError, before anything compiles, when the task cannot run on the model's layout: a template the task
+    does not have, a test prompt longer than the model's prompt columns, or answers of the task (its longest
+    generated item) longer than the model's generation region."""
+    source = f"--init_dir={settings.init_dir}" if settings.init_dir else f"--llada_dir={settings.llada_dir}"
+    if info["template"] not in task.templates:
+        raise ValueError(f"--task={task.name} has templates {list(task.templates)}, not the model's "
+                         f"{info['template']!r} ({source})")
+    for index, item in enumerate(test_items):
+        length = data.required_lengths(task, [item], tokenizer, info["template"], with_completions=False)[0]
+        if length > info["prompt_length"]:
+            where = settings.test_path or f"the {task.name} test set"
+            raise ValueError(f"{where}: item {index + 1} has a {length}-token prompt, longer than the model's "
+                             f"{info['prompt_length']} prompt columns ({source})")
+    if task.longest_item is not None:
+        prompt, gen = data.required_lengths(task, [task.longest_item()], tokenizer, info["template"])
+        if prompt > info["prompt_length"] or gen > info["gen_length"]:
+            raise ValueError(f"--task={task.name} needs {prompt} prompt and {gen} generated tokens; the model in "
+                             f"{source} has {info['prompt_length']} and {info['gen_length']}")
 
 
 def check_start_evaluation(path: str, items: int, samples: int) -> None:

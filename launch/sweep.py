@@ -46,7 +46,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from absl import flags
 
-from dipod_jax.run.files import write_json_atomic
+from dipod_jax.run.files import read_json, write_json_atomic
 from dipod_jax.run.program import UsageError, run_program, user_errors
 from dipod_jax.run.record import float_name, has_checkpoint, lock_output_dir
 from dipod_jax.run.statistics import t_interval
@@ -130,10 +130,21 @@ def write_manifest(path: str, runs: List[Dict[str, Any]]) -> None:
     write_json_atomic(path, {"runs": runs})
 
 
+MANIFEST_FIELDS = ("name", "group", "beta", "seed", "workdir")
+
+
 def read_manifest(path: str) -> List[Dict[str, Any]]:
-    """The runs of a manifest written by `write_manifest`."""
-    with open(path) as handle:
-        return json.load(handle)["runs"]
+    """The runs of a manifest written by `write_manifest`; ValueError naming the file for one that is not JSON
+    or whose entries lack a field the summaries need."""
+    manifest = read_json(path)
+    runs = manifest.get("runs") if isinstance(manifest, dict) else None
+    if not isinstance(runs, list):
+        raise ValueError(f"{path}: not a sweep manifest (no \"runs\" list)")
+    for index, run in enumerate(runs):
+        missing = [field for field in MANIFEST_FIELDS if not isinstance(run, dict) or field not in run]
+        if missing:
+            raise ValueError(f"{path}: entry {index + 1} has no {', '.join(missing)}")
+    return runs
 
 
 def merge_previous(runs: List[Dict[str, Any]], previous: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -272,8 +283,18 @@ def read_curve(workdir: str, metric: str) -> List[tuple]:
     if not os.path.exists(path):
         return []
     with open(path) as handle:
-        records = [json.loads(line) for line in handle if line.strip()]
-    return [(record["step"], record[metric]) for record in records if metric in record]
+        lines = [(number, line) for number, line in enumerate(handle, start=1) if line.strip()]
+    records = []
+    for position, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if position == len(lines) - 1 and not line.endswith("\n"):
+                break  # a line being written (or torn by a kill): the run's resume drops it too
+            raise ValueError(f"{path}:{number}: not a JSON record") from None
+        if isinstance(record, dict) and metric in record and "step" in record:
+            records.append((record["step"], record[metric]))
+    return records
 
 
 def summarize(runs: List[Dict[str, Any]], metric: str, confidence: float = 0.95) -> Dict[str, Any]:
@@ -303,6 +324,10 @@ def summarize(runs: List[Dict[str, Any]], metric: str, confidence: float = 0.95)
         group["curves"].append(curve)
     for group in groups.values():
         interval = t_interval(group["finals"], confidence)
+        finite = [bool(np.isfinite(final)) for final in group["finals"]]
+        # The interval is over the finite finals: name only those seeds, and the others apart.
+        group["left_out"] = [seed for seed, ok in zip(group["seeds"], finite) if not ok]
+        group["seeds"] = [seed for seed, ok in zip(group["seeds"], finite) if ok]
         group.update(mean=interval["mean"], low=interval["low"], high=interval["high"])
     return {"metric": metric, "confidence": confidence, "groups": groups, "missing": missing}
 
@@ -331,18 +356,21 @@ def summarize_paired(runs: List[Dict[str, Any]], confidence: float = 0.95) -> Di
         if not os.path.exists(path):
             missing.append(run["name"])
             continue
-        with open(path) as handle:
-            paired = json.load(handle)
+        paired = read_json(path)
+        try:
+            seed_fields = {
+                "seed": run["seed"], "start": paired["start"]["mean_reward"], "end": paired["end"]["mean_reward"],
+                "difference": paired["difference"]["mean"], "half_width": paired["difference"]["half_width"],
+                "low": paired["difference"]["low"], "exact_start": paired["start"]["exact_fraction"],
+                "exact_end": paired["end"]["exact_fraction"],
+                "exact_difference": paired["exact_difference"]["mean"],
+                **_sampled_fields(paired.get("sampled"))}
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a complete paired evaluation (missing {error})") from None
         group = groups.setdefault(f"{run['group']}_beta{float_name(run['beta'])}", {
             "group": run["group"], "beta": run["beta"], "seeds": [], "per_seed": []})
         group["seeds"].append(run["seed"])
-        group["per_seed"].append({
-            "seed": run["seed"], "start": paired["start"]["mean_reward"], "end": paired["end"]["mean_reward"],
-            "difference": paired["difference"]["mean"], "half_width": paired["difference"]["half_width"],
-            "low": paired["difference"]["low"], "exact_start": paired["start"]["exact_fraction"],
-            "exact_end": paired["end"]["exact_fraction"],
-            "exact_difference": paired["exact_difference"]["mean"],
-            **_sampled_fields(paired.get("sampled"))})
+        group["per_seed"].append(seed_fields)
     for group in groups.values():
         seeds = group["per_seed"]
         group["difference"] = t_interval([seed["difference"] for seed in seeds], confidence)
@@ -437,17 +465,22 @@ def main(argv):
             if os.path.exists(manifest_path):
                 runs = merge_previous(runs, read_manifest(manifest_path))
     if FLAGS.summarize == PAIRED:
-        summary = summarize_paired(runs)
+        with user_errors():
+            summary = summarize_paired(runs)
         write_json_atomic(os.path.join(FLAGS.out_root, f"summary_{PAIRED}.json"), summary)
         print(paired_table(summary))
         return 0
     if FLAGS.summarize:
-        summary = summarize(runs, FLAGS.summarize)
+        with user_errors():
+            summary = summarize(runs, FLAGS.summarize)
         suffix = FLAGS.summarize.replace("/", "_")
         plot_summary(summary, os.path.join(FLAGS.out_root, f"curves_{suffix}.png"))
         write_json_atomic(os.path.join(FLAGS.out_root, f"summary_{suffix}.json"), summary)
         for name, group in sorted(summary["groups"].items()):
-            print(f"{name}: {group['mean']:.4f} [{group['low']:.4f}, {group['high']:.4f}] over seeds {group['seeds']}")
+            interval = (f"[{group['low']:.4f}, {group['high']:.4f}]" if len(group["seeds"]) > 1
+                        else f"(n = {len(group['seeds'])}: no interval)")
+            left_out = f"; left out (not finite): {group['left_out']}" if group["left_out"] else ""
+            print(f"{name}: {group['mean']:.4f} {interval} over seeds {group['seeds']}{left_out}")
         return 0
     if FLAGS.dry_run:
         write_manifest(manifest_path, runs)

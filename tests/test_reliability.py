@@ -19,6 +19,7 @@ starting checkpoint of every RL test.
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -437,6 +438,8 @@ def test_lm_pretrain_resume_refuses_changed_settings(pretrained, change, listed)
         lm_pretrain.train(lm_pretrain.PretrainSettings(workdir=pretrained, resume=True, **{**PRETRAIN, **change}),
                           show_progress=False)
     assert listed in str(refused.value)
+    # A --steps that moves the schedule says how to extend the run with the same one (issue 21, class 9).
+    assert ("pass --decay_steps=<the recorded value>" in str(refused.value)) == ("steps" in change)
     assert files.read_json(os.path.join(pretrained, "config.json")) == before
 
 
@@ -565,6 +568,34 @@ def test_lm_rl_damaged_evaluation_files_and_a_lost_final_record(pretrained, rl_s
         lm_rl.train(_rl_settings(pretrained, copy, resume=True), show_progress=False)
 
 
+@pytest.mark.parametrize("changes, message", [
+    (dict(task="gsm8k"), "--task=gsm8k has templates ['d1'], not the model's 'compact'"),
+    (dict(num_devices=99), "--num_devices=99: only 8 device(s) here"),
+    (dict(mesh_data=3), "--mesh_data=3 does not divide the 1 device(s) of the run"),
+    (dict(overrides=dict(lora_only=True)), "--config.lora_only=true trains only LoRA adapters, and this model has none"),
+])
+def test_lm_rl_impossible_settings_are_refused_before_anything_runs(pretrained, tmp_path, changes, message):
+    """Issue 21, classes 6 and 7: a task whose template the model lacks, more devices than there are, a mesh that does not divide them, and LoRA-only training
+    without adapters are one-line errors before any compile and before the directory is claimed (they used to
+    run silently or end in a traceback)."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        lm_rl.train(_rl_settings(pretrained, tmp_path / "run", **changes), show_progress=False)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_lm_rl_test_prompts_longer_than_the_model_are_refused(pretrained):
+    """Issue 21, class 7: a test prompt longer than the model's prompt columns is named (item and file) before
+    compiling, instead of failing inside the first evaluation."""
+    from dipod_jax.lm.tasks import get_task
+    from dipod_jax.lm.tokenizer import char_tokenizer
+
+    task = get_task("sudoku")
+    info = {"task": "sudoku", "template": "compact", "prompt_length": 16, "gen_length": 24}
+    settings = _rl_settings(pretrained, "unused", test_path="puzzles.csv")
+    with pytest.raises(ValueError, match="puzzles.csv: item 1 has a 17-token prompt, longer than the model's 16"):
+        lm_rl.check_task_fits(task, info, char_tokenizer(), task.load_test(None)[:3], settings)
+
+
 def test_lm_rl_non_finite_final_update_exits_non_zero(pretrained, tmp_path):
     """Observation 1 for experiments.lm_rl (the issue's command: --steps=2 --checkpoint_interval=1
     --max_grad_norm=1e30 --learning_rate=1e30): the final update is non-finite; it is not saved, the run stops
@@ -656,3 +687,16 @@ def test_user_errors_are_one_line_with_status_2(a_file, pretrained, tmp_path):
     assert not os.path.exists(f"{tmp_path}/c/checkpoints") and not os.path.exists(f"{tmp_path}/p")
     status, out, _ = run_command("experiments.lm_pretrain", "--help")
     assert status == 0 and "--weight_decay" in out
+
+
+def test_lm_rl_answers_longer_than_the_generation_region_are_refused(pretrained):
+    """Issue 21, class 6: a task whose longest answer needs more generated tokens than the model has (here a
+    Countdown run on a layout with 12 generation columns; Countdown needs 16) is refused naming both."""
+    from dipod_jax.lm.tasks import get_task
+    from dipod_jax.lm.tokenizer import char_tokenizer
+
+    task = get_task("countdown")
+    info = {"task": "countdown", "template": "compact", "prompt_length": 17, "gen_length": 12}
+    with pytest.raises(ValueError, match="--task=countdown needs 17 prompt and 16 generated tokens; the model in "
+                                         "--init_dir=.* has 17 and 12"):
+        lm_rl.check_task_fits(task, info, char_tokenizer(), task.load_test(None)[:2], _rl_settings(pretrained, "x"))

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -170,6 +171,10 @@ def test_sweep_refuses_to_relaunch_a_run_whose_recorded_process_is_alive(tmp_pat
     again beside it (one line naming the PID); a dead PID, or a PID reused by another program, is no obstacle."""
     workdir = str(tmp_path / "fpo_beta0_seed0")
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", f"--workdir={workdir}"])
+    deadline = time.time() + 30
+    while workdir not in open(f"/proc/{alive.pid}/cmdline", "rb").read().decode(errors="replace"):
+        assert time.time() < deadline  # until the child has exec'd its own command line
+        time.sleep(0.01)
     try:
         runs = [{"name": "fpo_beta0_seed0", "workdir": workdir, "command": [sys.executable, "-c", "pass"],
                  "status": "running", "pid": alive.pid}]
@@ -257,3 +262,92 @@ def test_value_digest_changes_with_content_not_with_key_order():
     assert record.value_digest(items) == record.value_digest(same)
     assert record.value_digest(items) != record.value_digest([items[0], dict(items[1], solution="4213")])
     assert record.value_digest(items).startswith("sha256:")
+
+
+# ------------------------------------------------------------------------- 9. a failed resume changes nothing
+
+
+def test_checkpoints_of_another_model_are_left_in_place(tmp_path):
+    """Class 9: when no checkpoint fits the run's template (another model's shapes), none is moved to
+    checkpoints_unreadable/ (a later --resume with the right model still finds them) and the error says why."""
+    from dipod_jax.run.checkpoints import CheckpointStore
+
+    store = CheckpointStore(str(tmp_path))
+    for step in (1, 2):
+        store.save(step, {"state": {"w": np.full(3, step, np.float32)}})
+    step, trees = store.restore_newest({"state": {"w": jnp.zeros(4, jnp.float32)}})
+    assert step is None and trees is None
+    assert store.steps() == [1, 2] and not os.path.exists(tmp_path / "checkpoints_unreadable")
+    assert store.last_error.startswith("checkpoint 2: ")
+    step, trees = store.restore_newest({"state": {"w": jnp.zeros(3, jnp.float32)}})
+    assert step == 2 and trees["state"]["w"].tolist() == [2.0, 2.0, 2.0]
+    store.close()
+
+
+def test_messages_name_what_happened(tmp_path, caplog):
+    """Class 9: a damaged middle line of metrics.jsonl is reported as such (file:line), not as a record logged
+    after the checkpoint; a run record that is not UTF-8 is named in the error."""
+    path = tmp_path / files.METRICS_FILE
+    path.write_text('{"step": 1}\n{"step": 2, "x"\n{"step": 3}\n{"step": 4}\n')
+    with caplog.at_level("WARNING"):
+        assert files.truncate_metrics(str(tmp_path), 3) == 2
+    assert f"{path}:2 is not a JSON record" in caplog.text and "dropped 1 records logged after step 3" in caplog.text
+    assert [r["step"] for r in files.read_metrics(str(tmp_path))] == [1, 3]
+    (tmp_path / "config.json").write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(ValueError, match=f"{tmp_path / 'config.json'}: not UTF-8"):
+        files.read_json(str(tmp_path / "config.json"))
+
+
+# --------------------------------------------------------------- 7. user errors are one line, never a traceback
+
+
+def test_fractional_network_widths_are_refused_naming_the_field():
+    """Class 7: --config.actor_hidden="(1.5,)" is a ConfigError naming the field (it used to fail in Flax)."""
+    from dipod_jax.control.configs import TrainConfig
+    from dipod_jax.run.config import ConfigError
+
+    with pytest.raises(ConfigError, match="actor_hidden: must be a non-empty tuple of positive integer widths"):
+        TrainConfig(actor_hidden=(1.5,))
+    with pytest.raises(ConfigError, match="critic_hidden"):
+        TrainConfig(critic_hidden=(64, 0))
+
+
+def test_metrics_path_that_is_a_directory_is_refused(tmp_path):
+    """Class 7: a `metrics.jsonl` that is a directory is a one-line error when a resumed run is set up (it used
+    to be a traceback when the log was opened)."""
+    with harness.Run(str(tmp_path), experiment="demo", record_file="config.json", record={}, resume=False) as run:
+        run.save(1, {"state": {"w": np.ones(2, np.float32)}})
+    (tmp_path / files.METRICS_FILE).mkdir()
+    with pytest.raises(program.UsageError, match="metrics.jsonl is not a file"):
+        harness.Run(str(tmp_path), experiment="demo", record_file="config.json", record={}, resume=True)
+
+
+def _manifest_run(tmp_path, name, seed, final, paired=None, metrics_text=None):
+    workdir = tmp_path / name
+    workdir.mkdir()
+    text = metrics_text if metrics_text is not None else json.dumps({"step": 1, "eval/mean_reward": final}) + "\n"
+    (workdir / files.METRICS_FILE).write_text(text)
+    if paired is not None:
+        (workdir / "paired_eval.json").write_text(paired)
+    return {"name": name, "group": "fpo", "beta": 0.0, "seed": seed, "workdir": str(workdir)}
+
+
+def test_sweep_summaries_name_damaged_inputs_and_the_seeds_they_leave_out(tmp_path):
+    """Classes 7 and 10 for `launch.sweep --summarize`: a damaged middle line of metrics.jsonl, a paired_eval.json
+    without its fields and a manifest entry without a workdir are ValueErrors naming the file; a torn last line
+    (a run still writing) is skipped; a seed whose final is NaN is listed as left out, not among the seeds."""
+    runs = [_manifest_run(tmp_path, "s0", 0, 0.5), _manifest_run(tmp_path, "s1", 1, float("nan")),
+            _manifest_run(tmp_path, "s2", 2, 0.7, metrics_text=json.dumps({"step": 1, "eval/mean_reward": 0.7})
+                          + '\n{"step": 2, "eval/me')]
+    summary = sweep.summarize(runs, "eval/mean_reward")
+    group = summary["groups"]["fpo_beta0"]
+    assert group["seeds"] == [0, 2] and group["left_out"] == [1] and group["mean"] == pytest.approx(0.6)
+    bad = _manifest_run(tmp_path, "s3", 3, 0.1, metrics_text='{"step": 1}\n{"step": \n{"step": 3}\n')
+    with pytest.raises(ValueError, match=f"{bad['workdir']}/metrics.jsonl:2: not a JSON record"):
+        sweep.summarize([bad], "eval/mean_reward")
+    partial = _manifest_run(tmp_path, "s4", 4, 0.1, paired='{"difference": {"mean": 0.1}}')
+    with pytest.raises(ValueError, match="paired_eval.json: not a complete paired evaluation"):
+        sweep.summarize_paired([partial])
+    (tmp_path / "manifest.json").write_text(json.dumps({"runs": [{"name": "x", "group": "fpo", "beta": 0, "seed": 0}]}))
+    with pytest.raises(ValueError, match="manifest.json: entry 1 has no workdir"):
+        sweep.read_manifest(str(tmp_path / "manifest.json"))

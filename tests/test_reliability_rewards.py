@@ -384,15 +384,33 @@ def test_huge_bad_row_is_named_not_echoed(tmp_path, task, bad_row, where):
 @pytest.mark.parametrize("content", ["empty", "blank lines", "header only"])
 def test_empty_test_file_is_refused(tmp_path, task, header, row, content):
     """Observation 8: a test file with no items (empty, only blank lines, or only the CSV header) is a
-    ValueError naming the file (before: a run with NaN metrics and exit code 0)."""
+    ValueError naming the file (before: a run with NaN metrics and exit code 0). Blank lines are skipped alike
+    in the CSV and the JSONL loaders (issue 21, class 10)."""
     text = {"empty": "", "blank lines": "\n\n  \n", "header only": header or "\n"}[content]
     if task == "sudoku" and content == "blank lines":
-        text = header + text  # a CSV's blank line is a row with 0 fields, already an error with a line number
-        match = r"empty\.txt:2: expected 2 fields"
-    else:
-        match = r"empty\.txt: (the file is empty|no puzzles|no items|no rows)"
+        text = header + text
+    match = r"empty\.txt: (the file is empty|no puzzles|no items|no rows)"
     with pytest.raises(ValueError, match=match):
         _load(task, tmp_path, "empty.txt", text.encode())
+
+
+@pytest.mark.parametrize("task,bad_row,message", [
+    ("countdown", '{"input": "0,2,3", "output": "6"}\n', ":2: numbers and target must be integers in [1, 9999]"),
+    ("countdown", '{"input": "-4,2,3", "output": "6"}\n', ":2: numbers and target must be integers in [1, 9999]"),
+    ("countdown", '{"input": "1,2,3", "output": "' + "9" * 4000 + '"}\n', ":2: numbers and target must be"),
+    ("sudoku", "1234341221434321,1234341221434321\n", ":3: puzzle '1234341221434321' has no empty cell"),
+    ("gsm8k", '{"question": "q", "answer": "so #### "}\n', ":2: 'answer' has nothing after its '####' marker"),
+])
+def test_rows_that_cannot_be_scored_meaningfully_are_refused(tmp_path, task, bad_row, message):
+    """Issue 21, class 10 (and 6): zero or negative Countdown numbers, a 4,000-digit target (it made lm_pretrain
+    build a 4,024-token model), a Sudoku puzzle with no empty cell (reward 0 whatever the answer) and a GSM8K row
+    with an empty final answer (an empty completion scored 2.0) are refused naming file:line; a blank line in a
+    Sudoku CSV is skipped."""
+    header = {"sudoku": "Puzzle,Solution\n" + GOOD_SUDOKU_ROW, "countdown": GOOD_COUNTDOWN_ROW,
+              "gsm8k": GOOD_GSM8K_ROW}[task]
+    with pytest.raises(ValueError, match=re.escape("bad.txt" + message)):
+        _load(task, tmp_path, "bad.txt", (header + bad_row).encode())
+    assert len(_load("sudoku", tmp_path, "blank.csv", ("Puzzle,Solution\n\n" + GOOD_SUDOKU_ROW + "\n").encode())) == 1
 
 
 @pytest.mark.parametrize("task", ["sudoku", "countdown", "gsm8k"])

@@ -239,10 +239,10 @@ def validate_config(config: TrainConfig) -> None:
         fail("cfm_loss_clamp", "must be a number (<= 0: off)")
     if len(config.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in config.adam_betas):
         fail("adam_betas", "must be a pair of numbers in [0, 1)")
-    if not config.actor_hidden or min(config.actor_hidden) < 1:
-        fail("actor_hidden", "must be a non-empty tuple of positive widths")
-    if not config.critic_hidden or min(config.critic_hidden) < 1:
-        fail("critic_hidden", "must be a non-empty tuple of positive widths")
+    for field in ("actor_hidden", "critic_hidden"):
+        widths = getattr(config, field)
+        if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+            fail(field, f"must be a non-empty tuple of positive integer widths, got {widths!r}")
     if config.cfm_variant not in CFM_VARIANTS:
         fail("cfm_variant", f"must be one of {CFM_VARIANTS}")
     if config.cfm_reduction not in CFM_REDUCTIONS:

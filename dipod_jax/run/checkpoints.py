@@ -75,6 +75,7 @@ class CheckpointStore:
         self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=not read_only, read_only=read_only))
         self._written: set[int] = set()
+        self.last_error: str | None = None  # why the newest step failed in the last restore_newest without success
 
     def steps(self) -> list[int]:
         """The complete checkpoint steps, oldest first."""
@@ -104,21 +105,31 @@ class CheckpointStore:
     def restore_newest(self, templates: dict[str, Any], candidates: Sequence[int] | None = None
                        ) -> tuple[int | None, dict[str, Any] | None]:
         """(step, trees) of the newest checkpoint (among `candidates`, default all) that restores; (None, None)
-        when there is none.
+        when there is none, and then `last_error` says why the newest failed.
 
-        A checkpoint that fails to restore (a truncated file, a missing item) is logged as a warning naming
-        it and the error, moved to out_dir/checkpoints_unreadable/<step> (so that this run can write that
-        step again), and the next older one is tried. On a multi-host run every process must succeed.
+        A checkpoint that fails to restore while an older one restores (a truncated file, a missing item: that
+        step is damaged) is logged as a warning naming it and the error and moved to
+        out_dir/checkpoints_unreadable/<step>, so that this run can write that step again. When none restores,
+        nothing is moved: every step failing alike means the template does not fit them (another model's
+        checkpoints), not that they are damaged. On a multi-host run every process must succeed.
         """
         steps = self.steps() if candidates is None else sorted(set(candidates) & set(self.steps()))
+        failed: list[tuple[int, Exception | None]] = []
+        self.last_error = None
         for step in reversed(steps):
             try:
                 trees, error = self.restore(step, templates), None
             except Exception as exception:  # noqa: BLE001 - any failure to read makes the step unusable
                 trees, error = None, exception
             if _agree_on_all(error is None):
+                for failed_step, failed_error in failed:
+                    self._set_aside(failed_step, failed_error)
                 return step, trees
-            self._set_aside(step, error)
+            failed.append((step, error))
+        if failed:
+            step, error = failed[0]
+            reason = "unreadable on another process" if error is None else f"{type(error).__name__}: {error}"
+            self.last_error = f"checkpoint {step}: {' '.join(reason.split())[:300]}"
         return None, None
 
     def _set_aside(self, step: int, error: Exception | None) -> None:

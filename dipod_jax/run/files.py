@@ -12,6 +12,8 @@ import os
 import tempfile
 from typing import Any, Callable
 
+from absl import logging
+
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"  # Orbax steps (dipod_jax.run.checkpoints)
 
@@ -62,11 +64,13 @@ def write_json_atomic(path: str, record: Any) -> None:
 
 def read_json(path: str) -> Any:
     """The JSON value stored at `path`; ValueError naming the file (and line) when it is not valid JSON."""
-    with open(path) as handle:
+    with open(path, encoding="utf-8") as handle:
         try:
             return json.load(handle)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from error
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from error
 
 
 def _parse_lines(path: str) -> list[tuple[str, dict[str, Any] | None]]:
@@ -97,13 +101,21 @@ def read_metrics(out_dir: str) -> list[dict[str, Any]]:
 
 def truncate_metrics(out_dir: str, last_step: int | None, step_key: str = "step") -> int:
     """Keeps only the records of out_dir/metrics.jsonl whose `step_key` is <= last_step (None: none kept);
-    lines that do not parse (a torn last line) are dropped. Returns the number of records removed."""
+    lines that do not parse (a torn last line) are dropped. Each kind of removal is logged as what it is (a
+    warning naming file:line for a line that is not a record). Returns the number of lines removed."""
     path = os.path.join(out_dir, METRICS_FILE)
     if not os.path.exists(path):
         return 0
     parsed = _parse_lines(path)
     kept = [line if line.endswith("\n") else line + "\n" for line, record in parsed
             if record is not None and last_step is not None and record.get(step_key, last_step + 1) <= last_step]
+    not_records = [number for number, (_, record) in enumerate(parsed, start=1) if record is None]
+    for number in not_records:
+        logging.warning("%s:%d is not a JSON record (a torn or damaged line): dropped", path, number)
+    later = len(parsed) - len(kept) - len(not_records)
+    if later:
+        logging.warning("%s: dropped %d records logged after step %s (this run continues from there)", path, later,
+                        last_step)
     if len(kept) != len(parsed):
         write_text_atomic(path, "".join(kept))
     return len(parsed) - len(kept)

@@ -42,7 +42,8 @@ from absl import logging
 
 from dipod_jax.run import record as run_record
 from dipod_jax.run.checkpoints import CheckpointStore
-from dipod_jax.run.files import CHECKPOINT_DIR, MetricsLog, truncate_metrics, write_json_atomic
+from dipod_jax.run.files import CHECKPOINT_DIR, METRICS_FILE, MetricsLog, truncate_metrics, write_json_atomic
+from dipod_jax.run import program
 from dipod_jax.run.program import CheckpointWriteError, UsageError
 
 COMPLETED, TIME_BUDGET, NON_FINITE, SIGNAL = "completed", "time_budget", "non_finite", "signal"
@@ -192,9 +193,16 @@ class Run:
                     write_json_atomic(os.path.join(out_dir, record_file), run_record.normalized(self.record))
                 except OSError as error:
                     raise UsageError(f"{flag}={out_dir} is not writable ({error.strerror})") from error
+            arguments = program.recorded_arguments()
+            if self.mode != run_record.RESUME and self.is_main and arguments is not None:
+                # What a bare `--workdir=DIR --resume` replays (run.program.with_recorded_arguments).
+                write_json_atomic(os.path.join(out_dir, program.COMMAND_FILE), {"arguments": arguments})
             _sync("record written")
             if self.is_main:
                 check_writable_directory(os.path.join(out_dir, CHECKPOINT_DIR), flag)
+                metrics_path = os.path.join(out_dir, METRICS_FILE)
+                if os.path.exists(metrics_path) and not os.path.isfile(metrics_path):
+                    raise UsageError(f"{flag}: {metrics_path} is not a file")
             self.checkpoints = CheckpointStore(out_dir, keep)
         except BaseException:
             self.signals.__exit__()
@@ -218,8 +226,8 @@ class Run:
         `CheckpointStore.restore_newest`; UsageError when no checkpoint can be read."""
         step, trees = self.checkpoints.restore_newest(templates, candidates)
         if step is None:
-            raise UsageError(f"--resume: no readable checkpoint in {self.checkpoints.directory} "
-                             f"(unreadable ones were moved to {self.out_dir}/checkpoints_unreadable)")
+            raise UsageError(f"--resume: no checkpoint in {self.checkpoints.directory} restores for this run "
+                             f"(newest {self.checkpoints.last_error}); nothing was moved")
         return step, trees
 
     def restore_if_resuming(self, templates: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -237,10 +245,7 @@ class Run:
         if self.mode != run_record.FRESH:
             continues_after = step if self.resuming else -1
             if self.is_main:
-                removed = truncate_metrics(self.out_dir, continues_after, self.step_key)
-                if removed:
-                    logging.warning("%s: removed %d metrics records logged after step %d", self.out_dir, removed,
-                                    continues_after)
+                truncate_metrics(self.out_dir, continues_after, self.step_key)
         self.log = MetricsLog(self.out_dir, self.tensorboard_dir, self.step_key, continues_after, self.is_main)
         return self.log
 

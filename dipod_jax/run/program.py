@@ -12,6 +12,9 @@
 - absl logging is set to WARNING unless --verbosity is given, so library INFO lines (Orbax reports every
   save) do not bury the progress bar;
 - a checkpoint that cannot be written ends the process at once with exit status 3 (EXIT_CHECKPOINT) and one line;
+- `--workdir=DIR --resume` alone continues a run: the arguments its first process was started with (recorded in
+  DIR/command.json by the run harness) are parsed first and the typed ones after them, so a typed flag wins and
+  the run record's check still refuses a changed setting that alters results;
 - main's return value is the exit status (see `exit_code` for a run's summary).
 """
 from __future__ import annotations
@@ -29,9 +32,11 @@ from absl import app, flags, logging
 EXIT_USAGE = 2
 EXIT_NON_FINITE = 1
 EXIT_CHECKPOINT = 3  # a checkpoint could not be written (CheckpointWriteError)
+COMMAND_FILE = "command.json"  # in a run's directory: {"arguments": the first process's command-line arguments}
 _HELP = {"help", "helpshort", "?", "h"}
 _HELP_FULL = {"helpfull"}
 _verbosity_given = False
+_arguments: list[str] | None = None  # this program's command-line arguments as typed, once parsed
 
 
 class UsageError(ValueError):
@@ -100,8 +105,73 @@ def exit_usage_error(error: BaseException) -> NoReturn:
     sys.exit(_report(one_line(error), EXIT_USAGE))
 
 
+def _typed_value(argv: Sequence[str], name: str) -> str | None:
+    """The value of --name=value or --name value in `argv` (the last one given), else None."""
+    value = None
+    for index, argument in enumerate(argv):
+        if argument == "--":
+            break
+        if argument.startswith(f"--{name}="):
+            value = argument.split("=", 1)[1]
+        elif argument == f"--{name}" and index + 1 < len(argv):
+            value = argv[index + 1]
+    return value
+
+
+def resume_requested(argv: Sequence[str]) -> bool:
+    """True when `argv` asks for --resume (the last of --resume, --resume=<bool>, --noresume decides)."""
+    requested = False
+    for argument in argv:
+        if argument == "--":
+            break
+        if argument == "--resume":
+            requested = True
+        elif argument == "--noresume":
+            requested = False
+        elif argument.startswith("--resume="):
+            requested = argument.split("=", 1)[1].lower() in ("true", "1", "t", "yes")
+    return requested
+
+
+def with_recorded_arguments(argv: list[str], default_workdir: str | None = None) -> list[str]:
+    """`argv` with the recorded arguments of the run in its --workdir (default `default_workdir`) put before the
+    typed ones, when --resume is asked for and DIR/COMMAND_FILE exists; else `argv` unchanged."""
+    if not resume_requested(argv[1:]):
+        return argv
+    workdir = _typed_value(argv[1:], "workdir") or default_workdir
+    path = os.path.join(workdir, COMMAND_FILE) if workdir else None
+    if path is None or not os.path.exists(path):
+        return argv
+    try:
+        with open(path) as handle:
+            recorded = json.load(handle)["arguments"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"--resume: {path} is not readable ({one_line(error)}); type the run's flags again") from error
+    return [argv[0], *recorded, *argv[1:]]
+
+
+def recorded_arguments() -> list[str] | None:
+    """The arguments to record in a new run's COMMAND_FILE: this program's typed arguments without --resume and
+    --workdir; None when flags were not parsed by `run_program` (a run started from Python, e.g. a test)."""
+    if _arguments is None:
+        return None
+    kept, skip = [], False
+    for argument in _arguments:
+        if skip:
+            skip = False
+            continue
+        name = argument.split("=", 1)[0]
+        if name in ("--resume", "--noresume") or name.startswith("--resume="):
+            continue
+        if name == "--workdir":
+            skip = "=" not in argument
+            continue
+        kept.append(argument)
+    return kept
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-    global _verbosity_given
+    global _verbosity_given, _arguments
     for argument in argv[1:]:
         if argument == "--":
             break
@@ -109,20 +179,25 @@ def _parse_flags(argv: list[str]) -> list[str]:
         if argument.startswith("-") and name in _HELP | _HELP_FULL:
             app.usage(shorthelp=name in _HELP, writeto_stdout=True)
             sys.exit(0)
+    typed = list(argv[1:])
     try:
+        default_workdir = flags.FLAGS["workdir"].default if "workdir" in flags.FLAGS else None
+        argv = with_recorded_arguments(argv, default_workdir)
         remaining = flags.FLAGS(argv)
-    except flags.Error as error:
+    except (flags.Error, UsageError) as error:
         sys.exit(_report(one_line(error), EXIT_USAGE))
+    _arguments = typed
     _verbosity_given = not flags.FLAGS["verbosity"].using_default_value
     return remaining
 
 
-def run_program(main: Callable[[list[str]], Any]) -> None:
-    """app.run(main) with the behaviour described in the module docstring."""
+def run_program(main: Callable[[list[str]], Any], positional: bool = False) -> None:
+    """app.run(main) with the behaviour described in the module docstring; `positional` programs take
+    positional arguments (main gets them in argv[1:]), the others refuse them."""
     def wrapped(argv: list[str]) -> Any:
         if not _verbosity_given:
             logging.set_verbosity(logging.WARNING)
-        if len(argv) > 1:
+        if len(argv) > 1 and not positional:
             return _report(f"unexpected positional arguments {argv[1:]}", EXIT_USAGE)
         try:
             return main(argv)

@@ -30,6 +30,7 @@ SHIPPED_TEST_FILE = "countdown_cd3_test.jsonl"
 NUMBER_RANGE = (1, 100)
 TARGET_RANGE = (1, 100)
 CORRECT_REWARD, FORMAT_REWARD = 1.0, 0.1
+MAX_TEST_VALUE = 9999  # test-file numbers and targets: positive, at most 4 digits (the shipped set's are <= 100)
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 
 
@@ -139,8 +140,8 @@ def longest_item() -> CountdownItem:
 def load_test_set(name_or_path: str = SHIPPED_TEST_FILE) -> list[CountdownItem]:
     """Reads JSONL rows {"input": "a,b,c", "output": "target"} (the shipped file name, or a path; UTF-8).
 
-    Raises ValueError naming the file and line for bytes that are not UTF-8, invalid JSON, missing keys, or
-    non-integer fields, and naming the file when it holds no rows.
+    Raises ValueError naming the file and line for bytes that are not UTF-8, invalid JSON, missing keys,
+    non-integer fields, or numbers outside [1, MAX_TEST_VALUE], and naming the file when it holds no rows.
     """
     handle, path = read_task_file(name_or_path, (SHIPPED_TEST_FILE,))
     items = []
@@ -155,6 +156,9 @@ def load_test_set(name_or_path: str = SHIPPED_TEST_FILE) -> list[CountdownItem]:
                              f"'output' an integer, got {excerpt(row)}") from None
         if len(numbers) != 3:
             raise ValueError(f"{path}:{line_number}: expected 3 numbers in 'input', got {len(numbers)}")
+        if not all(1 <= value <= MAX_TEST_VALUE for value in (*numbers, target)):
+            raise ValueError(f"{path}:{line_number}: numbers and target must be integers in [1, {MAX_TEST_VALUE}] "
+                             f"(the prompt, and so the model, grows with their length), got {excerpt(row)}")
         items.append(CountdownItem(numbers=numbers, target=target))
     if not items:
         raise ValueError(f"{path}: no items (the file is empty or blank)")

@@ -47,7 +47,7 @@ def load_jsonl(name_or_path: str = SAMPLE_FILE) -> list[Gsm8kItem]:
     """Reads GSM8K rows from `name_or_path` (a filesystem path, or the bundled sample's file name; UTF-8).
 
     Raises ValueError naming the file and line for bytes that are not UTF-8, invalid JSON, missing keys, or an
-    answer without '####', and naming the file when it holds no rows.
+    answer without '####' or with nothing after it, and naming the file when it holds no rows.
     """
     handle, path = read_task_file(name_or_path, (SAMPLE_FILE,))
     items = []
@@ -57,6 +57,9 @@ def load_jsonl(name_or_path: str = SAMPLE_FILE) -> list[Gsm8kItem]:
         if "####" not in row["answer"]:
             raise ValueError(f"{path}:{line_number}: 'answer' has no '####' final-answer marker")
         final = row["answer"].split("####")[-1].strip()
+        if not final:
+            raise ValueError(f"{path}:{line_number}: 'answer' has nothing after its '####' marker (an empty "
+                             "completion would match it)")
         items.append(Gsm8kItem(question=row["question"], solution=row["answer"], answer=final))
     if not items:
         raise ValueError(f"{path}: no rows (the file is empty or blank)")

@@ -137,9 +137,9 @@ def load_test_set(name_or_path: str = SHIPPED_TEST_FILES[0]) -> list[SudokuItem]
     """Reads a Puzzle,Solution CSV: a shipped file name (package data) or a filesystem path (UTF-8).
 
     Raises ValueError naming the file and line for bytes that are not UTF-8, malformed CSV (e.g. a field over
-    csv.field_size_limit), a missing header, a wrong field count, a puzzle that is not 16 digits 0-4, a
-    solution that is not a valid grid, or a solution that disagrees with the puzzle; and naming the file when
-    it holds no puzzles.
+    csv.field_size_limit), a missing header, a wrong field count, a puzzle that is not 16 digits 0-4 or has no
+    empty cell, a solution that is not a valid grid, or a solution that disagrees with the puzzle; and naming the
+    file when it holds no puzzles. Blank lines are skipped.
     """
     handle, path = read_task_file(name_or_path, SHIPPED_TEST_FILES)
     reader = csv.reader(handle)
@@ -158,11 +158,15 @@ def _parse_csv(reader, path: str) -> list[SudokuItem]:
     items = []
     for row in reader:
         line = reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # blank lines are skipped, as in the JSONL loaders
         if len(row) != 2:
             raise ValueError(f"{path}:{line}: expected 2 fields (Puzzle,Solution), got {len(row)}")
         puzzle, solution = (field.strip() for field in row)
         if len(puzzle) != GRID_CELLS or any(char not in "01234" for char in puzzle):
             raise ValueError(f"{path}:{line}: puzzle {excerpt(puzzle)} is not 16 digits in 0-4")
+        if "0" not in puzzle:
+            raise ValueError(f"{path}:{line}: puzzle {puzzle!r} has no empty cell (nothing to solve; it would score 0)")
         if not is_valid_grid(solution):
             raise ValueError(f"{path}:{line}: solution {excerpt(solution)} is not a valid 4x4 Sudoku grid")
         if any(p != "0" and p != s for p, s in zip(puzzle, solution)):
