@@ -35,5 +35,7 @@ setup(
     # "docs": the MkDocs site (docs/, mkdocs.yml); CI builds it strictly, so the test extra includes it.
     extras_require={"test": ["pytest>=9.2.0", "hypothesis>=6.170", "pytest-xdist>=3.8.0", *DOCS],
                     "docs": DOCS,
+                    # TensorBoard itself, to read the events every run writes to <workdir>/tb.
+                    "tensorboard": ["tensorboard>=2.20.0"],
                     "launch": ["skypilot>=0.14.1"]},
 )

@@ -37,7 +37,14 @@ from dipod_jax.control.configs import ALGORITHM_PRESETS, TrainConfig, config_fro
 from dipod_jax.control.envs import make_environment
 from dipod_jax.control.train import make_train
 from dipod_jax.run.files import METRICS_FILE
-from dipod_jax.run.harness import COMPLETED, Run, non_finite, progress_bar
+from dipod_jax.run.harness import (
+    COMPLETED,
+    Run,
+    episode_returns,
+    non_finite,
+    progress_bar,
+    rolling_episode_return,
+)
 from dipod_jax.run.config import define_config_flag, flag_overrides
 from dipod_jax.run.program import UsageError, finish_run, run_program, user_errors
 
@@ -157,6 +164,7 @@ def _train(harness_run: Run, config: TrainConfig, workdir: str, seed: int, num_s
     total_iterations = iterations_per_call * math.ceil(
         num_timesteps / (config.env_steps_per_iteration * iterations_per_call))
     bar = progress_bar(total_iterations, done_iterations, progress, None, unit="it")
+    returns_history: list[tuple[float, float]] = []  # (mean return, episodes ended) per iteration
     start_time = time.perf_counter()
     iterations_at_start = done_iterations
     summary: Dict[str, Any] = {"step": done_iterations, "stopped": COMPLETED}
@@ -187,8 +195,9 @@ def _train(harness_run: Run, config: TrainConfig, workdir: str, seed: int, num_s
         summary["step"] = done_iterations
         elapsed = time.perf_counter() - start_time
         steps_per_s = (done_iterations - iterations_at_start) * config.env_steps_per_iteration * num_seeds / elapsed
+        returns_history.extend(episode_returns(metrics))
         postfix = {"steps/s": f"{steps_per_s:.0f}",
-                   "train_return": f"{metrics['episode_return'][:, -1].mean():.1f}"}
+                   "train_return": rolling_episode_return(returns_history)}
         if done_iterations % eval_every == 0 or done_iterations == total_iterations:
             eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, done_iterations))(
                 jax.vmap(jax.random.key)(seeds + 1_000_003))
@@ -224,7 +233,7 @@ def main(argv):
     _, summary = run(config, FLAGS.workdir, FLAGS.seed, FLAGS.num_seeds, FLAGS.num_timesteps,
                      FLAGS.iterations_per_call, FLAGS.checkpoint_every, FLAGS.eval_every, FLAGS.resume,
                      FLAGS.progress, env)
-    return finish_run(summary)
+    return finish_run(summary, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,15 @@ from dipod_jax.run import record as run_record
 from dipod_jax.run.config import define_config_flag, flag_overrides
 from dipod_jax.run.distributed import initialize_distributed
 from dipod_jax.run.files import MetricsLog, truncate_metrics, write_json_atomic
-from dipod_jax.run.harness import COMPLETED, SIGNAL, Run, non_finite, progress_bar
+from dipod_jax.run.harness import (
+    COMPLETED,
+    SIGNAL,
+    Run,
+    episode_returns,
+    non_finite,
+    progress_bar,
+    rolling_episode_return,
+)
 from dipod_jax.run.program import UsageError, finish_run, run_program, user_errors
 from launch import sweep
 
@@ -187,6 +195,7 @@ def _train(harness_run: Run, trainer: population.PopulationTrainer, runs: List[D
         sweep.write_manifest(manifest_path, [dict(member, status="running") for member in runs])
     total = per_call * math.ceil(num_timesteps / (config.env_steps_per_iteration * per_call))
     bar = progress_bar(total, done, progress and harness_run.is_main, None, unit="it")
+    returns_history: list[tuple[float, float]] = []  # (mean return, episodes ended) per iteration
     summary: Dict[str, Any] = {"step": done, "stopped": COMPLETED}
     while done < total:
         start = time.perf_counter()
@@ -207,7 +216,8 @@ def _train(harness_run: Run, trainer: population.PopulationTrainer, runs: List[D
         done += per_call
         log.write({"step": done, "env_steps_per_s": steps_per_s})
         summary["step"] = done
-        postfix = {"steps/s": f"{steps_per_s:.0f}", "train_return": f"{metrics['episode_return'][:, -1].mean():.1f}"}
+        returns_history.extend(episode_returns(metrics))
+        postfix = {"steps/s": f"{steps_per_s:.0f}", "train_return": rolling_episode_return(returns_history)}
         if done % eval_every == 0 or done == total:
             evaluation = population.to_host(trainer.evaluate(state, done))
             env_steps = population.to_host(state.env_steps)
@@ -255,7 +265,7 @@ def main(argv):
     state, summary = run(config, members, FLAGS.workdir, FLAGS.num_timesteps, FLAGS.iterations_per_call,
                          FLAGS.checkpoint_every, FLAGS.eval_every, FLAGS.data_shards, FLAGS.resume, FLAGS.progress,
                          env)
-    return finish_run(summary)
+    return finish_run(summary, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -358,7 +358,7 @@ def _run_plan(harness_run: Run, plan, toys, num_seeds: int, steps: int, workdir:
 def main(argv):
     summary = run_experiment(FLAGS.settings, FLAGS.bandit_dipod_beta, FLAGS.sequence_dipod_beta, FLAGS.num_seeds,
                              FLAGS.steps, FLAGS.workdir, FLAGS.bandit_action_dim, FLAGS.resume)
-    return finish_run(summary, indent=2)
+    return finish_run(summary, FLAGS.workdir)
 
 
 if __name__ == "__main__":

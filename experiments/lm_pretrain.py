@@ -63,7 +63,7 @@ class PretrainSettings:
     construction (`validate_settings`: ValueError naming the flag).
 
     The defaults are the CPU recipe for Sudoku: about 0.8 mean cell accuracy on the 500-puzzle test set, so
-    that RL has room to improve (see the README for measured numbers)."""
+    that RL has room to improve (docs/language-models.md has the measured numbers)."""
 
     workdir: str
     task: str = "sudoku"
@@ -319,7 +319,7 @@ def main(argv):
         settings = PretrainSettings(**{field.name: getattr(FLAGS, field.name)
                                        for field in dataclasses.fields(PretrainSettings)})
     summary = train(settings)
-    return finish_run(summary)
+    return finish_run(summary, settings.workdir)
 
 
 if __name__ == "__main__":

@@ -566,7 +566,7 @@ def main(argv):
         initialize_distributed(FLAGS.distributed)
     summary = train(settings)
     summary.pop("final_params")
-    return finish_run(summary)
+    return finish_run(summary, settings.workdir)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,7 @@ def define_flags() -> None:
                       "metric no run logged is left out.")
     flags.DEFINE_integer("smooth", 10, "Steps in the moving average drawn for train/* metrics (logged every step, "
                          "noisy); 1 = raw. Evaluations are drawn as logged.")
-    flags.DEFINE_string("out", None, "Figure path (PNG); the table goes beside it as <out>.json. Default: "
-                        "compare.png in the current directory.")
+    flags.DEFINE_string("out", "runs/compare.png", "Figure path (PNG); the table goes beside it as <out>.json.")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -203,7 +202,8 @@ def main(argv):
             raise UsageError("pass one or more run directories, e.g. python -m launch.compare runs/sweep/*/")
         runs = [load_run(directory) for directory in directories]
         groups = group_runs(runs)
-        out = FLAGS.out or "compare.png"
+        out = FLAGS.out
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         if FLAGS.smooth < 1:
             raise ValueError(f"--smooth={FLAGS.smooth} must be >= 1")
         drawn = plot_groups(groups, list(FLAGS.metrics), out, FLAGS.smooth)

@@ -16,6 +16,7 @@ JAX_NUM_PROCESSES = SKYPILOT_NUM_NODES, JAX_PROCESS_ID = SKYPILOT_NODE_RANK. `--
 """
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from typing import Any, Dict, Optional, Sequence
@@ -24,10 +25,10 @@ import yaml
 from absl import app, flags
 
 from launch.jobs import COORDINATOR_PORT, job_command
-from launch.tpu_pod import JAX_TPU_INSTALL, RUNTIME_VERSIONS, accelerator_type
+from launch.tpu_pod import JAX_TPU_INSTALL, RUNTIME_VERSIONS, TESTED_JAX_VERSION, accelerator_type
 
 FLAGS = flags.FLAGS
-JAX_CUDA_INSTALL = 'pip install -U "jax[cuda12]"'
+JAX_CUDA_INSTALL = f'pip install "jax[cuda12]=={TESTED_JAX_VERSION}"'
 OUTPUTS_MOUNT = "/outputs"
 
 
@@ -95,6 +96,7 @@ def main(argv):
         raise ValueError(f"unexpected arguments {argv[1:]}")
     spec = task(FLAGS.job, FLAGS.job_arg, FLAGS.accelerators, FLAGS.num_nodes, FLAGS.task_name, FLAGS.bucket,
                 FLAGS.runtime_version)
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     with open(FLAGS.out, "w") as handle:
         handle.write(to_yaml(spec))
     command = launch_command(FLAGS.out, FLAGS.cluster, FLAGS.down)
@@ -111,7 +113,8 @@ def define_flags() -> None:
     flags.DEFINE_string("task_name", None, "Task name (default dipod-<job>).")
     flags.DEFINE_string("bucket", None, "Bucket mounted at /outputs on every node.")
     flags.DEFINE_string("runtime_version", None, "TPU software version (default by generation).")
-    flags.DEFINE_string("out", "dipod_task.yaml", "Where the task YAML is written.")
+    flags.DEFINE_string("out", "runs/launch/dipod_task.yaml", "Where the task YAML is written (runs/ is ignored by "
+                        "git, so generated files stay out of the repository).")
     flags.DEFINE_string("cluster", "dipod", "SkyPilot cluster name.")
     flags.DEFINE_bool("down", True, "Tear the cluster down when the job ends.")
     flags.DEFINE_bool("execute", False, "Run sky launch (default: only write the YAML and print the command).")

@@ -211,6 +211,7 @@ def run_sweep(runs: List[Dict[str, Any]], manifest_path: str, max_parallel: int 
                              f"{runs[index]['workdir']}): stop it or wait for it before running the sweep again")
     for index in queue:
         runs[index].update(status="pending", returncode=None)
+    queue_total, finished_count = list(queue), 0
     running: Dict[int, Any] = {}
     received: List[int] = []
 
@@ -236,6 +237,8 @@ def run_sweep(runs: List[Dict[str, Any]], manifest_path: str, max_parallel: int 
                 running[index] = (process, log)
                 run.update(status="running", returncode=None, started=time.time(), pid=process.pid, resumed=resume)
                 write_manifest(manifest_path, runs)
+                _report(f"[{len(queue_total) - len(queue) - len(running) + 1}/{len(queue_total)}] started "
+                        f"{run['name']}{' (resumed)' if resume else ''}: log {os.path.join(run['workdir'], LOG_FILE)}")
             for index, (process, log) in list(running.items()):
                 returncode = process.poll()
                 if returncode is None:
@@ -245,12 +248,21 @@ def run_sweep(runs: List[Dict[str, Any]], manifest_path: str, max_parallel: int 
                 status = "succeeded" if returncode == 0 else "interrupted" if received else "failed"
                 runs[index].update(status=status, returncode=returncode, finished=time.time())
                 write_manifest(manifest_path, runs)
+                finished_count += 1
+                minutes = (runs[index]["finished"] - runs[index]["started"]) / 60
+                _report(f"[{finished_count}/{len(queue_total)} done] {runs[index]['name']} {status} "
+                        f"(exit {returncode}) after {minutes:.1f} min")
             if running:
                 time.sleep(poll_seconds)
     finally:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
     return runs, received[0] if received else None
+
+
+def _report(line: str) -> None:
+    """A progress line of the sweep (a run started or ended), shown at once."""
+    print(line, flush=True)
 
 
 def _stop_with_parent() -> None:

@@ -12,14 +12,20 @@ prints (or, with --execute, runs in order) the commands of Google's "Run JAX cod
   wait       gcloud compute tpus queued-resources describe QR ... (polled until the state is ACTIVE)
   copy       gcloud compute tpus tpu-vm scp ARCHIVE NAME: --worker=all ...
   setup      gcloud compute tpus tpu-vm ssh NAME --worker=all --command="<unpack, install jax[tpu] and the package>"
-  run        gcloud compute tpus tpu-vm ssh NAME --worker=all --command="cd dipod_jax && python3 -m ... --distributed"
+  run        gcloud compute tpus tpu-vm ssh NAME --worker=all --command="cd dipod_jax && nohup setsid python3 -m ...
+             --distributed > ~/dipod_job.log 2>&1 &" (detached: the job survives a dropped SSH session; --nodetach
+             runs it in the foreground of the ssh command instead)
+  logs       gcloud compute tpus tpu-vm ssh NAME --worker=0 --command="tail -n 100 -F ~/dipod_job.log" (follow it)
   teardown   gcloud compute tpus queued-resources delete QR ... --force --quiet
 
 `--worker=all` runs the same command on every host of the slice, as the docs prescribe; each process then calls
 jax.distributed.initialize() without arguments and JAX finds the coordinator (worker 0) and its own index in the
-TPU VM metadata (launch/jobs.py). The job's output directory must be one file system all workers see (a
-gcsfuse or Filestore mount): Orbax writes each process's shards there. With --execute a failed step stops the
-plan, and teardown runs after anything created unless --keep.
+TPU VM metadata (launch/jobs.py). The job's output directory must be one file system all workers see: with
+--bucket=B the setup step mounts the Cloud Storage bucket B at /mnt/shared on every worker with gcsfuse (install it
+on the runtime image if it is absent), so --job_arg=--workdir=/mnt/shared/<run> is shared; a Filestore mount works
+as well. With --execute a failed step stops the plan, and teardown runs after anything created unless --keep; a
+detached job is left running (teardown only when asked for with --steps=teardown), and the logs step is printed,
+not run.
 """
 from __future__ import annotations
 
@@ -42,11 +48,18 @@ RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-li
                     "v6e": "v2-alpha-tpuv6e"}
 # The common name of a generation -> gcloud's accelerator-type prefix (a "v5e-32" is a v5litepod-32).
 GENERATION_ALIASES = {"v5e": "v5litepod"}
-# The docs' JAX install on every worker (https://cloud.google.com/tpu/docs/jax-pods, "Install JAX on your TPU slice").
-JAX_TPU_INSTALL = 'pip install -U "jax[tpu]" -f https://storage.googleapis.com/jax-releases/libtpu_releases.html'
+# The JAX version this project is tested with (WORKSPACE.md, "Verified dependency versions"): what the launchers
+# install on every worker, so a cluster runs the code as tested rather than whatever JAX is newest.
+TESTED_JAX_VERSION = "0.10.2"
+# The docs' JAX install on every worker (https://cloud.google.com/tpu/docs/jax-pods, "Install JAX on your TPU slice"),
+# pinned to TESTED_JAX_VERSION.
+JAX_TPU_INSTALL = (f'pip install "jax[tpu]=={TESTED_JAX_VERSION}" '
+                   '-f https://storage.googleapis.com/jax-releases/libtpu_releases.html')
 ARCHIVE = "dipod_jax.tar.gz"
 REMOTE_DIR = "dipod_jax"  # relative to the workers' home directories
-STEPS = ("archive", "create", "wait", "copy", "setup", "run", "teardown")
+STEPS = ("archive", "create", "wait", "copy", "setup", "run", "logs", "teardown")
+SHARED_DIR = "/mnt/shared"  # where --bucket is mounted on every worker
+JOB_LOG = "~/dipod_job.log"  # a detached job's output on every worker
 
 
 class Step(NamedTuple):
@@ -67,7 +80,8 @@ def accelerator_type(name: str) -> str:
 
 def plan(name: str, project: str, zone: str, accelerator: str, job: str, job_args: Sequence[str],
          repo_dir: str, archive_path: str, queued_resource: Optional[str] = None,
-         runtime_version: Optional[str] = None, spot: bool = False) -> List[Step]:
+         runtime_version: Optional[str] = None, spot: bool = False, bucket: Optional[str] = None,
+         detach: bool = True) -> List[Step]:
     """Every step of a pod run (see the module docstring), each an argv list.
 
     Args:
@@ -78,6 +92,8 @@ def plan(name: str, project: str, zone: str, accelerator: str, job: str, job_arg
       repo_dir: the local checkout to archive; archive_path: where the archive is written locally.
       runtime_version: default RUNTIME_VERSIONS[generation].
       spot: request Spot capacity.
+      bucket: a Cloud Storage bucket mounted at SHARED_DIR on every worker (gcsfuse) in the setup step.
+      detach: start the job detached (nohup setsid, output in JOB_LOG), so it outlives the ssh session.
     """
     for flag, value in (("--name", name), ("--project", project), ("--zone", zone)):
         if not value:
@@ -88,8 +104,13 @@ def plan(name: str, project: str, zone: str, accelerator: str, job: str, job_arg
     where = [f"--project={project}", f"--zone={zone}"]
     tpu_vm = ["gcloud", "compute", "tpus", "tpu-vm"]
     queued = ["gcloud", "compute", "tpus", "queued-resources"]
-    setup = (f"tar -xzf {ARCHIVE} && {JAX_TPU_INSTALL} && pip install -e ./{REMOTE_DIR}")
+    setup = f"tar -xzf {ARCHIVE} && {JAX_TPU_INSTALL} && pip install -e ./{REMOTE_DIR}"
+    if bucket:
+        setup += (f' && sudo mkdir -p {SHARED_DIR} && sudo chown "$USER" {SHARED_DIR}'
+                  f" && gcsfuse --implicit-dirs {shlex.quote(bucket)} {SHARED_DIR}")
     run = f"cd {REMOTE_DIR} && {job_command(job, job_args)}"
+    if detach:
+        run = f"cd {REMOTE_DIR} && nohup setsid {job_command(job, job_args)} > {JOB_LOG} 2>&1 < /dev/null &"
     return [
         Step("archive", ["git", "-C", repo_dir, "archive", "--format=tar.gz", f"--prefix={REMOTE_DIR}/",
                          "-o", archive_path, "HEAD"]),
@@ -100,6 +121,7 @@ def plan(name: str, project: str, zone: str, accelerator: str, job: str, job_arg
         Step("copy", tpu_vm + ["scp", archive_path, f"{name}:", "--worker=all", *where]),
         Step("setup", tpu_vm + ["ssh", name, *where, "--worker=all", f"--command={setup}"]),
         Step("run", tpu_vm + ["ssh", name, *where, "--worker=all", f"--command={run}"]),
+        Step("logs", tpu_vm + ["ssh", name, *where, "--worker=0", f"--command=tail -n 100 -F {JOB_LOG}"]),
         Step("teardown", queued + ["delete", queued_resource, *where, "--force", "--quiet"]),
     ]
 
@@ -117,14 +139,20 @@ def wait_until_active(argv: Sequence[str], poll_seconds: float = 30.0, timeout_s
         time.sleep(poll_seconds)
 
 
-def execute(steps: Sequence[Step], selected: Sequence[str], keep: bool) -> int:
+def execute(steps: Sequence[Step], selected: Sequence[str], keep: bool, detached: bool = False) -> int:
     """Runs the selected steps in order; after create (or when selected) the teardown runs even if a later step
-    failed, unless `keep`. Returns the exit status of the first failed step (0 if none)."""
+    failed, unless `keep` or a `detached` job was started (it runs on; tear down later with --steps=teardown).
+    The logs step is printed, not run (it follows the log until interrupted). Returns the exit status of the
+    first failed step (0 if none)."""
     created = False
     status = 0
+    started_detached = False
     try:
         for step in steps:
             if step.name not in selected or step.name == "teardown":
+                continue
+            if step.name == "logs":
+                print("follow the job's log with: " + shlex.join(step.argv), flush=True)
                 continue
             print("+ " + shlex.join(step.argv), flush=True)
             if step.name == "wait":
@@ -132,12 +160,13 @@ def execute(steps: Sequence[Step], selected: Sequence[str], keep: bool) -> int:
                 continue
             status = subprocess.run(step.argv).returncode
             created = created or (step.name == "create" and status == 0)
+            started_detached = started_detached or (detached and step.name == "run" and status == 0)
             if status:
                 print(f"step {step.name} failed with exit status {status}", file=sys.stderr)
                 return status
     finally:
         teardown = next(step for step in steps if step.name == "teardown")
-        if not keep and (created or "teardown" in selected):
+        if not keep and not started_detached and (created or "teardown" in selected):
             print("+ " + shlex.join(teardown.argv), flush=True)
             subprocess.run(teardown.argv)
     return status
@@ -148,7 +177,8 @@ def main(argv):
         raise ValueError(f"unexpected arguments {argv[1:]}")
     repo_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     steps = plan(FLAGS.name, FLAGS.project, FLAGS.zone, FLAGS.accelerator_type, FLAGS.job, FLAGS.job_arg,
-                 repo_dir, FLAGS.archive_path, FLAGS.queued_resource, FLAGS.runtime_version, FLAGS.spot)
+                 repo_dir, FLAGS.archive_path, FLAGS.queued_resource, FLAGS.runtime_version, FLAGS.spot,
+                 FLAGS.bucket, FLAGS.detach)
     unknown = sorted(set(FLAGS.steps) - set(STEPS))
     if unknown:
         raise ValueError(f"--steps: {unknown} are not steps; choose from {STEPS}")
@@ -157,7 +187,7 @@ def main(argv):
             if step.name in FLAGS.steps:
                 print(shlex.join(step.argv))
         return 0
-    return execute(steps, FLAGS.steps, FLAGS.keep)
+    return execute(steps, FLAGS.steps, FLAGS.keep, FLAGS.detach)
 
 
 def define_flags() -> None:
@@ -175,6 +205,9 @@ def define_flags() -> None:
     flags.DEFINE_string("archive_path", "/tmp/" + ARCHIVE, "Where the code archive is written locally.")
     flags.DEFINE_bool("execute", False, "Run the steps (default: print them).")
     flags.DEFINE_bool("keep", False, "With --execute: do not delete the slice at the end.")
+    flags.DEFINE_string("bucket", None, f"Cloud Storage bucket mounted at {SHARED_DIR} on every worker (gcsfuse).")
+    flags.DEFINE_bool("detach", True, f"Start the job detached on every worker (output in {JOB_LOG}); it survives "
+                      "a dropped SSH session and the slice is left running for it.")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def test_v5e_32_population_pod_commands_are_the_documented_ones():
     """v5e-32 = gcloud's v5litepod-32 with runtime v2-alpha-tpuv5-lite; every worker command has --worker=all;
     the run step starts the population program with --distributed in the unpacked checkout."""
     steps = tpu_pod.plan("dipod-pod", PROJECT, "us-west4-a", "v5e-32", "population",
-                         ["--workdir=/mnt/shared/pop", "--seeds=0,1,2,3"], "/src/dipod_jax", "/tmp/dipod_jax.tar.gz")
+                         ["--workdir=/mnt/shared/pop", "--seeds=0,1,2,3"], "/src/dipod_jax", "/tmp/dipod_jax.tar.gz",
+                         detach=False)
     where = ["--project=my-project", "--zone=us-west4-a"]
     assert dict(steps) == {
         "archive": ["git", "-C", "/src/dipod_jax", "archive", "--format=tar.gz", "--prefix=dipod_jax/", "-o",
@@ -44,11 +45,13 @@ def test_v5e_32_population_pod_commands_are_the_documented_ones():
         "copy": ["gcloud", "compute", "tpus", "tpu-vm", "scp", "/tmp/dipod_jax.tar.gz", "dipod-pod:",
                  "--worker=all", *where],
         "setup": ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "dipod-pod", *where, "--worker=all",
-                  '--command=tar -xzf dipod_jax.tar.gz && pip install -U "jax[tpu]" -f '
+                  '--command=tar -xzf dipod_jax.tar.gz && pip install "jax[tpu]==0.10.2" -f '
                   'https://storage.googleapis.com/jax-releases/libtpu_releases.html && pip install -e ./dipod_jax'],
         "run": ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "dipod-pod", *where, "--worker=all",
                 "--command=cd dipod_jax && python3 -m experiments.control_population --distributed "
                 "--workdir=/mnt/shared/pop --seeds=0,1,2,3"],
+        "logs": ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "dipod-pod", *where, "--worker=0",
+                 "--command=tail -n 100 -F ~/dipod_job.log"],
         "teardown": ["gcloud", "compute", "tpus", "queued-resources", "delete", "dipod-pod-qr", *where, "--force",
                      "--quiet"],
     }
@@ -60,7 +63,7 @@ def test_v4_64_lm_rl_pod_commands():
     --distributed on every worker, its arguments shell-quoted."""
     steps = dict(tpu_pod.plan("rl-pod", PROJECT, ZONE, "v4-64", "lm_rl",
                               ["--init_dir=/mnt/shared/pretrain", "--workdir=/mnt/shared/rl run"], "/src", "/tmp/a.tgz",
-                              queued_resource="rl-queue", spot=True))
+                              queued_resource="rl-queue", spot=True, detach=False))
     assert steps["create"][-3:] == ["--accelerator-type=v4-64", "--runtime-version=tpu-ubuntu2204-base", "--spot"]
     assert steps["create"][5:7] == ["rl-queue", "--node-id=rl-pod"]
     command = steps["run"][-1]
@@ -68,6 +71,19 @@ def test_v4_64_lm_rl_pod_commands():
     assert shlex.split(command[len("--command="):]) == [
         "cd", "dipod_jax", "&&", "python3", "-m", "experiments.lm_rl", "--distributed",
         "--init_dir=/mnt/shared/pretrain", "--workdir=/mnt/shared/rl run"]
+
+
+def test_pod_job_runs_detached_on_a_mounted_bucket_by_default():
+    """Issue 20: by default the job starts detached on every worker (nohup setsid, output in ~/dipod_job.log), so a
+    dropped SSH session does not end it, and the logs step follows worker 0's log; --bucket mounts the bucket at
+    /mnt/shared on every worker in the setup step (the shared workdir the plan assumes)."""
+    steps = dict(tpu_pod.plan("rl-pod", PROJECT, ZONE, "v4-64", "lm_rl", ["--workdir=/mnt/shared/rl"], "/src",
+                              "/tmp/a.tgz", bucket="my-bucket"))
+    assert steps["run"][-1] == ("--command=cd dipod_jax && nohup setsid python3 -m experiments.lm_rl --distributed "
+                                "--workdir=/mnt/shared/rl > ~/dipod_job.log 2>&1 < /dev/null &")
+    assert steps["setup"][-1].endswith(' && sudo mkdir -p /mnt/shared && sudo chown "$USER" /mnt/shared'
+                                       " && gcsfuse --implicit-dirs my-bucket /mnt/shared")
+    assert steps["logs"][-2:] == ["--worker=0", "--command=tail -n 100 -F ~/dipod_job.log"]
 
 
 def test_bad_launch_settings_are_refused():
@@ -106,6 +122,13 @@ def test_execute_tears_down_after_a_failed_run(monkeypatch):
     states = iter(["ACTIVE"])
     assert tpu_pod.execute(steps, tpu_pod.STEPS, keep=True) == 1
     assert "delete" not in [word for call in calls for word in call]
+    # A detached job that started is left running with its slice; the logs step is printed, not run.
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kwargs: calls.append(argv) or subprocess.CompletedProcess(
+        argv, 0, stdout="ACTIVE\n"))
+    calls.clear()
+    assert tpu_pod.execute(steps, tpu_pod.STEPS, keep=False, detached=True) == 0
+    ran = [word for call in calls for word in call]
+    assert "delete" not in ran and "tail -n 100 -F ~/dipod_job.log" not in " ".join(ran)
 
 
 def test_skypilot_gpu_task_exports_the_coordinator_environment():
@@ -120,7 +143,7 @@ def test_skypilot_gpu_task_exports_the_coordinator_environment():
         'export JAX_NUM_PROCESSES="$SKYPILOT_NUM_NODES"',
         'export JAX_PROCESS_ID="$SKYPILOT_NODE_RANK"',
         "python3 -m experiments.control_population --distributed --workdir=/outputs/pop"]
-    assert spec["setup"] == 'pip install -e . && pip install -U "jax[cuda12]"\n'
+    assert spec["setup"] == 'pip install -e . && pip install "jax[cuda12]==0.10.2"\n'
     assert spec["file_mounts"] == {"/outputs": {"name": "my-bucket", "mode": "MOUNT"}}
     assert yaml.safe_load(skypilot_task.to_yaml(spec)) == spec
     assert skypilot_task.launch_command("t.yaml", "dipod", down=True) == ["sky", "launch", "-c", "dipod", "-y",
@@ -135,7 +158,7 @@ def test_skypilot_tpu_pod_task():
                                  "accelerator_args": {"runtime_version": "v2-alpha-tpuv5-lite"}}
     assert spec["num_nodes"] == 1
     assert spec["run"] == "python3 -m experiments.lm_rl --distributed --workdir=/outputs/rl\n"
-    assert "jax[tpu]" in spec["setup"]
+    assert "jax[tpu]==0.10.2" in spec["setup"]
     with pytest.raises(ValueError, match="num_nodes must be 1"):
         skypilot_task.task("lm_rl", [], "tpu-v4-64", num_nodes=2)
 

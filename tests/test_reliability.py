@@ -86,6 +86,14 @@ def metrics_has(out_dir, field):
     return ready
 
 
+def _printed_summary(out, workdir):
+    """The summary a program wrote to workdir/run_summary.json, after checking that its printed table names the
+    stop and the file (issue 20: the JSON goes to the file, the terminal gets a short table and the paths)."""
+    summary = files.read_json(os.path.join(workdir, program.SUMMARY_FILE))
+    assert f"{summary['stopped']} at step {summary['step']}" in out and program.SUMMARY_FILE in out, out[-2000:]
+    return summary
+
+
 def without_timing(records):
     return [{key: value for key, value in r.items() if key not in TIMING} for r in records]
 
@@ -353,7 +361,7 @@ def test_control_ctrl_c_then_resume_is_bit_identical(tmp_path, control_env):
     assert status == 128 + signal.SIGINT, err[-3000:]
     assert "Traceback" not in err and "stopped by SIGINT" in err
     assert not [line for line in err.splitlines() if line.startswith("I1") or "orbax" in line.lower()], err[-3000:]
-    summary = json.loads(out.splitlines()[-1])
+    summary = _printed_summary(out, split)
     stopped_at = summary["step"]
     assert summary["stopped"] == "signal" and 0 < stopped_at < CONTROL_ITERATIONS
     assert CheckpointStore(split, read_only=True).latest() == stopped_at
@@ -417,7 +425,7 @@ def test_lm_pretrain_sigterm_then_resume_is_bit_identical(pretrained, tmp_path):
     status, out, err = run_until("experiments.lm_pretrain", _pretrain_flags(split), metrics_has(split, "train/loss"),
                                  signal.SIGTERM)
     assert status == 128 + signal.SIGTERM, err[-3000:]
-    summary = json.loads(out.splitlines()[-1])
+    summary = _printed_summary(out, split)
     assert summary["stopped"] == "signal" and 0 < summary["step"] < PRETRAIN["steps"]
     assert CheckpointStore(split, read_only=True).latest() == summary["step"]
     resumed = lm_pretrain.train(lm_pretrain.PretrainSettings(workdir=split, resume=True, **PRETRAIN),
@@ -490,7 +498,7 @@ def test_lm_rl_sigterm_then_resume_is_bit_identical(pretrained, rl_straight, tmp
     status, out, err = run_until("experiments.lm_rl", _rl_flags(pretrained, split), metrics_has(split, "train/loss"),
                                  signal.SIGTERM)
     assert status == 128 + signal.SIGTERM, err[-3000:]
-    summary = json.loads(out.splitlines()[-1])
+    summary = _printed_summary(out, split)
     assert summary["stopped"] == "signal" and 0 < summary["step"] < RL_RUN["steps"]
     resumed = lm_rl.train(_rl_settings(pretrained, split, resume=True), show_progress=False)
     assert resumed["stopped"] == "completed" and resumed["step"] == RL_RUN["steps"]
@@ -632,7 +640,7 @@ def test_double_drift_sigterm_then_resume_is_bit_identical(tmp_path, caplog):
     status, out, err = run_until("experiments.double_drift", flags,
                                  lambda: os.path.exists(os.path.join(split, "config.json")), signal.SIGTERM)
     assert status == 128 + signal.SIGTERM, err[-3000:]
-    assert json.loads(out) == {"stopped": "signal", "step": 1, "signal": signal.SIGTERM}
+    assert _printed_summary(out, split) == {"stopped": "signal", "step": 1, "signal": signal.SIGTERM}
     assert CheckpointStore(split, read_only=True).steps() == [1] and not os.path.exists(first_run)
     with pytest.raises(ValueError, match="already holds a run"):
         double_drift.run_experiment(workdir=split, **{**DRIFT, "bandit_dipod_beta": 0.5})

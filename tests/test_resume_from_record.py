@@ -48,6 +48,7 @@ def test_bare_resume_restores_the_recorded_settings_and_refuses_a_typed_change(t
         "--model_size=tiny", "--steps=2"]
     resumed = run("--resume", "--steps=4")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads(resumed.stdout.splitlines()[-1])["step"] == 4
+    assert json.load(open(os.path.join(workdir, program.SUMMARY_FILE)))["step"] == 4
+    assert "completed at step 4" in resumed.stdout and "summary: " in resumed.stdout
     changed = run("--resume", "--steps=6", "--batch=4")
     assert changed.returncode == 2 and "settings.batch: 2 -> 4" in changed.stderr, changed.stderr[-3000:]

@@ -281,7 +281,7 @@ ENV_PRESETS = {
 # Isaac Lab's scene size for these tasks (set by the environment, not by rl_cfg.py). value_loss_coef is the
 # release's 1.0 x MSE, i.e. 2.0 here. What the release has and TrainConfig lacks (ELU networks, clip_actions 2
 # instead of tanh, action_perturb_std 0.02, EMA weights, motion tracking's kNN entropy bonus and KL-adaptive
-# learning rate, one minibatch partition for all epochs) is listed in README.md.
+# learning rate, one minibatch partition for all epochs) is listed in docs/fidelity.md.
 _FPO_PP_RELEASE = dict(
     algo="fpo++", num_envs=4096, batch_size=4096, num_minibatches=4, unroll_length=6, num_updates_per_batch=16,
     learning_rate=1e-4, max_grad_norm=1.0, adam_betas=(0.9, 0.999), weight_decay=1e-4, discounting=0.99,

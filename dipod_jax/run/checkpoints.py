@@ -72,8 +72,15 @@ class CheckpointStore:
     def __init__(self, out_dir: str, keep: int = 2, read_only: bool = False):
         self.out_dir = os.path.abspath(out_dir)
         self.directory = os.path.join(self.out_dir, CHECKPOINT_DIR)
-        self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, read_only=read_only))
+        # A read-only manager makes Orbax warn three times that it is read-only (what was asked): not news.
+        verbosity = logging.get_verbosity()
+        if read_only:
+            logging.set_verbosity(logging.ERROR)
+        try:
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only)
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        finally:
+            logging.set_verbosity(verbosity)
         self._written: set[int] = set()
         self.last_error: str | None = None  # why the newest step failed in the last restore_newest without success
 

@@ -94,11 +94,52 @@ def over_time_budget(started: float, budget_min: float) -> bool:
     return bool(budget_min) and time.time() - started > 60 * budget_min
 
 
-def progress_bar(total_steps: int, start_step: int, enabled: bool, name: str, **kwargs):
-    """A tqdm bar over the run's steps, starting at `start_step` (a resumed run); silent when not enabled."""
+def progress_bar(total_steps: int, start_step: int, enabled: bool, name: str | None, **kwargs):
+    """A tqdm bar over the run's steps, starting at `start_step` (a resumed run); silent when not enabled.
+
+    The first update includes compilation: until it, the bar says "compiling"; after it, the clock restarts, so
+    the rate and the time left come from measured steps only (a 3-minute run no longer shows 40 minutes left)."""
     from tqdm import tqdm
 
-    return tqdm(total=total_steps, initial=start_step, disable=not enabled, desc=name, **kwargs)
+    class StepBar(tqdm):
+        _compiled = False
+
+        def update(self, n=1):
+            shown = super().update(n)
+            if not self._compiled and not self.disable:
+                from tqdm.std import EMA
+
+                self._compiled = True
+                self.set_description(name)
+                # Forget the first step's time: the overall and the smoothed rate start from here.
+                self.initial, self.start_t = self.n, self._time()
+                self.last_print_n, self.last_print_t = self.n, self.start_t
+                self._ema_dn, self._ema_dt = EMA(self.smoothing), EMA(self.smoothing)
+            return shown
+
+    label = f"{name} (compiling)" if name else "compiling"
+    return StepBar(total=total_steps, initial=start_step, disable=not enabled, desc=label, **kwargs)
+
+
+def episode_returns(metrics: dict[str, Any]) -> list[tuple[float, float]]:
+    """[(mean return of the episodes that ended, how many ended)] per iteration of a control host call, from its
+    metrics "episode_return" and "episodes_ended" ([seeds or members, iterations]), pooled over seeds."""
+    returns, counts = np.asarray(metrics["episode_return"]), np.asarray(metrics["episodes_ended"])
+    pooled = []
+    for offset in range(returns.shape[1]):
+        ended = float(counts[:, offset].sum())
+        pooled.append((float((returns[:, offset] * counts[:, offset]).sum() / ended) if ended else 0.0, ended))
+    return pooled
+
+
+def rolling_episode_return(history: list[tuple[float, float]], window: int = 10) -> str:
+    """The mean return of the episodes that ended in the last `window` entries of `history` ([(mean return of the
+    episodes ended in an iteration, how many ended)]), as progress text: "-" while none has ended (not 0.0)."""
+    recent = history[-window:]
+    ended = sum(count for _, count in recent)
+    if not ended:
+        return "-"
+    return f"{sum(value * count for value, count in recent) / ended:.1f}"
 
 
 class StopSignals:

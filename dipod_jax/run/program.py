@@ -216,13 +216,53 @@ def run_program(main: Callable[[list[str]], Any], positional: bool = False) -> N
     app.run(wrapped, flags_parser=_parse_flags)
 
 
-def finish_run(summary: dict[str, Any], indent: int | None = None) -> int:
-    """An experiment's last act: prints its summary as JSON on stdout (process 0 of a multi-host run only) and
-    returns the exit status `exit_code` gives it."""
+SUMMARY_FILE = "run_summary.json"  # in a run's directory: the summary finish_run reports
+_TABLE_LINES = 16
+
+
+def _headline_lines(summary: dict[str, Any]) -> list[str]:
+    """"name: value" for the summary's numbers and words, one level of nesting deep ("last_eval.mean_reward"),
+    an interval as "mean ± half_width", at most _TABLE_LINES lines."""
+    lines = []
+
+    def add(name: str, value: Any) -> None:
+        if isinstance(value, float):
+            lines.append(f"  {name}: {value:.4g}")
+        elif isinstance(value, (int, str)) and not isinstance(value, bool):
+            lines.append(f"  {name}: {value}")
+
+    for name, value in summary.items():
+        if name in ("stopped", "step"):  # the table's first line says them
+            continue
+        if isinstance(value, dict) and {"mean", "half_width", "n"} <= set(value):
+            spread = f" ± {value['half_width']:.3f}" if value["n"] > 1 and math.isfinite(value["half_width"]) else ""
+            lines.append(f"  {name}: {value['mean']:+.4f}{spread} (n = {value['n']})")
+        elif isinstance(value, dict):
+            for inner, item in value.items():
+                if not isinstance(item, dict):
+                    add(f"{name}.{inner}", item)
+        else:
+            add(name, value)
+    if len(lines) > _TABLE_LINES:
+        lines = lines[:_TABLE_LINES] + [f"  ... ({len(lines) - _TABLE_LINES} more in the summary file)"]
+    return lines
+
+
+def finish_run(summary: dict[str, Any], workdir: str) -> int:
+    """An experiment's last act: writes its summary as JSON to workdir/SUMMARY_FILE, prints a short table of its
+    headline numbers and the paths of what it wrote (process 0 of a multi-host run only), and returns the exit
+    status `exit_code` gives it."""
     import jax  # here, not at the top: programs without JAX (the sweep) use this module too
 
+    from dipod_jax.run.files import write_json_atomic
+
     if jax.process_index() == 0:
-        print(json.dumps(summary, indent=indent))
+        path = os.path.join(workdir, SUMMARY_FILE)
+        write_json_atomic(path, summary)
+        figures = sorted(name for name in os.listdir(workdir) if name.endswith(".png"))
+        print("\n".join([f"{_program_name()}: {summary['stopped']} at step {summary.get('step', '-')}",
+                         *_headline_lines(summary), f"summary: {path}", f"outputs: {workdir}",
+                         *[f"figure: {os.path.join(workdir, name)}" for name in figures]]), flush=True)
     return exit_code(summary)
 
 
