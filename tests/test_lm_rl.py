@@ -250,8 +250,8 @@ def composition_inputs(model):
 def test_loss_composition_baseline_and_dipod_term(composition_inputs, method, estimator):
     """For every method: at the start of the batch the ratio is exactly 1 (old = current parameters); beta = 0
     gives the loss of dipod_jax.losses.lm evaluated on independently computed log-likelihoods; and
-    loss(beta) - loss(0) = -beta * mean ELBO, with the ELBO recomputed by `elbo_masked` (fpo, diffu_grpo) or
-    per draw by hand (spg, length-weighted)."""
+    loss(beta) - loss(0) = -beta * mean ELBO, with the ELBO recomputed by `elbo_masked` (fpo; diffu_grpo as a
+    token mean, sum ELBO / sum L) or per draw by hand (spg, length-weighted)."""
     graphdef, params, frozen, prepared = composition_inputs
     inputs = prepared[method, estimator]
     model = nnx.merge(graphdef, params, frozen)
@@ -286,7 +286,8 @@ def test_loss_composition_baseline_and_dipod_term(composition_inputs, method, es
     else:
         elbo_masks = jnp.swapaxes(inputs["elbo_masks"], 0, 1)
         elbo = elbo_masked(logits_fn, tokens, completion_mask, elbo_masks, MASK_ID)
-        dipod_mean = jnp.mean(elbo)
+        # FPO: the mean sequence ELBO; diffu-GRPO: its token mean, the scale of its token-mean loss.
+        dipod_mean = jnp.mean(elbo) if method == "fpo" else jnp.sum(elbo) / jnp.sum(completion_mask)
         if method == "fpo":
             expected = fpo_dllm_loss(elbo, elbo, advantages, 0.5, elbo_ref=elbo, kl_beta=kl_beta, dipod_beta=0.0)[0]
         else:

@@ -351,3 +351,18 @@ def test_sweep_summaries_name_damaged_inputs_and_the_seeds_they_leave_out(tmp_pa
     (tmp_path / "manifest.json").write_text(json.dumps({"runs": [{"name": "x", "group": "fpo", "beta": 0, "seed": 0}]}))
     with pytest.raises(ValueError, match="manifest.json: entry 1 has no workdir"):
         sweep.read_manifest(str(tmp_path / "manifest.json"))
+
+
+def test_a_read_only_directory_is_a_one_line_error(tmp_path, monkeypatch):
+    """Class 7: `--resume` (or a fresh run) on a read-only file system is one line naming the flag, not a
+    traceback: the lock file cannot be created."""
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith(record.LOCK_FILE):
+            raise OSError(30, "Read-only file system")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(record.os, "open", read_only)
+    with pytest.raises(program.UsageError, match=f"--workdir={tmp_path}: cannot create .lock \\(Read-only file system\\)"):
+        record.lock_output_dir(str(tmp_path), "--workdir")
