@@ -187,6 +187,8 @@ def plot_groups(groups: dict[str, list[dict[str, Any]]], metrics: list[str], pat
             if len(members) > 1:
                 axis.fill_between(steps, mean - half_width, mean + half_width, alpha=0.2, color=line.get_color())
         axis.set_title(metric + (f" ({smooth}-step mean)" if metric.startswith("train/") and smooth > 1 else ""))
+        if "kl" in metric.split("/")[-1]:
+            axis.set_yscale("symlog", linthresh=1e-2)  # KLs span orders of magnitude when a run drifts
         axis.set_xlabel("step")
     axes[0][0].legend(fontsize=7)
     figure.tight_layout()
