@@ -260,7 +260,8 @@ def finish_run(summary: dict[str, Any], workdir: str) -> int:
         path = os.path.join(workdir, SUMMARY_FILE)
         write_json_atomic(path, summary)
         figures = sorted(name for name in os.listdir(workdir) if name.endswith(".png"))
-        print("\n".join([f"{_program_name()}: {summary['stopped']} at step {summary.get('step', '-')}",
+        at_step = f" at step {summary['step']}" if "step" in summary else ""
+        print("\n".join([f"{_program_name()}: {summary['stopped']}{at_step}",
                          *_headline_lines(summary), f"summary: {path}", f"outputs: {workdir}",
                          *[f"figure: {os.path.join(workdir, name)}" for name in figures]]), flush=True)
     return exit_code(summary)
