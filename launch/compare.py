@@ -21,6 +21,7 @@ from absl import flags
 
 from dipod_jax.run.files import read_json, read_metrics, write_json_atomic
 from dipod_jax.run.program import UsageError, run_program, user_errors
+from dipod_jax.run.record import flatten_record
 from dipod_jax.run.statistics import t_interval
 
 RECORD_FILES = ("rl_config.json", "config.json")
@@ -41,22 +42,13 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "runs/compare.png", "Figure path (PNG); the table goes beside it as <out>.json.")
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return flat
-    return {prefix: value}
-
-
 def load_run(directory: str) -> dict[str, Any]:
     """{"dir", "record" (flattened, seed removed), "seed", "metrics", "paired" (or None)} of one run directory;
     UsageError naming it when it holds no run record or metrics."""
     for name in RECORD_FILES:
         path = os.path.join(directory, name)
         if os.path.exists(path):
-            flat = _flatten(read_json(path))
+            flat = flatten_record(read_json(path))
             break
     else:
         raise UsageError(f"{directory}: no run record ({' or '.join(RECORD_FILES)}); pass run directories")

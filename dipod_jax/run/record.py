@@ -101,11 +101,12 @@ def normalized(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_record(value: Any, prefix: str = "") -> dict[str, Any]:
+    """{"dotted.name": leaf} of a nested record (a non-empty dict is descended into; anything else is a leaf)."""
     if isinstance(value, dict) and value:
         flat = {}
         for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+            flat.update(flatten_record(item, f"{prefix}.{key}" if prefix else str(key)))
         return flat
     return {prefix: value}
 
@@ -116,7 +117,7 @@ _ABSENT = "(absent)"
 def record_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """"name: saved -> current" for every field of `current` (nested fields dotted) whose saved value differs
     or is missing. Fields only in `saved` are not differences (a setting this code no longer has)."""
-    saved_flat, current_flat = _flatten(normalized(saved)), _flatten(normalized(current))
+    saved_flat, current_flat = flatten_record(normalized(saved)), flatten_record(normalized(current))
     differences = []
     for name, value in current_flat.items():
         old = saved_flat.get(name, _ABSENT)
