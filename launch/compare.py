@@ -22,7 +22,7 @@ from absl import flags
 from dipod_jax.run.files import read_json, read_metrics, write_json_atomic
 from dipod_jax.run.program import UsageError, run_program, user_errors
 from dipod_jax.run.record import flatten_record
-from dipod_jax.run.statistics import t_interval
+from dipod_jax.run.statistics import interval_text, t_interval
 
 RECORD_FILES = ("rl_config.json", "config.json")
 PAIRED_FILE = "paired_eval.json"
@@ -99,15 +99,6 @@ def group_curve(members: list[dict[str, Any]], metric: str) -> tuple[list[int], 
     values = np.array([[points[step] for step in steps] for points in curves]).reshape(len(curves), len(steps))
     intervals = [t_interval(values[:, index]) for index in range(len(steps))]
     return steps, np.array([i["mean"] for i in intervals]), np.array([i["half_width"] for i in intervals])
-
-
-def interval_text(interval: dict[str, float], signed: bool = False) -> str:
-    """'0.593 ± 0.021' ('+0.093 ± 0.021' when `signed`), or '0.593 (n = 1)' where a single seed leaves no spread
-    to measure."""
-    mean = f"{interval['mean']:+.3f}" if signed else f"{interval['mean']:.3f}"
-    if interval["n"] < 2:
-        return f"{mean} (n = {interval['n']})"
-    return f"{mean} ± {interval['half_width']:.3f}"
 
 
 def summary_table(groups: dict[str, list[dict[str, Any]]], metrics: list[str]) -> dict[str, Any]:

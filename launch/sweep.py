@@ -49,7 +49,7 @@ from absl import flags
 from dipod_jax.run.files import read_json, write_json_atomic
 from dipod_jax.run.program import UsageError, run_program, user_errors
 from dipod_jax.run.record import float_name, has_checkpoint, lock_output_dir
-from dipod_jax.run.statistics import t_interval
+from dipod_jax.run.statistics import interval_text, t_interval
 
 MANIFEST_FILE = "manifest.json"
 LOG_FILE = "log.txt"
@@ -408,13 +408,6 @@ def _sampled_fields(sampled: Optional[Dict[str, Any]]) -> Dict[str, Any]:
             "pass_difference": sampled["pass_difference"]["mean"], "k": sampled["start"]["k"]}
 
 
-def _interval_text(interval: Dict[str, float]) -> str:
-    """'+0.083 ± 0.025', or '+0.083 (n = 1)' where one seed leaves no spread to measure."""
-    if interval["n"] < 2:
-        return f"{interval['mean']:+.3f} (n = {interval['n']})"
-    return f"{interval['mean']:+.3f} ± {interval['half_width']:.3f}"
-
-
 def paired_table(summary: Dict[str, Any]) -> str:
     """A markdown table of `summarize_paired`'s groups: start, end, paired difference (mean over seeds with its
     interval), each seed's difference with its own interval, solved-fraction change."""
@@ -428,11 +421,12 @@ def paired_table(summary: Dict[str, Any]) -> str:
         exact_end = np.mean([seed["exact_end"] for seed in group["per_seed"]])
         if "sampled_difference" in group:
             sampled = (f"{group['sampled_start']:.3f} -> {group['sampled_end']:.3f} "
-                       f"| {_interval_text(group['sampled_difference'])} | {_interval_text(group['pass_difference'])}")
+                       f"| {interval_text(group['sampled_difference'], signed=True)} "
+                       f"| {interval_text(group['pass_difference'], signed=True)}")
         else:
             sampled = "- | - | -"
         lines.append(f"| {group['group']} | {float_name(group['beta'])} | {group['start']:.3f} | {group['end']:.3f} "
-                     f"| {_interval_text(difference)} | {per_seed} "
+                     f"| {interval_text(difference, signed=True)} | {per_seed} "
                      f"| {exact_start:.3f} -> {exact_end:.3f} | {sampled} |")
     return "\n".join(lines)
 

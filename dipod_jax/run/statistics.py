@@ -52,3 +52,12 @@ def paired_difference(start, end, confidence: float = 0.95) -> Dict[str, float]:
     if start.shape != end.shape or start.ndim != 1:
         raise ValueError(f"start {start.shape} and end {end.shape} must be equal one-dimensional arrays")
     return {**t_interval(end - start, confidence), "start_mean": float(start.mean()), "end_mean": float(end.mean())}
+
+
+def interval_text(interval: dict[str, float], signed: bool = False) -> str:
+    """'0.593 ± 0.021' ('+0.093 ± 0.021' when `signed`), or '0.593 (n = 1)' where a single seed leaves no spread
+    to measure."""
+    mean = f"{interval['mean']:+.3f}" if signed else f"{interval['mean']:.3f}"
+    if interval["n"] < 2:
+        return f"{mean} (n = {interval['n']})"
+    return f"{mean} ± {interval['half_width']:.3f}"
