@@ -29,7 +29,8 @@ import json
 import os
 import platform
 import statistics
-from typing import Any, Dict, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 from absl import flags
@@ -67,7 +68,7 @@ def define_flags() -> None:
                          lower_bound=1)
 
 
-def layout_fields(layout: str, overrides: Dict[str, int]) -> Dict[str, int]:
+def layout_fields(layout: str, overrides: dict[str, int]) -> dict[str, int]:
     """The layout's batch fields with the non-zero overrides applied; UsageError naming a bad flag."""
     if layout not in LAYOUTS:
         raise UsageError(f"--layout={layout} must be one of {sorted(LAYOUTS)}")
@@ -80,8 +81,8 @@ def layout_fields(layout: str, overrides: Dict[str, int]) -> Dict[str, int]:
     return fields
 
 
-def variant_configs(env_name: str, fields: Dict[str, int], variants: Sequence[str],
-                    dipod_beta: float) -> Dict[str, TrainConfig]:
+def variant_configs(env_name: str, fields: dict[str, int], variants: Sequence[str],
+                    dipod_beta: float) -> dict[str, TrainConfig]:
     """{variant: TrainConfig} on the layout; UsageError naming the flag for bad variants or beta, or the
     TrainConfig field a layout breaks."""
     check_flag_choices("variants", variants, VARIANTS)
@@ -94,7 +95,7 @@ def variant_configs(env_name: str, fields: Dict[str, int], variants: Sequence[st
 
 def mlp_flops(widths: Sequence[int]) -> int:
     """Forward multiply-add FLOPs of one sample through dense layers widths[0] -> ... -> widths[-1]."""
-    return sum(2 * fan_in * fan_out for fan_in, fan_out in zip(widths[:-1], widths[1:]))
+    return sum(2 * fan_in * fan_out for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True))
 
 
 def iteration_flops(config: TrainConfig, obs_size: int, action_size: int) -> int:
@@ -128,7 +129,7 @@ def compile_variant(config: TrainConfig, env):
     return step, state, seconds
 
 
-def time_variants(configs: Dict[str, TrainConfig], env, timed_iterations: int) -> Dict[str, Dict[str, float]]:
+def time_variants(configs: dict[str, TrainConfig], env, timed_iterations: int) -> dict[str, dict[str, float]]:
     """Median seconds of an iteration of each configuration; the timed iterations are interleaved (one round
     times each configuration once) so that a drifting machine load affects all of them alike."""
     compiled = {name: compile_variant(config, env) for name, config in configs.items()}
@@ -142,7 +143,7 @@ def time_variants(configs: Dict[str, TrainConfig], env, timed_iterations: int) -
                    "first_call_s": compiled[name][2]} for name in configs}
 
 
-def split_seconds(full_s: float, one_epoch_s: float, epochs: int) -> Dict[str, float]:
+def split_seconds(full_s: float, one_epoch_s: float, epochs: int) -> dict[str, float]:
     """Rollout and update seconds of an iteration from its time with `epochs` and with one epoch:
     t_E = R + E U and t_1 = R + U."""
     update_epoch_s = (full_s - one_epoch_s) / (epochs - 1)
@@ -151,7 +152,7 @@ def split_seconds(full_s: float, one_epoch_s: float, epochs: int) -> Dict[str, f
             "rollout_fraction": rollout_s / full_s}
 
 
-def profile(configs: Dict[str, TrainConfig], env, directory: str) -> None:
+def profile(configs: dict[str, TrainConfig], env, directory: str) -> None:
     """A jax.profiler trace of one (compiled) iteration of each configuration, under directory/<variant>."""
     for name, config in configs.items():
         step, state, _ = compile_variant(config, env)
@@ -174,7 +175,7 @@ def main(argv):
         timed.update({f"{name}/one_epoch": dataclasses.replace(config, num_updates_per_batch=1)
                       for name, config in configs.items()})
     timings = time_variants(timed, env, FLAGS.timed_iterations)
-    results: Dict[str, Any] = {}
+    results: dict[str, Any] = {}
     for name, config in configs.items():
         median_s = timings[name]["median_iteration_s"]
         flops = iteration_flops(config, env.observation_size, env.action_size)

@@ -31,11 +31,17 @@ import optax  # noqa: E402
 from absl import flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from dipod_jax.models import sharding  # noqa: E402
 from dipod_jax.losses.lm import fpo_dllm_loss  # noqa: E402
 from dipod_jax.losses.masked import elbo_masked  # noqa: E402
-from dipod_jax.models.llada import (BASE_FILTER, LORA_FILTER, LLaDA, LLaDAConfig, count_params,  # noqa: E402
-                                    masked_diffusion_logits_fn)
+from dipod_jax.models import sharding  # noqa: E402
+from dipod_jax.models.llada import (  # noqa: E402
+    BASE_FILTER,
+    LORA_FILTER,
+    LLaDA,
+    LLaDAConfig,
+    count_params,
+    masked_diffusion_logits_fn,
+)
 from dipod_jax.run.program import UsageError, run_program  # noqa: E402
 
 FLAGS = flags.FLAGS

@@ -18,6 +18,7 @@ seconds, and the mean train reward (per seed and over seeds).
 """
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 from typing import Any
@@ -93,16 +94,16 @@ def main(argv):
                                   "sample_fn": sample_fn, "update_fn": update_fn, "step_s": [], "sample_s": [],
                                   "rewards": []}
     for step in range(values["steps"]):
-        for (name, seed), run in runs.items():
+        for (_, seed), run in runs.items():
             config = run["config"]
             items = task.generate(np.random.default_rng([seed, step]), config.num_prompts)
             prompts, prompt_mask, reward_fn = data.rl_prompts_and_reward(
                 task, items, tokenizer, run_config["template"], prompt_length, gen_length, config.num_generations)
             key = jax.random.fold_in(jax.random.key(seed), step)
             seconds, (run["state"], metrics, _) = time_call(
-                lambda: rl.rl_step(run["state"], run["frozen"], prompts, prompt_mask, reward_fn, key, config=config,
-                                   sample_fn=run["sample_fn"], update_fn=run["update_fn"],
-                                   eos_id=tokenizer.eos_id))
+                functools.partial(rl.rl_step, run["state"], run["frozen"], prompts, prompt_mask, reward_fn, key,
+                                  config=config, sample_fn=run["sample_fn"], update_fn=run["update_fn"],
+                                  eos_id=tokenizer.eos_id))
             rows = (np.repeat(prompts, config.num_generations, 0), np.repeat(prompt_mask, config.num_generations, 0))
             sample_seconds, _ = time_call(run["sample_fn"], run["state"].params, run["frozen"], *rows, key)
             run["step_s"].append(seconds)

@@ -101,15 +101,17 @@ def main(argv):
 
     results = {}
     for label, run in samplers.items():
-        scores = evaluate(lambda _, prompt, prompt_mask, key: run(prompt, key, prompt_mask=prompt_mask)[0], None,
-                          run_config, tokenizer, items, key)
+        def tokens_only(_, prompt, prompt_mask, key, run=run):
+            return run(prompt, key, prompt_mask=prompt_mask)[0]
+
+        scores = evaluate(tokens_only, None, run_config, tokenizer, items, key)
         stats = {name: int(value) for name, value in run(prompt, key, prompt_mask=prompt_mask)[1].items()}
         results[label] = {"sampler": label, **scores, **stats, "timings": []}
     for _ in range(values["repeats"]):
         for label, run in samplers.items():
-            results[label]["timings"].append(time_call(lambda: run(prompt, key, prompt_mask=prompt_mask))[0])
+            results[label]["timings"].append(time_call(functools.partial(run, prompt, key, prompt_mask=prompt_mask))[0])
     timed = values["repeats"] > 0
-    for label, result in results.items():
+    for result in results.values():
         if timed:
             seconds = statistics.median(result["timings"])
             result.update(seconds_median=seconds, tokens_per_second=len(items) * gen_length / seconds)

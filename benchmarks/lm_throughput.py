@@ -182,7 +182,7 @@ def main(argv):
                           **stats, "tflop_per_call": flops / 1e12, "tflops_per_s": flops / seconds / 1e12,
                           "mfu": flops / seconds / 1e12 / peak_tflops}
     if "exact" in samplers:
-        for name, result in samplers.items():
+        for result in samplers.values():
             result["speedup_vs_exact"] = result["tokens_per_second"] / samplers["exact"]["tokens_per_second"]
     train_seconds = statistics.median(timings["train_step"])
     train_tflop = train_flops(config, batch, total_length, values["num_draws"]) / 1e12

@@ -6,7 +6,8 @@
 For each population size P, the members are P seeds of FPO alternating between DiPOD beta 0 and 0.05 (traced,
 dipod_jax.control.population) at the reference configuration of `dipod_jax.control.configs.preset_config(env)`
 with the --config.<field>=<value> overrides (as experiments.control; algo fpo). "vmapped" is one `iterate` call
-of the whole population (one training iteration of every member, mesh-free, on the default device); "sequential" is one jitted `train_iteration` call of each member's
+of the whole population (one training iteration of every member, mesh-free, on the default device);
+"sequential" is one jitted `train_iteration` call of each member's
 own single run (make_train with the member's beta as a Python float), one after the other. Compilation is
 excluded; the timed rounds interleave the two (a round times one population call, then the P single calls), and
 member-env-steps/s = P * env steps per iteration / the median round time of each. The last line of output is
@@ -19,7 +20,6 @@ import os
 import platform
 import statistics
 import time
-from typing import Dict
 
 import jax
 from absl import flags
@@ -40,7 +40,7 @@ def population_members(size: int) -> Members:
     return Members(seeds=tuple(range(size)), dipod_beta=tuple(BETAS[index % 2] for index in range(size)))
 
 
-def measure(config: TrainConfig, env, size: int, timed_rounds: int) -> Dict[str, object]:
+def measure(config: TrainConfig, env, size: int, timed_rounds: int) -> dict[str, object]:
     """Median seconds of one population iteration and of P sequential single-run iterations, and the rates."""
     members = population_members(size)
     population = make_population_train(config, members, env)

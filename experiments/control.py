@@ -27,7 +27,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import jax
 import numpy as np
@@ -36,6 +36,7 @@ from absl import flags
 from dipod_jax.control.configs import ALGORITHM_PRESETS, TrainConfig, config_from_flags, validate_periods
 from dipod_jax.control.envs import make_environment
 from dipod_jax.control.train import make_train
+from dipod_jax.run.config import define_config_flag, flag_overrides
 from dipod_jax.run.files import METRICS_FILE
 from dipod_jax.run.harness import (
     COMPLETED,
@@ -45,7 +46,6 @@ from dipod_jax.run.harness import (
     progress_bar,
     rolling_episode_return,
 )
-from dipod_jax.run.config import define_config_flag, flag_overrides
 from dipod_jax.run.program import UsageError, finish_run, run_program, user_errors
 
 FLAGS = flags.FLAGS
@@ -76,7 +76,7 @@ def _validate_periods(iterations_per_call: int, checkpoint_every: int, eval_ever
         raise UsageError(f"--num_seeds must be >= 1, got {num_seeds}")
 
 
-def _host_metrics(metrics: Dict[str, Any]) -> Dict[str, np.ndarray]:
+def _host_metrics(metrics: dict[str, Any]) -> dict[str, np.ndarray]:
     return {name: np.asarray(value, dtype=np.float64) for name, value in metrics.items()}
 
 
@@ -86,7 +86,7 @@ def plot_learning_curve(jsonl_path: str, png_path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_step: Dict[int, List[float]] = {}
+    by_step: dict[int, list[float]] = {}
     with open(jsonl_path) as handle:
         for line in handle:
             record = json.loads(line)
@@ -120,7 +120,7 @@ def compiled_functions(config: TrainConfig, env, iterations_per_call: int):
     return init, train_chunk, evaluate
 
 
-def run_record(config: TrainConfig, seed: int, num_seeds: int, iterations_per_call: int) -> Dict[str, Any]:
+def run_record(config: TrainConfig, seed: int, num_seeds: int, iterations_per_call: int) -> dict[str, Any]:
     """The run record (config.json): every setting that changes the results; a resumed run must match it."""
     return {"train_config": dataclasses.asdict(config), "seed": seed, "num_seeds": num_seeds,
             "iterations_per_call": iterations_per_call}
@@ -128,7 +128,7 @@ def run_record(config: TrainConfig, seed: int, num_seeds: int, iterations_per_ca
 
 def run(config: TrainConfig, workdir: str, seed: int = 0, num_seeds: int = 1, num_timesteps: int = 1,
         iterations_per_call: int = 1, checkpoint_every: int = 10, eval_every: int = 10, resume: bool = False,
-        progress: bool = True, env=None) -> Tuple[Any, Dict[str, Any]]:
+        progress: bool = True, env=None) -> tuple[Any, dict[str, Any]]:
     """Train `num_seeds` seeds of `config` together, logging and checkpointing under `workdir`.
 
     Returns:
@@ -152,7 +152,7 @@ def run(config: TrainConfig, workdir: str, seed: int = 0, num_seeds: int = 1, nu
 
 def _train(harness_run: Run, config: TrainConfig, workdir: str, seed: int, num_seeds: int, num_timesteps: int,
            iterations_per_call: int, checkpoint_every: int, eval_every: int, progress: bool,
-           env) -> Tuple[Any, Dict[str, Any]]:
+           env) -> tuple[Any, dict[str, Any]]:
     seeds = np.arange(seed, seed + num_seeds)
     init, train_chunk, evaluate = compiled_functions(config, env or make_environment(config.env_name),
                                                      iterations_per_call)
@@ -167,7 +167,7 @@ def _train(harness_run: Run, config: TrainConfig, workdir: str, seed: int, num_s
     returns_history: list[tuple[float, float]] = []  # (mean return, episodes ended) per iteration
     start_time = time.perf_counter()
     iterations_at_start = done_iterations
-    summary: Dict[str, Any] = {"step": done_iterations, "stopped": COMPLETED}
+    summary: dict[str, Any] = {"step": done_iterations, "stopped": COMPLETED}
     while done_iterations < total_iterations:
         chunk_start = time.perf_counter()
         new_state, metrics = train_chunk(state)
@@ -199,8 +199,8 @@ def _train(harness_run: Run, config: TrainConfig, workdir: str, seed: int, num_s
         postfix = {"steps/s": f"{steps_per_s:.0f}",
                    "train_return": rolling_episode_return(returns_history)}
         if done_iterations % eval_every == 0 or done_iterations == total_iterations:
-            eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, done_iterations))(
-                jax.vmap(jax.random.key)(seeds + 1_000_003))
+            eval_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(
+                jax.vmap(jax.random.key)(seeds + 1_000_003), done_iterations)
             eval_metrics = _host_metrics(evaluate(state, eval_keys))
             for index, run_seed in enumerate(seeds):
                 record = {name: float(value[index]) for name, value in eval_metrics.items()}

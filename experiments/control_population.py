@@ -32,7 +32,8 @@ import functools
 import math
 import os
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -96,7 +97,7 @@ def _numbers(flag: str, texts: Sequence[str], kind: type) -> list:
 def build_members(seeds: Sequence[str], betas: Sequence[str], vary: Sequence[str]) -> population.Members:
     """--seeds, --betas and --vary as a Members grid (betas slowest, then --vary fields in order, seeds fastest);
     ValueError naming the flag for anything malformed."""
-    values: Dict[str, List[float]] = {}
+    values: dict[str, list[float]] = {}
     if betas:
         values["dipod_beta"] = _numbers("--betas", betas, float)
     for item in vary:
@@ -111,7 +112,7 @@ def build_members(seeds: Sequence[str], betas: Sequence[str], vary: Sequence[str
     return population.grid(_numbers("--seeds", seeds, int), **values)
 
 
-def member_runs(config: TrainConfig, members: population.Members, workdir: str) -> List[Dict[str, Any]]:
+def member_runs(config: TrainConfig, members: population.Members, workdir: str) -> list[dict[str, Any]]:
     """The members as launch/sweep.py's manifest entries: name, group (algo + the varied fields other than beta:
     what the summary groups seeds by), algo, beta, seed, workdir, and each varied value."""
     runs = []
@@ -128,7 +129,7 @@ def member_runs(config: TrainConfig, members: population.Members, workdir: str) 
 
 
 def population_record(config: TrainConfig, members: population.Members, iterations_per_call: int,
-                      mesh_shape: Dict[str, int]) -> Dict[str, Any]:
+                      mesh_shape: dict[str, int]) -> dict[str, Any]:
     """The run record (config.json): every setting that changes the results; a resumed run must match it."""
     return {"train_config": dataclasses.asdict(config), "members": dataclasses.asdict(members),
             "iterations_per_call": iterations_per_call, "mesh": mesh_shape}
@@ -142,7 +143,7 @@ def compiled_population(config: TrainConfig, members: population.Members, env, m
 
 def run(config: TrainConfig, members: population.Members, workdir: str, num_timesteps: int,
         iterations_per_call: int = 1, checkpoint_every: int = 10, eval_every: int = 10, data_shards: int = 0,
-        resume: bool = False, progress: bool = True, env=None) -> Tuple[Any, Dict[str, Any]]:
+        resume: bool = False, progress: bool = True, env=None) -> tuple[Any, dict[str, Any]]:
     """Train the population under `workdir` (see the module docstring).
 
     Returns:
@@ -167,7 +168,7 @@ def run(config: TrainConfig, members: population.Members, workdir: str, num_time
                       checkpoint_every, eval_every, progress)
 
 
-def _member_logs(harness_run: Run, runs: List[Dict[str, Any]], step: int) -> List[MetricsLog]:
+def _member_logs(harness_run: Run, runs: list[dict[str, Any]], step: int) -> list[MetricsLog]:
     """One metrics log per member directory, truncated as the harness truncates the run's own log."""
     continues_after = None
     if harness_run.mode != run_record.FRESH:
@@ -182,8 +183,8 @@ def _member_logs(harness_run: Run, runs: List[Dict[str, Any]], step: int) -> Lis
     return logs
 
 
-def _train(harness_run: Run, trainer: population.PopulationTrainer, runs: List[Dict[str, Any]], workdir: str,
-           num_timesteps: int, checkpoint_every: int, eval_every: int, progress: bool) -> Tuple[Any, Dict[str, Any]]:
+def _train(harness_run: Run, trainer: population.PopulationTrainer, runs: list[dict[str, Any]], workdir: str,
+           num_timesteps: int, checkpoint_every: int, eval_every: int, progress: bool) -> tuple[Any, dict[str, Any]]:
     config, per_call = trainer.config, trainer.iterations_per_call
     state = trainer.init()
     done, restored = harness_run.restore_if_resuming({"state": state})
@@ -196,7 +197,7 @@ def _train(harness_run: Run, trainer: population.PopulationTrainer, runs: List[D
     total = per_call * math.ceil(num_timesteps / (config.env_steps_per_iteration * per_call))
     bar = progress_bar(total, done, progress and harness_run.is_main, None, unit="it")
     returns_history: list[tuple[float, float]] = []  # (mean return, episodes ended) per iteration
-    summary: Dict[str, Any] = {"step": done, "stopped": COMPLETED}
+    summary: dict[str, Any] = {"step": done, "stopped": COMPLETED}
     while done < total:
         start = time.perf_counter()
         new_state, metrics = trainer.iterate(state)
@@ -243,7 +244,7 @@ def _train(harness_run: Run, trainer: population.PopulationTrainer, runs: List[D
     return state, summary
 
 
-def write_summary(workdir: str, runs: List[Dict[str, Any]], metric: str = SUMMARY_METRIC) -> Dict[str, Any]:
+def write_summary(workdir: str, runs: list[dict[str, Any]], metric: str = SUMMARY_METRIC) -> dict[str, Any]:
     """launch/sweep.py's summary of `metric` over the members: summary_<metric>.json and curves_<metric>.png."""
     summary = sweep.summarize(runs, metric)
     write_json_atomic(os.path.join(workdir, f"summary_{metric}.json"), summary)

@@ -36,7 +36,8 @@ import json
 import os
 import warnings
 import zipfile
-from typing import Any, Callable, Dict, List, NamedTuple, Tuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,7 +79,7 @@ def define_flags() -> None:
                       "workdir/runs, a run stopped part-way continues from its checkpoint.")
 
 
-def check_flags(settings: List[str], bandit_dipod_beta: float, sequence_dipod_beta: float, num_seeds: int,
+def check_flags(settings: list[str], bandit_dipod_beta: float, sequence_dipod_beta: float, num_seeds: int,
                 steps: int) -> None:
     """Raise ValueError naming the first bad flag."""
     unknown = [name for name in settings if name not in SETTINGS]
@@ -108,7 +109,7 @@ def _freeze_diverged(new_state, old_state, valid: np.ndarray):
     return jax.tree_util.tree_map(pick, new_state, old_state)
 
 
-def _seed_status(toy, config, metrics: Dict[str, np.ndarray], alive: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _seed_status(toy, config, metrics: dict[str, np.ndarray], alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per seed [n_seeds]: (training is healthy, exact diagnostics are defined) after this step."""
     healthy = alive.copy()
     for name in toy.TRAINING_METRICS:
@@ -128,7 +129,7 @@ class RunProgress(NamedTuple):
     {metric: [steps, n_seeds] float64, NaN beyond `done` and where a seed has diverged} and the steps done."""
     state: Any
     alive: np.ndarray
-    history: Dict[str, np.ndarray]
+    history: dict[str, np.ndarray]
     done: int
 
 
@@ -173,7 +174,7 @@ def _signature(config, beta: float, num_seeds: int, steps: int) -> str:
                       sort_keys=True)
 
 
-def load_finished(path: str, signature: str) -> Dict[str, np.ndarray] | None:
+def load_finished(path: str, signature: str) -> dict[str, np.ndarray] | None:
     """The history stored in a finished run's file, or None when there is none. A file that cannot be read
     or belongs to other settings is reported (a warning naming it), moved to <path>.unreadable and not used."""
     if not os.path.exists(path):
@@ -190,7 +191,7 @@ def load_finished(path: str, signature: str) -> Dict[str, np.ndarray] | None:
         return None
 
 
-def _store_finished(path: str, signature: str, history: Dict[str, np.ndarray]) -> None:
+def _store_finished(path: str, signature: str, history: dict[str, np.ndarray]) -> None:
     def write(tmp_path):
         with open(tmp_path, "wb") as handle:
             np.savez(handle, signature=signature, **history)
@@ -198,7 +199,7 @@ def _store_finished(path: str, signature: str, history: Dict[str, np.ndarray]) -
     write_atomic(path, write)
 
 
-def _over_seeds(per_seed: np.ndarray) -> Dict:
+def _over_seeds(per_seed: np.ndarray) -> dict:
     interval = t_interval(per_seed)
     finite = per_seed[np.isfinite(per_seed)]
     median = float(np.median(finite)) if finite.size else float("nan")
@@ -206,7 +207,7 @@ def _over_seeds(per_seed: np.ndarray) -> Dict:
             "median": _json_float(median), "num_seeds": interval["n"]}
 
 
-def summarize(history: Dict[str, np.ndarray]) -> Dict:
+def summarize(history: dict[str, np.ndarray]) -> dict:
     """Per metric, over seeds (mean, 95% interval, median): "final" is each seed's mean over the last 10% of
     steps, "training" its mean over all steps. NaN entries (diverged seeds, undefined diagnostics) are skipped."""
     steps = next(iter(history.values())).shape[0]
@@ -230,7 +231,7 @@ def _json_float(value: float):
     return float(value) if np.isfinite(value) else None
 
 
-def write_metrics_jsonl(path: str, runs: Dict[Tuple[str, str], Tuple[float, Dict[str, np.ndarray]]]) -> None:
+def write_metrics_jsonl(path: str, runs: dict[tuple[str, str], tuple[float, dict[str, np.ndarray]]]) -> None:
     def write(tmp_path):
         with open(tmp_path, "w") as handle:
             for (setting, variant), (beta, history) in runs.items():
@@ -244,7 +245,7 @@ def write_metrics_jsonl(path: str, runs: Dict[Tuple[str, str], Tuple[float, Dict
     write_atomic(path, write)
 
 
-def _band(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-step mean over live seeds and 95% half-width (0 with fewer than two live seeds):
     values [steps, seeds] -> ([steps], [steps])."""
     intervals = [t_interval(row) for row in values]
@@ -253,7 +254,7 @@ def _band(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return mean, np.nan_to_num(half_width, nan=0.0)
 
 
-def plot_settings(path: str, settings: List[str], runs) -> None:
+def plot_settings(path: str, settings: list[str], runs) -> None:
     """One row per setting, one column per plotted metric, baseline vs DiPOD with 95% bands."""
     figure, axes = plt.subplots(len(settings), len(PLOTTED_METRICS), figsize=(4.2 * len(PLOTTED_METRICS),
                                                                              3.0 * len(settings)), squeeze=False)
@@ -277,16 +278,16 @@ def plot_settings(path: str, settings: List[str], runs) -> None:
     plt.close(figure)
 
 
-def run_record(settings: List[str], toys, bandit_dipod_beta: float, sequence_dipod_beta: float, num_seeds: int,
-               steps: int) -> Dict:
+def run_record(settings: list[str], toys, bandit_dipod_beta: float, sequence_dipod_beta: float, num_seeds: int,
+               steps: int) -> dict:
     """The run record (config.json): every setting that changes the results; --resume must match it."""
     return {"settings": list(settings), "bandit_dipod_beta": bandit_dipod_beta,
             "sequence_dipod_beta": sequence_dipod_beta, "num_seeds": num_seeds, "steps": steps,
             "configs": {setting: dataclasses.asdict(config) for setting, (_, config) in toys.items()}}
 
 
-def run_experiment(settings: List[str], bandit_dipod_beta: float, sequence_dipod_beta: float, num_seeds: int,
-                   steps: int, workdir: str, bandit_action_dim: int = 2, resume: bool = False) -> Dict:
+def run_experiment(settings: list[str], bandit_dipod_beta: float, sequence_dipod_beta: float, num_seeds: int,
+                   steps: int, workdir: str, bandit_action_dim: int = 2, resume: bool = False) -> dict:
     """Run every setting at beta = 0 and at its DiPOD beta, and write all outputs.
 
     Returns the summary (also written to summary.json) with "stopped": "completed"; or, when SIGTERM /
@@ -311,7 +312,7 @@ def run_experiment(settings: List[str], bandit_dipod_beta: float, sequence_dipod
 
 
 def _run_plan(harness_run: Run, plan, toys, num_seeds: int, steps: int, workdir: str,
-              settings: List[str]) -> Dict:
+              settings: list[str]) -> dict:
     # A run part-way is checkpointed (on a stop signal) at the global step index * steps + steps done.
     runs = {}
     with tqdm(total=len(plan) * steps, desc="double drift", unit="step") as progress:

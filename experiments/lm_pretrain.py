@@ -34,7 +34,6 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 from absl import flags
 
 from dipod_jax.lm import data
@@ -56,6 +55,7 @@ from dipod_jax.run.config import field_defaults
 from dipod_jax.run.harness import COMPLETED, TIME_BUDGET, Run, non_finite, progress_bar
 from dipod_jax.run.program import UsageError, check_flag_bounds, finish_run, run_program, user_errors
 from dipod_jax.run.record import value_digest
+
 
 @dataclasses.dataclass(frozen=True)
 class PretrainSettings:
@@ -247,7 +247,8 @@ def train(settings: PretrainSettings, show_progress: bool = True) -> dict[str, A
         except UsageError as error:
             if settings.decay_steps == 0 and "settings.decay_steps:" in str(error):
                 raise UsageError(f"{error} (--decay_steps=0 follows --steps, so a longer run changes the schedule: "
-                                 "pass --decay_steps=<the recorded value> to extend the run with the same one)") from error
+                                 "pass --decay_steps=<the recorded value> to extend the run with the same one)"
+                                 ) from error
             raise
     with run:
         return _train(settings, run, run_config, tokenizer, task, eval_sets, show_progress)

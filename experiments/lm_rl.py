@@ -256,11 +256,11 @@ def plot_curves(workdir: str) -> str:
 
     records = read_metrics(workdir)
     figure, axes = plt.subplots(1, len(PLOT_PANELS), figsize=(4 * len(PLOT_PANELS), 3.5))
-    for axis, (title, names) in zip(axes, PLOT_PANELS):
+    for axis, (title, names) in zip(axes, PLOT_PANELS, strict=True):
         for name in names:
             points = [(r["step"], r[name]) for r in records if name in r]
             if points:
-                axis.plot(*zip(*points), marker="." if name.startswith("eval") else None, label=name)
+                axis.plot(*zip(*points, strict=True), marker="." if name.startswith("eval") else None, label=name)
         axis.set_xlabel("step")
         axis.set_title(title)
         if axis.lines:
@@ -404,7 +404,8 @@ def make_evaluator(settings: RLRunSettings, config: RLConfig, graphdef, frozen, 
             return greedy, None
         sampled = sampled_item_rewards(lambda p, prompt, mask, key: rollout_sample(p, frozen, prompt, mask, key),
                                        params, info, tokenizer, items,
-                                       jax.random.fold_in(jax.random.fold_in(base_key, 2), step), settings.sampled_eval_k)
+                                       jax.random.fold_in(jax.random.fold_in(base_key, 2), step),
+                                       settings.sampled_eval_k)
         return greedy, sampled
 
     return evaluate

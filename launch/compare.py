@@ -159,7 +159,7 @@ def plot_groups(groups: dict[str, list[dict[str, Any]]], metrics: list[str], pat
     if not drawn:
         raise UsageError(f"none of the runs logged any of --metrics={','.join(metrics)}")
     figure, axes = plt.subplots(1, len(drawn), figsize=(4.2 * len(drawn), 3.6), squeeze=False)
-    for axis, metric in zip(axes[0], drawn):
+    for axis, metric in zip(axes[0], drawn, strict=True):
         for label, members in groups.items():
             steps, mean, half_width = group_curve(members, metric)
             if not steps:

@@ -9,10 +9,10 @@ elsewhere from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, whi
 from __future__ import annotations
 
 import shlex
-from typing import Dict, Sequence
+from collections.abc import Sequence
 
 # job name -> the experiment module it runs; both read --distributed (jax.distributed.initialize()).
-JOBS: Dict[str, str] = {
+JOBS: dict[str, str] = {
     "population": "experiments.control_population",
     "lm_rl": "experiments.lm_rl",
 }

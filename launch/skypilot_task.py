@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-from typing import Any, Dict, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import yaml
 from absl import app, flags
@@ -41,8 +42,8 @@ def coordinator_exports(port: int = COORDINATOR_PORT) -> str:
     ])
 
 
-def task(job: str, job_args: Sequence[str], accelerators: str, num_nodes: int = 1, name: Optional[str] = None,
-         bucket: Optional[str] = None, runtime_version: Optional[str] = None) -> Dict[str, Any]:
+def task(job: str, job_args: Sequence[str], accelerators: str, num_nodes: int = 1, name: str | None = None,
+         bucket: str | None = None, runtime_version: str | None = None) -> dict[str, Any]:
     """The SkyPilot task as a dict (the YAML's content).
 
     Args:
@@ -57,7 +58,7 @@ def task(job: str, job_args: Sequence[str], accelerators: str, num_nodes: int = 
     if num_nodes < 1:
         raise ValueError(f"--num_nodes must be >= 1, got {num_nodes}")
     is_tpu = accelerators.startswith("tpu-")
-    resources: Dict[str, Any] = {"accelerators": accelerators}
+    resources: dict[str, Any] = {"accelerators": accelerators}
     if is_tpu:
         if num_nodes != 1:
             raise ValueError("--num_nodes must be 1 for a TPU slice: SkyPilot runs the job on each of its hosts")
@@ -68,7 +69,7 @@ def task(job: str, job_args: Sequence[str], accelerators: str, num_nodes: int = 
         run = job_command(job, job_args)
     else:
         run = coordinator_exports() + "\n" + job_command(job, job_args)
-    spec: Dict[str, Any] = {
+    spec: dict[str, Any] = {
         "name": name or f"dipod-{job}",
         "resources": resources,
         "num_nodes": num_nodes,
@@ -81,7 +82,7 @@ def task(job: str, job_args: Sequence[str], accelerators: str, num_nodes: int = 
     return spec
 
 
-def to_yaml(spec: Dict[str, Any]) -> str:
+def to_yaml(spec: dict[str, Any]) -> str:
     """The task as YAML text (block style, keys in the order written)."""
     return yaml.safe_dump(spec, sort_keys=False, default_flow_style=False)
 

@@ -11,7 +11,8 @@ is applied under the grid's own settings, which --extra may not repeat). Every c
 directory out_root/<algo>_beta<beta>_seed<seed> (beta written exactly, so 1e-07 and 1.000001e-07 are two
 directories), its log file log.txt there, and an entry in out_root/manifest.json: name, group (what the
 summaries group seeds by: here the algorithm), algo, beta, seed, workdir, command, status (pending / running /
-succeeded / failed / interrupted), return code, start and end times. The manifest is rewritten atomically after every change, so it can be read while the sweep runs.
+succeeded / failed / interrupted), return code, start and end times. The manifest is rewritten atomically after
+every change, so it can be read while the sweep runs.
 
 A run's identity is its full command. Running the sweep again skips the runs already succeeded and relaunches
 the others, adding --resume where the run directory holds a checkpoint (so --resume is never passed in
@@ -41,7 +42,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from absl import flags
@@ -79,8 +81,8 @@ def define_flags() -> None:
 
 
 def build_runs(experiment: str, algos: Sequence[str], betas: Sequence[float], seeds: Sequence[int],
-               out_root: str, extra_args: Sequence[str] = (), module: Optional[str] = None,
-               python: str = sys.executable) -> List[Dict[str, Any]]:
+               out_root: str, extra_args: Sequence[str] = (), module: str | None = None,
+               python: str = sys.executable) -> list[dict[str, Any]]:
     """The grid algos x betas x seeds as pending manifest entries, each with its command line.
 
     Args:
@@ -125,7 +127,7 @@ def build_runs(experiment: str, algos: Sequence[str], betas: Sequence[float], se
     return runs
 
 
-def write_manifest(path: str, runs: List[Dict[str, Any]]) -> None:
+def write_manifest(path: str, runs: list[dict[str, Any]]) -> None:
     """Atomically (write + rename) store the manifest {"runs": runs} as JSON."""
     write_json_atomic(path, {"runs": runs})
 
@@ -133,7 +135,7 @@ def write_manifest(path: str, runs: List[Dict[str, Any]]) -> None:
 MANIFEST_FIELDS = ("name", "group", "beta", "seed", "workdir")
 
 
-def read_manifest(path: str) -> List[Dict[str, Any]]:
+def read_manifest(path: str) -> list[dict[str, Any]]:
     """The runs of a manifest written by `write_manifest`; ValueError naming the file for one that is not JSON
     or whose entries lack a field the summaries need."""
     manifest = read_json(path)
@@ -147,7 +149,7 @@ def read_manifest(path: str) -> List[Dict[str, Any]]:
     return runs
 
 
-def merge_previous(runs: List[Dict[str, Any]], previous: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def merge_previous(runs: list[dict[str, Any]], previous: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The grid `runs` with the entries of a previous manifest of the same names (their status, times).
 
     Raises:
@@ -163,8 +165,8 @@ def merge_previous(runs: List[Dict[str, Any]], previous: List[Dict[str, Any]]) -
     return [{**by_name[run["name"]], "command": run["command"]} if run["name"] in by_name else run for run in runs]
 
 
-def distributed_env(run_index: int, coordinator_address: Optional[str], num_processes: int,
-                    process_id: int) -> Dict[str, str]:
+def distributed_env(run_index: int, coordinator_address: str | None, num_processes: int,
+                    process_id: int) -> dict[str, str]:
     """Environment variables that make run `run_index` one multi-host JAX job (empty for a single host).
 
     Each run gets its own coordinator port (base port + run_index), so consecutive jobs never collide.
@@ -182,8 +184,8 @@ def distributed_env(run_index: int, coordinator_address: Optional[str], num_proc
             "JAX_PROCESS_ID": str(process_id)}
 
 
-def run_sweep(runs: List[Dict[str, Any]], manifest_path: str, max_parallel: int = 1,
-              env_for_run=lambda index: {}, poll_seconds: float = 0.2) -> Tuple[List[Dict[str, Any]], Optional[int]]:
+def run_sweep(runs: list[dict[str, Any]], manifest_path: str, max_parallel: int = 1,
+              env_for_run=lambda index: {}, poll_seconds: float = 0.2) -> tuple[list[dict[str, Any]], int | None]:
     """Launch every run not yet succeeded, at most `max_parallel` at a time, keeping the manifest current.
 
     A run whose directory holds a checkpoint is launched with --resume. SIGTERM / SIGINT received meanwhile is
@@ -212,8 +214,8 @@ def run_sweep(runs: List[Dict[str, Any]], manifest_path: str, max_parallel: int 
     for index in queue:
         runs[index].update(status="pending", returncode=None)
     queue_total, finished_count = list(queue), 0
-    running: Dict[int, Any] = {}
-    received: List[int] = []
+    running: dict[int, Any] = {}
+    received: list[int] = []
 
     def on_signal(signum, frame):
         received.append(signum)
@@ -275,7 +277,7 @@ def _stop_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def live_holder(run: Dict[str, Any]) -> Optional[int]:
+def live_holder(run: dict[str, Any]) -> int | None:
     """The PID recorded for a "running" manifest entry when that process is alive and is this run (its command
     line names the run's workdir), else None."""
     pid = run.get("pid")
@@ -289,7 +291,7 @@ def live_holder(run: Dict[str, Any]) -> Optional[int]:
     return pid if run["workdir"] in command_line else None
 
 
-def read_curve(workdir: str, metric: str) -> List[tuple]:
+def read_curve(workdir: str, metric: str) -> list[tuple]:
     """[(step, value)] of `metric` in workdir/metrics.jsonl (records without it are skipped)."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
@@ -309,7 +311,7 @@ def read_curve(workdir: str, metric: str) -> List[tuple]:
     return records
 
 
-def summarize(runs: List[Dict[str, Any]], metric: str, confidence: float = 0.95) -> Dict[str, Any]:
+def summarize(runs: list[dict[str, Any]], metric: str, confidence: float = 0.95) -> dict[str, Any]:
     """Final value of `metric` per run, grouped by (group, beta) over seeds: mean and Student-t interval.
 
     Args:
@@ -322,7 +324,7 @@ def summarize(runs: List[Dict[str, Any]], metric: str, confidence: float = 0.95)
       "curves"}}, "missing": [run names]}; mean and interval are `dipod_jax.run.statistics.t_interval`'s over
       the finite finals (low / high NaN with one seed).
     """
-    groups: Dict[str, Dict[str, Any]] = {}
+    groups: dict[str, dict[str, Any]] = {}
     missing = []
     for run in runs:
         curve = read_curve(run["workdir"], metric)
@@ -338,8 +340,8 @@ def summarize(runs: List[Dict[str, Any]], metric: str, confidence: float = 0.95)
         interval = t_interval(group["finals"], confidence)
         finite = [bool(np.isfinite(final)) for final in group["finals"]]
         # The interval is over the finite finals: name only those seeds, and the others apart.
-        group["left_out"] = [seed for seed, ok in zip(group["seeds"], finite) if not ok]
-        group["seeds"] = [seed for seed, ok in zip(group["seeds"], finite) if ok]
+        group["left_out"] = [seed for seed, ok in zip(group["seeds"], finite, strict=True) if not ok]
+        group["seeds"] = [seed for seed, ok in zip(group["seeds"], finite, strict=True) if ok]
         group.update(mean=interval["mean"], low=interval["low"], high=interval["high"])
     return {"metric": metric, "confidence": confidence, "groups": groups, "missing": missing}
 
@@ -348,7 +350,7 @@ PAIRED = "paired"
 PAIRED_FILE = "paired_eval.json"  # written by experiments.lm_rl at its last step
 
 
-def summarize_paired(runs: List[Dict[str, Any]], confidence: float = 0.95) -> Dict[str, Any]:
+def summarize_paired(runs: list[dict[str, Any]], confidence: float = 0.95) -> dict[str, Any]:
     """The paired start / end evaluations of lm_rl runs (PAIRED_FILE), grouped by (group, beta) over seeds.
 
     Args:
@@ -361,7 +363,7 @@ def summarize_paired(runs: List[Dict[str, Any]], confidence: float = 0.95) -> Di
       differences, "exact_difference": the same for the solved fraction, "all_seeds_above_zero": whether
       every seed's own interval lies above 0}}, "missing": [run names]}.
     """
-    groups: Dict[str, Dict[str, Any]] = {}
+    groups: dict[str, dict[str, Any]] = {}
     missing = []
     for run in runs:
         path = os.path.join(run["workdir"], PAIRED_FILE)
@@ -398,23 +400,24 @@ def summarize_paired(runs: List[Dict[str, Any]], confidence: float = 0.95) -> Di
     return {"confidence": confidence, "groups": groups, "missing": missing}
 
 
-def _sampled_fields(sampled: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def _sampled_fields(sampled: dict[str, Any] | None) -> dict[str, Any]:
     """One seed's sampled evaluation (lm_rl's --sampled_eval_k) for the summary; {} when the run had none."""
     if not sampled:
         return {}
     return {"sampled_start": sampled["start"]["mean_reward"], "sampled_end": sampled["end"]["mean_reward"],
-            "sampled_difference": sampled["difference"]["mean"], "sampled_half_width": sampled["difference"]["half_width"],
+            "sampled_difference": sampled["difference"]["mean"],
+            "sampled_half_width": sampled["difference"]["half_width"],
             "pass_start": sampled["start"]["pass_at_k"], "pass_end": sampled["end"]["pass_at_k"],
             "pass_difference": sampled["pass_difference"]["mean"], "k": sampled["start"]["k"]}
 
 
-def paired_table(summary: Dict[str, Any]) -> str:
+def paired_table(summary: dict[str, Any]) -> str:
     """A markdown table of `summarize_paired`'s groups: start, end, paired difference (mean over seeds with its
     interval), each seed's difference with its own interval, solved-fraction change."""
     lines = ["| group | beta | start | end | end - start (seeds) | per seed: end - start (95% over items) "
              "| solved: start -> end | sampled: start -> end | sampled end - start (seeds) | pass@k end - start |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, group in sorted(summary["groups"].items()):
+    for _, group in sorted(summary["groups"].items()):
         difference = group["difference"]
         per_seed = ", ".join(f"{seed['difference']:+.3f} ± {seed['half_width']:.3f}" for seed in group["per_seed"])
         exact_start = np.mean([seed["exact_start"] for seed in group["per_seed"]])
@@ -431,7 +434,7 @@ def paired_table(summary: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_summary(summary: Dict[str, Any], path: str) -> None:
+def plot_summary(summary: dict[str, Any], path: str) -> None:
     """Mean curve over seeds (steps shared by all seeds) with min-max band, one line per group."""
     import matplotlib
 

@@ -34,7 +34,8 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import List, NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from absl import app, flags
 
@@ -64,7 +65,7 @@ JOB_LOG = "~/dipod_job.log"  # a detached job's output on every worker
 
 class Step(NamedTuple):
     name: str
-    argv: List[str]
+    argv: list[str]
 
 
 def accelerator_type(name: str) -> str:
@@ -79,9 +80,9 @@ def accelerator_type(name: str) -> str:
 
 
 def plan(name: str, project: str, zone: str, accelerator: str, job: str, job_args: Sequence[str],
-         repo_dir: str, archive_path: str, queued_resource: Optional[str] = None,
-         runtime_version: Optional[str] = None, spot: bool = False, bucket: Optional[str] = None,
-         detach: bool = True) -> List[Step]:
+         repo_dir: str, archive_path: str, queued_resource: str | None = None,
+         runtime_version: str | None = None, spot: bool = False, bucket: str | None = None,
+         detach: bool = True) -> list[Step]:
     """Every step of a pod run (see the module docstring), each an argv list.
 
     Args:

@@ -4,9 +4,10 @@ hypothesis profiles.
 Two markers split the suite (CI, the README's test command, runs everything that is not `slow`):
 - `integration`: a test that runs a program end to end (an experiment's `train`, a benchmark as a subprocess),
   several processes, a real environment (MuJoCo Playground, brax.envs), or that compiles whole trainers or
-  models (the control trainer and population, the RL step, LLaDA and its samplers, the toys). A test file made only of such tests
-  says so at its top with `pytestmark = pytest.mark.integration`; a single test carries the decorator. Tests that
-  use the `pretrained_dir` fixture (it runs experiments.lm_pretrain) are marked here automatically.
+  models (the control trainer and population, the RL step, LLaDA and its samplers, the toys). A test file made
+  only of such tests says so at its top with `pytestmark = pytest.mark.integration`; a single test carries the
+  decorator. Tests that use the `pretrained_dir` fixture (it runs experiments.lm_pretrain) are marked here
+  automatically.
   The unit suite, seconds to a minute on one core: `python -m pytest -m "not integration and not slow"`.
 - `slow`: long checks CI does not select (`python -m pytest -m slow`).
 

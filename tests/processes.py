@@ -4,7 +4,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,7 +16,7 @@ def free_port() -> int:
 
 
 def launch_processes(module: str, argv: Sequence[str], num_processes: int, log_prefix: str, timeout_s: float,
-                     devices_per_process: Optional[int] = None) -> List[Tuple[int, str]]:
+                     devices_per_process: int | None = None) -> list[tuple[int, str]]:
     """Runs `python -m module argv` as the `num_processes` processes of one jax.distributed run (coordinator on
     127.0.0.1, CPU backend, `devices_per_process` fake CPU devices each, default one); returns [(returncode,
     output)] by process.
@@ -49,4 +49,4 @@ def launch_processes(module: str, argv: Sequence[str], num_processes: int, log_p
     for log_path in log_paths:
         with open(log_path) as log_file:
             outputs.append(log_file.read())
-    return list(zip(returncodes, outputs))
+    return list(zip(returncodes, outputs, strict=True))

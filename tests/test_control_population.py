@@ -8,9 +8,19 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from dipod_jax.control.configs import preset_config
-from dipod_jax.control.population import (DATA_AXIS, EVAL_SEED_OFFSET, MEMBER_AXIS, Members, default_data_shards,
-                                          grid, make_mesh, make_population_train, member_config, to_host,
-                                          validate_members)
+from dipod_jax.control.population import (
+    DATA_AXIS,
+    EVAL_SEED_OFFSET,
+    MEMBER_AXIS,
+    Members,
+    default_data_shards,
+    grid,
+    make_mesh,
+    make_population_train,
+    member_config,
+    to_host,
+    validate_members,
+)
 from dipod_jax.control.train import make_train
 
 pytestmark = pytest.mark.integration  # compiles whole trainers / models: not in the unit suite

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from processes import launch_processes
 
 from dipod_jax.control.configs import preset_config
 from dipod_jax.control.envs import make_point_target
@@ -20,7 +21,6 @@ from dipod_jax.run.checkpoints import CheckpointStore
 from dipod_jax.run.files import read_metrics
 from experiments import control_population
 from launch import sweep
-from processes import launch_processes
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ def test_two_process_population_equals_the_single_process_run(tmp_path):
         distributed = read_metrics(run["workdir"])
         single = read_metrics(run["workdir"].replace("distributed", "reference"))
         assert [r["step"] for r in distributed] == [r["step"] for r in single] == [1, 2, 2, 3, 4, 4]
-        for record, expected in zip(distributed, single):
+        for record, expected in zip(distributed, single, strict=True):
             assert record.keys() == expected.keys() and record["kind"] == expected["kind"]
             numbers = sorted(name for name in record if name != "kind")
             np.testing.assert_allclose([record[name] for name in numbers], [expected[name] for name in numbers],

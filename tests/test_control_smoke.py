@@ -1,4 +1,5 @@
-"""Smoke tests of the trainer on real environments: MuJoCo Playground (CartpoleBalance, impl jax) and brax.envs (mjx)."""
+"""Smoke tests of the trainer on real environments: MuJoCo Playground (CartpoleBalance, impl jax) and brax.envs
+(mjx)."""
 import chex
 import jax
 import pytest

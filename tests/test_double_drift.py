@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from experiments import double_drift
 from dipod_jax.toys import bandit
+from experiments import double_drift
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,16 @@ import pytest
 from flax import nnx
 
 from dipod_jax.models import sharding
-from dipod_jax.models.llada import (BASE_FILTER, LORA_FILTER, LLaDA, LLaDAConfig, LoRAParam, count_params,
-                                    lora_optax_mask, masked_diffusion_logits_fn)
+from dipod_jax.models.llada import (
+    BASE_FILTER,
+    LORA_FILTER,
+    LLaDA,
+    LLaDAConfig,
+    LoRAParam,
+    count_params,
+    lora_optax_mask,
+    masked_diffusion_logits_fn,
+)
 
 pytestmark = pytest.mark.integration  # compiles whole trainers / models: not in the unit suite
 

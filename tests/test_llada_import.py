@@ -94,7 +94,9 @@ def _numpy_llada_forward(tensors, tokens, attention_mask=None):
         bias = np.where(attention_mask, 0.0, -1e30)[:, None, None, :]
     x = t["wte.weight"][tokens]
     for i in range(c["n_layers"]):
-        p = lambda name: t[f"blocks.{i}.{name}.weight"]  # noqa: E731
+        def p(name, i=i):
+            return t[f"blocks.{i}.{name}.weight"]
+
         h = rms(x, p("attn_norm"))
         q = (h @ p("q_proj").T).reshape(batch, length, n_heads, hd).transpose(0, 2, 1, 3)
         k = (h @ p("k_proj").T).reshape(batch, length, n_kv, hd).transpose(0, 2, 1, 3)
@@ -172,7 +174,8 @@ def test_missing_or_misshapen_tensor_is_named(checkpoint, tmp_path):
     with pytest.raises(ValueError, match=r"blocks\.1\.up_proj\.weight"):
         load_llada(str(tmp_path / "missing"))
     transposed = dict(tensors)
-    transposed["model.transformer.blocks.0.k_proj.weight"] = tensors["model.transformer.blocks.0.k_proj.weight"].T.copy()
+    name = "model.transformer.blocks.0.k_proj.weight"
+    transposed[name] = tensors[name].T.copy()
     (tmp_path / "transposed").mkdir()
     _write_checkpoint(str(tmp_path / "transposed"), transposed, shards=1)
     with pytest.raises(ValueError, match=r"blocks\.0\.k_proj\.weight.*shape"):

@@ -14,12 +14,12 @@ import pytest
 from flax import nnx
 
 from dipod_jax.lm import data, pretrain
-from dipod_jax.run.files import CHECKPOINT_DIR, read_metrics
 from dipod_jax.lm.evaluation import evaluate
 from dipod_jax.lm.tasks import get_task
 from dipod_jax.lm.tokenizer import char_tokenizer
 from dipod_jax.losses.masked import mask_uniform_count
 from dipod_jax.models.llada import LLaDA, LLaDAConfig
+from dipod_jax.run.files import CHECKPOINT_DIR, read_metrics
 from experiments import lm_pretrain
 
 pytestmark = pytest.mark.integration

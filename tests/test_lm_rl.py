@@ -14,12 +14,12 @@ from flax import nnx
 
 from dipod_jax.lm import rl
 from dipod_jax.lm.rl_config import PAPER_PRESETS, RLConfig, paper_preset, preset
-from dipod_jax.run.checkpoints import CheckpointStore
-from dipod_jax.run.config import ConfigError
-from dipod_jax.run.files import read_json, read_metrics
 from dipod_jax.losses.lm import diffu_grpo_loss, fpo_dllm_loss
 from dipod_jax.losses.masked import apply_mask, elbo_masked, token_log_probs
 from dipod_jax.models.llada import LLaDA, LLaDAConfig
+from dipod_jax.run.checkpoints import CheckpointStore
+from dipod_jax.run.config import ConfigError
+from dipod_jax.run.files import read_json, read_metrics
 
 pytestmark = pytest.mark.integration  # compiles whole trainers / models: not in the unit suite
 

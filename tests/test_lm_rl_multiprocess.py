@@ -10,13 +10,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from processes import launch_processes
 
 from dipod_jax.lm import data, rl
-from dipod_jax.run.checkpoints import CheckpointStore
-from dipod_jax.run.files import CHECKPOINT_DIR, read_metrics
 from dipod_jax.lm.tasks import get_task
 from dipod_jax.models import sharding
-from processes import launch_processes
+from dipod_jax.run.checkpoints import CheckpointStore
+from dipod_jax.run.files import CHECKPOINT_DIR, read_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -111,6 +111,6 @@ def test_two_process_run_equals_single_process_run_on_the_same_global_batch(pret
     reference_params, reference_metrics = single_process_reference(pretrained_dir, str(tmp_path / "reference"))
     chex.assert_trees_all_close(jax.tree.map(np.asarray, restored["params"]), reference_params,
                                 rtol=1e-4, atol=1e-5)
-    for record, reference in zip(train_records, reference_metrics):
+    for record, reference in zip(train_records, reference_metrics, strict=True):
         logged = {name: record[f"train/{name}"] for name in reference}
         np.testing.assert_allclose(list(logged.values()), list(reference.values()), rtol=1e-4, atol=1e-5)

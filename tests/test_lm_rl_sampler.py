@@ -42,8 +42,10 @@ def _check_sample_fns():
     graphdef, params, frozen = rl.split_model(model, lora_only=False)
     prompts = np.repeat(np.array([[3, 4], [0, 6]], np.int32), CONFIG.num_generations, axis=0)
     prompt_mask = prompts != 0
-    sample = lambda config: np.asarray(rl.make_sample_fn(config, graphdef, MODEL_CONFIG.mask_token_id)(
-        params, frozen, prompts, prompt_mask, jax.random.key(0)))
+    def sample(config):
+        return np.asarray(rl.make_sample_fn(config, graphdef, MODEL_CONFIG.mask_token_id)(
+            params, frozen, prompts, prompt_mask, jax.random.key(0)))
+
     exact = sample(CONFIG)
     np.testing.assert_array_equal(sample(dataclasses.replace(CONFIG, sampler="dual")), exact)
     np.testing.assert_array_equal(

@@ -69,11 +69,11 @@ def test_sharded_step_equals_single_device_step(mesh):
     _, (state_sharding, _) = rl.update_shardings(sharded_state, frozen, CONFIG, graphdef, mesh)
     assert jax.tree.leaves(jax.tree.map(lambda array, expected: array.sharding.is_equivalent_to(expected, array.ndim),
                                         sharded_state, state_sharding)) == [True] * len(jax.tree.leaves(sharded_state))
-    for single, sharded in zip(single_batches, sharded_batches):
+    for single, sharded in zip(single_batches, sharded_batches, strict=True):
         chex.assert_trees_all_equal(single, sharded)
     chex.assert_trees_all_close(jax.tree.map(np.asarray, single_state),
                                 jax.tree.map(np.asarray, sharded_state), rtol=1e-4, atol=1e-5)
-    for single, sharded in zip(single_metrics, sharded_metrics):
+    for single, sharded in zip(single_metrics, sharded_metrics, strict=True):
         assert single.keys() == sharded.keys()
         np.testing.assert_allclose([single[k] for k in single], [sharded[k] for k in single], rtol=1e-4, atol=1e-5)
     assert not np.allclose(np.asarray(single_state.params["w_q"]),

@@ -3,7 +3,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from absl.testing import parameterized
 from jax.test_util import check_grads
 
@@ -81,7 +80,9 @@ class CfmTest(parameterized.TestCase):
         act = jnp.asarray(RNG.normal(size=(B, D)), jnp.float32)
         tau, eps = L.draw_tau_eps(jax.random.PRNGKey(0), B, N, D, "uniform")
         # x_tau - a = tau (eps - a), so (x - a) / tau recovers eps - a on this path.
-        fn = lambda o, x, t: (x - act[:, None]) / t[..., None]
+        def fn(o, x, t):
+            return (x - act[:, None]) / t[..., None]
+
         np.testing.assert_allclose(L.cfm_loss(fn, obs, act, tau, eps), 0.0, atol=1e-8)
 
     def test_cfm_gradients(self):
@@ -90,7 +91,7 @@ class CfmTest(parameterized.TestCase):
             a, eps = jnp.asarray(RNG.normal(size=(B, D))), jnp.asarray(RNG.normal(size=(B, D)))
             tau = jnp.asarray(RNG.uniform(size=(B,)))
             for variant in L.flow.CFM_VARIANTS:
-                check_grads(lambda v: L.cfm_loss_from_velocity(v, a, eps, tau, variant).sum(),
+                check_grads(lambda v, variant=variant: L.cfm_loss_from_velocity(v, a, eps, tau, variant).sum(),
                             (jnp.asarray(RNG.normal(size=(B, D))),), order=2)
 
     def test_bad_variant_and_shapes_raise(self):

@@ -142,8 +142,8 @@ class DipodAndGradientTest(chex.TestCase):
         different program)."""
         x = {k: jnp.asarray(v, jnp.float32) if v.dtype != bool else jnp.asarray(v) for k, v in make_inputs(4).items()}
         for total in (grpo_total, fpo_total, spg_total):
-            with_elbo = jax.value_and_grad(lambda new, inputs: total(new, inputs["elbo"], inputs, 0.0))
-            without_elbo = jax.value_and_grad(lambda new, inputs: total(new, None, inputs, 0.0))
+            with_elbo = jax.value_and_grad(lambda new, inputs, total=total: total(new, inputs["elbo"], inputs, 0.0))
+            without_elbo = jax.value_and_grad(lambda new, inputs, total=total: total(new, None, inputs, 0.0))
             self.assertEqual(str(jax.make_jaxpr(with_elbo)(x["new"], x)),
                              str(jax.make_jaxpr(without_elbo)(x["new"], x)), total.__name__)
             value, grad_new = jax.jit(with_elbo)(x["new"], x)

@@ -284,7 +284,7 @@ def test_masked_estimators_read_only_masked_real_completion_tokens(token_logp, m
     scored = mask & completion_mask[None]
     changed = np.where(scored, token_logp, noise)
     for before, after in zip(estimators(token_logp, mask, completion_mask),
-                             estimators(changed, mask, completion_mask)):
+                             estimators(changed, mask, completion_mask), strict=True):
         np.testing.assert_array_equal(before, after)
 
 

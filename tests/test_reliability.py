@@ -580,12 +580,13 @@ def test_lm_rl_damaged_evaluation_files_and_a_lost_final_record(pretrained, rl_s
     (dict(task="gsm8k"), "--task=gsm8k has templates ['d1'], not the model's 'compact'"),
     (dict(num_devices=99), "--num_devices=99: only 8 device(s) here"),
     (dict(mesh_data=3), "--mesh_data=3 does not divide the 1 device(s) of the run"),
-    (dict(overrides=dict(lora_only=True)), "--config.lora_only=true trains only LoRA adapters, and this model has none"),
+    (dict(overrides=dict(lora_only=True)),
+     "--config.lora_only=true trains only LoRA adapters, and this model has none"),
 ])
 def test_lm_rl_impossible_settings_are_refused_before_anything_runs(pretrained, tmp_path, changes, message):
-    """Issue 21, classes 6 and 7: a task whose template the model lacks, more devices than there are, a mesh that does not divide them, and LoRA-only training
-    without adapters are one-line errors before any compile and before the directory is claimed (they used to
-    run silently or end in a traceback)."""
+    """Issue 21, classes 6 and 7: a task whose template the model lacks, more devices than there are, a mesh that
+    does not divide them, and LoRA-only training without adapters are one-line errors before any compile and
+    before the directory is claimed (they used to run silently or end in a traceback)."""
     with pytest.raises(ValueError, match=re.escape(message)):
         lm_rl.train(_rl_settings(pretrained, tmp_path / "run", **changes), show_progress=False)
     assert not os.path.exists(tmp_path / "run")
@@ -689,7 +690,7 @@ def test_user_errors_are_one_line_with_status_2(a_file, pretrained, tmp_path):
     ]
     processes = [subprocess.Popen(_command(*command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   cwd=REPO, env=_env()) for command, _ in cases]
-    for (command, fragments), process in zip(cases, processes):
+    for (_, fragments), process in zip(cases, processes, strict=True):
         _, err = process.communicate(timeout=600)
         assert_one_line_usage_error(process.returncode, err, *fragments)
     assert not os.path.exists(f"{tmp_path}/c/checkpoints") and not os.path.exists(f"{tmp_path}/p")

@@ -124,7 +124,8 @@ FAILING_SAVE = textwrap.dedent("""
     CheckpointStore.save = save
 
     def main(argv):
-        with harness.Run(os.environ["RUN_DIR"], experiment="demo", record_file="config.json", record={}, resume=False) as run:
+        with harness.Run(os.environ["RUN_DIR"], experiment="demo", record_file="config.json", record={},
+                         resume=False) as run:
             for step in (1, 2):
                 run.save(step, {"state": {"w": np.full(3, step, np.float32)}})
         return 0
@@ -364,5 +365,6 @@ def test_a_read_only_directory_is_a_one_line_error(tmp_path, monkeypatch):
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(record.os, "open", read_only)
-    with pytest.raises(program.UsageError, match=f"--workdir={tmp_path}: cannot create .lock \\(Read-only file system\\)"):
+    expected = f"--workdir={tmp_path}: cannot create .lock \\(Read-only file system\\)"
+    with pytest.raises(program.UsageError, match=expected):
         record.lock_output_dir(str(tmp_path), "--workdir")

@@ -17,8 +17,13 @@ import numpy as np
 import pytest
 
 from dipod_jax.lm.tasks import countdown, get_task, gsm8k, sudoku
-from dipod_jax.lm.tasks.arith_parser import (MAX_EXPRESSION_CHARS, MAX_NESTING_DEPTH, ArithmeticSyntaxError,
-                                             ParsedExpression, parse_arithmetic)
+from dipod_jax.lm.tasks.arith_parser import (
+    MAX_EXPRESSION_CHARS,
+    MAX_NESTING_DEPTH,
+    ArithmeticSyntaxError,
+    ParsedExpression,
+    parse_arithmetic,
+)
 from dipod_jax.lm.tasks.completion_text import first_digits, last_answer
 from dipod_jax.lm.tasks.files import EXCERPT_CHARS
 
@@ -229,7 +234,7 @@ _ADVERSARIAL_ITEMS = {"countdown": COUNTDOWN_ITEMS[0], "sudoku": SUDOKU_ITEM, "g
 _REFERENCE_REWARDS = {"countdown": reference_countdown_reward, "sudoku": reference_sudoku_reward,
                       "gsm8k": lambda c, item: float(sum(reference_gsm8k_components(c, item).values()))}
 ADVERSARIAL_CHARS = 10_000_000
-SECONDS_ALLOWED = 0.5
+SECONDS_ALLOWED = 2.0  # linear work takes at most ~0.25 s of CPU; quadratic work takes hours
 
 
 @pytest.mark.parametrize("task,shape,build,score", ADVERSARIAL, ids=[f"{t}: {s}" for t, s, _, _ in ADVERSARIAL])
@@ -244,17 +249,17 @@ def test_adversarial_shapes_score_as_reference_at_small_size(task, shape, build,
 
 @pytest.mark.parametrize("task,shape,build,score", ADVERSARIAL, ids=[f"{t}: {s}" for t, s, _, _ in ADVERSARIAL])
 def test_ten_megabyte_adversarial_completion_scores_fast(task, shape, build, score):
-    """Observation 7: a 10 MB adversarial completion gets its score in under 0.5 s (before: "<answer>" * 12500,
-    100k characters, took 8 s and 10 MB did not finish in 20 s). This bounds work, not speed: linear-time code
-    takes ~0.01-0.25 s here, the replaced regexes would take hours. The best of three tries is kept so that a
-    busy shared CPU does not fail it."""
+    """Observation 7: a 10 MB adversarial completion gets its score within SECONDS_ALLOWED of CPU time (before:
+    "<answer>" * 12500, 100k characters, took 8 s and 10 MB did not finish in 20 s). This bounds work, not
+    speed: linear-time code takes ~0.01-0.25 s here, the replaced regexes would take hours. CPU time of this
+    process (not wall time) and the best of three tries, so that a busy shared CPU does not fail it."""
     completion = build(ADVERSARIAL_CHARS)
     reward = get_task(task).reward
     best = float("inf")
     for _ in range(3):
-        start = time.perf_counter()
+        start = time.process_time()
         value = reward(completion, _ADVERSARIAL_ITEMS[task])
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
         if best < SECONDS_ALLOWED:
             break
     assert value == pytest.approx(score, abs=1e-12)

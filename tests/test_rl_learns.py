@@ -19,8 +19,8 @@ SAMPLES = 4
 
 @pytest.fixture(scope="module")
 def headroom_runs(tmp_path_factory):
-    from experiments import lm_pretrain, lm_rl
     from dipod_jax.lm.tasks import sudoku
+    from experiments import lm_pretrain, lm_rl
 
     root = tmp_path_factory.mktemp("learns")
     test_path = root / "test.csv"

@@ -58,7 +58,7 @@ def test_pretraining_items_carry_the_distractor_at_the_flag_fraction(task_name, 
         plain = task.generate(np.random.default_rng([0, step]), 250)
         items = training_items(task, 0, step, 250, fraction)
         assert len(items) == len(plain)
-        for original, item in zip(plain, items):
+        for original, item in zip(plain, items, strict=True):
             assert item == original or item == task.distractor(original)
             replaced += item != original
             total += 1
@@ -102,7 +102,7 @@ def scripted_sampler(answers_per_call):
         assert len(texts) == prompt.shape[0]
         rows = [list(np.asarray(row)) + tokenizer.encode(text)[: RUN_CONFIG["gen_length"]]
                 + [tokenizer.eos_id] * (RUN_CONFIG["gen_length"] - len(tokenizer.encode(text)))
-                for row, text in zip(prompt, texts)]
+                for row, text in zip(prompt, texts, strict=True)]
         return np.asarray(rows, np.int32)
 
     return sample, tokenizer
@@ -118,7 +118,7 @@ def test_sampled_rewards_are_items_by_samples_with_known_values():
     texts = [right[0], wrong[0], wrong[1], wrong[1], right[2], right[2]]
     sample, tokenizer = scripted_sampler([texts])
     rewards = sampled_item_rewards(sample, None, RUN_CONFIG, tokenizer, items, None, num_samples=2)
-    wrong_rewards = [SUDOKU.reward(w, item) for w, item in zip(wrong, items)]
+    wrong_rewards = [SUDOKU.reward(w, item) for w, item in zip(wrong, items, strict=True)]
     np.testing.assert_allclose(rewards, [[1.0, wrong_rewards[0]], [wrong_rewards[1]] * 2, [1.0, 1.0]])
     summary = sampled_summary(rewards)
     assert summary["pass_at_k"] == pytest.approx(2 / 3)

@@ -47,7 +47,8 @@ def test_history_keeps_unmasked_tokens_and_follows_schedule(model, sample):
     history = np.asarray(history)
     assert history.shape == (STEPS, 3, PROMPT_LENGTH + GEN_LENGTH)
     np.testing.assert_array_equal(history[-1], tokens)
-    np.testing.assert_array_equal(history[:, :, :PROMPT_LENGTH], np.broadcast_to(prompt, history[:, :, :PROMPT_LENGTH].shape))
+    prompt_part = history[:, :, :PROMPT_LENGTH]
+    np.testing.assert_array_equal(prompt_part, np.broadcast_to(prompt, prompt_part.shape))
     start = np.concatenate([np.asarray(prompt), np.full((3, GEN_LENGTH), MASK_ID)], axis=1)
     previous = start
     expected_counts = [2, 1, 1, 2, 1, 1]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dipod_jax.models import sharding
 from dipod_jax.lm.sampler import generate, generate_from_logits_fn, unmask_schedule
+from dipod_jax.models import sharding
 from dipod_jax.models.llada import LLaDA, LLaDAConfig
 
 pytestmark = pytest.mark.integration  # compiles whole trainers / models: not in the unit suite
@@ -40,7 +40,7 @@ def one_layer_model():
     return LLaDA(LLaDAConfig.tiny(VOCAB, n_layers=1), rngs=nnx.Rngs(1))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sampler(cache="none", refresh_interval=None, threshold=None, output=None):
     """Jitted generate with the fast options; output None, "history" or "stats"."""
     extra = dict(return_history=output == "history", return_stats=output == "stats")
@@ -100,7 +100,8 @@ def test_one_layer_cache_is_exact(one_layer_model, cache):
     np.testing.assert_array_equal(cached, exact)
     # Cached windows: prefix 8 then 4 positions (block and what follows), dual 4 (the block), two passes a block.
     window_positions = {"prefix": 2 * 8 + 2 * 4, "dual": 4 * 4}[cache]
-    assert tuple(int(stats[k]) for k in ("full_passes", "cached_passes", "cached_positions")) == (2, 4, window_positions)
+    counts = tuple(int(stats[k]) for k in ("full_passes", "cached_passes", "cached_positions"))
+    assert counts == (2, 4, window_positions)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

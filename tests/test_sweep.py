@@ -114,7 +114,7 @@ def test_summarize_groups_seeds_with_a_t_interval(tmp_path):
     """Final values 0.2, 0.4, 0.6 of three seeds give mean 0.4 and the 95% t interval
     0.4 +- 4.3027 * 0.2 / sqrt(3); a run without metrics is reported missing; the plot is written."""
     runs = sweep.build_runs("lm_rl", ["fpo"], [0.05], [0, 1, 2, 3], str(tmp_path))
-    for run, final in zip(runs[:3], (0.2, 0.4, 0.6)):
+    for run, final in zip(runs[:3], (0.2, 0.4, 0.6), strict=True):
         os.makedirs(run["workdir"])
         with open(os.path.join(run["workdir"], "metrics.jsonl"), "w") as handle:
             for step, value in ((0, 0.0), (10, final / 2), (20, final)):
@@ -138,7 +138,7 @@ def test_summarize_paired_reads_each_runs_paired_evaluation(tmp_path):
 
     runs = sweep.build_runs("lm_rl", ["diffu_grpo"], [0.0], [0, 1, 2, 3], str(tmp_path))
     rng = np.random.default_rng(0)
-    for run, gain in zip(runs[:3], (0.05, 0.07, 0.09)):
+    for run, gain in zip(runs[:3], (0.05, 0.07, 0.09), strict=True):
         os.makedirs(run["workdir"])
         start = rng.uniform(0.2, 0.6, size=200)
         end = start + gain + rng.normal(0.0, 0.01, size=200)

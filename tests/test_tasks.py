@@ -5,10 +5,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from dipod_jax.lm.tasks import get_task
-from dipod_jax.lm.tasks import countdown, gsm8k, sudoku
+from dipod_jax.lm.tasks import countdown, get_task, gsm8k, sudoku
 from dipod_jax.lm.tasks.arith_parser import ArithmeticSyntaxError, parse_arithmetic
-
 
 # ---- Sudoku ---------------------------------------------------------------------------------------------
 
@@ -36,7 +34,7 @@ def test_generated_puzzles_valid_and_disjoint(num_blanks):
     for item in items:
         assert sudoku.is_valid_grid(item.solution)
         assert low <= item.puzzle.count("0") <= high
-        assert all(p in ("0", s) for p, s in zip(item.puzzle, item.solution))
+        assert all(p in ("0", s) for p, s in zip(item.puzzle, item.solution, strict=True))
         assert sudoku.count_solutions(item.puzzle) == 1
         assert item.puzzle not in test_puzzles
 

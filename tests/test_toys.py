@@ -21,7 +21,7 @@ NUM_SEEDS = 2
 
 def _max_abs_param_difference(params_a, params_b):
     return max(float(jnp.max(jnp.abs(a - b))) for a, b in
-               zip(jax.tree_util.tree_leaves(params_a), jax.tree_util.tree_leaves(params_b)))
+               zip(jax.tree_util.tree_leaves(params_a), jax.tree_util.tree_leaves(params_b), strict=True))
 
 
 def test_bandit_reward_known_values():

@@ -12,7 +12,7 @@ dipod_jax.run.config); TrainConfig checks every field when it is constructed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, NamedTuple
 
 from dipod_jax.run.config import ConfigError, build
 
@@ -45,10 +45,10 @@ class TrainConfig:
     # unroll_length transitions), as in Brax's batch arithmetic.
     unroll_length: int = 30
     num_updates_per_batch: int = 4
-    episode_length: Optional[int] = None  # None: the environment's own time limit
+    episode_length: int | None = None  # None: the environment's own time limit
     # Optimisation.
-    learning_rate: Optional[float] = None  # None: 1e-3 for ppo (Playground's tuned Brax PPO), 3e-4 for fpo / fpo++
-    max_grad_norm: Optional[float] = None
+    learning_rate: float | None = None  # None: 1e-3 for ppo (Playground's tuned Brax PPO), 3e-4 for fpo / fpo++
+    max_grad_norm: float | None = None
     discounting: float = 0.995
     gae_lambda: float = 0.95
     reward_scaling: float = 10.0
@@ -56,21 +56,21 @@ class TrainConfig:
     # The critic adds value_loss_coef * 0.5 * mean (V - R)^2 to the loss: the default 0.5 is 0.25 * MSE (Brax /
     # the FPO reference); the FPO++ release adds value_loss_coef * MSE, so its coefficient c is 2c here.
     value_loss_coef: float = 0.5
-    clip_eps: Optional[float] = None  # None: 0.3 for ppo (reference PPO), 0.05 for fpo / fpo++
+    clip_eps: float | None = None  # None: 0.3 for ppo (reference PPO), 0.05 for fpo / fpo++
     entropy_cost: float = 1e-2  # ppo only
-    adam_betas: Tuple[float, float] = (0.9, 0.999)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0  # > 0: AdamW (decoupled), as the FPO++ release
     # "minibatch": (A - mean) / (std + 1e-8) within each minibatch (Brax PPO, the FPO reference); "rollout": over
     # the whole rollout with the unbiased std, once per iteration (the FPO++ release); "none". None: "rollout"
     # for fpo++, "minibatch" otherwise.
-    advantage_normalization: Optional[str] = None
+    advantage_normalization: str | None = None
     # Time limits: "next_value" bootstraps from V of the observation actually reached, recorded before the
     # auto-reset (correct); "current_value" adds gamma * V(s_t) to the reward of a timed-out step and ends the
     # recursion there (the FPO++ release, rsl_rl's approximation).
     timeout_bootstrap: str = "next_value"
     # Networks.
-    actor_hidden: Tuple[int, ...] = (32, 32, 32, 32)
-    critic_hidden: Tuple[int, ...] = (256, 256, 256, 256, 256)
+    actor_hidden: tuple[int, ...] = (32, 32, 32, 32)
+    critic_hidden: tuple[int, ...] = (256, 256, 256, 256, 256)
     # Flow policy.
     num_flow_steps: int = 10
     num_cfm_samples: int = 8
@@ -78,15 +78,15 @@ class TrainConfig:
     output_scale: float = 0.25
     cfm_variant: str = "eps"
     cfm_reduction: str = "mean"  # over action dimensions: "mean" | "sum" | "sqrt" (sum / sqrt(D))
-    cfm_huber_delta: Optional[float] = None  # the FPO++ release's Huber error (None: squared error)
-    tau_schedule: Optional[str] = None  # None: "grid" for fpo, "beta" for fpo++
+    cfm_huber_delta: float | None = None  # the FPO++ release's Huber error (None: squared error)
+    tau_schedule: str | None = None  # None: "grid" for fpo, "beta" for fpo++
     tau_beta_b: float = 2.0
-    trust_region: Optional[str] = None  # None: "ppo" for fpo, "aspo" for fpo++
+    trust_region: str | None = None  # None: "ppo" for fpo, "aspo" for fpo++
     # FPO++ clamps (fpo++ only; see dipod_jax.losses.fpo_pp_loss). advantage_clamp: c or (positive_max,
     # negative_max); loss_clamp: l_new where A < 0 (None: off); log_ratio_clamp: straight-through, from above;
     # cfm_loss_clamp: l_old and l_new for every sample (<= 0: off).
-    advantage_clamp: Optional[Union[float, Tuple[float, float]]] = None
-    loss_clamp: Optional[float] = 20.0
+    advantage_clamp: float | tuple[float, float] | None = None
+    loss_clamp: float | None = 20.0
     log_ratio_clamp: float = 10.0
     cfm_loss_clamp: float = -1.0
     # Self-distillation (release defaults); 0 iterations disables it.
@@ -299,7 +299,7 @@ ALGORITHM_PRESETS = {
 }
 
 
-def preset_fields(env_name: str, algorithm_preset: Optional[str] = None) -> dict:
+def preset_fields(env_name: str, algorithm_preset: str | None = None) -> dict:
     """TrainConfig fields: ENV_PRESETS[env_name] (the reference layout when none is listed), then
     ALGORITHM_PRESETS[algorithm_preset] when given (ValueError naming the known presets otherwise); every field
     not set there has the TrainConfig default."""
@@ -311,7 +311,7 @@ def preset_fields(env_name: str, algorithm_preset: Optional[str] = None) -> dict
     return fields
 
 
-def preset_config(env_name: str = TrainConfig.env_name, algorithm_preset: Optional[str] = None,
+def preset_config(env_name: str = TrainConfig.env_name, algorithm_preset: str | None = None,
                   **overrides) -> TrainConfig:
     """The configuration of a run: ENV_PRESETS[env_name] (the reference layout when none is listed), then
     ALGORITHM_PRESETS[algorithm_preset] when given, then `overrides` (any TrainConfig fields).
@@ -327,7 +327,7 @@ def preset_config(env_name: str = TrainConfig.env_name, algorithm_preset: Option
     return build(TrainConfig, {**fields, **overrides, "env_name": env_name})
 
 
-def config_from_flags(algorithm_preset: Optional[str], overrides: Dict[str, Any]) -> TrainConfig:
+def config_from_flags(algorithm_preset: str | None, overrides: dict[str, Any]) -> TrainConfig:
     """`preset_config` of the control programs: --preset and the --config.<field> overrides (env_name among
     them picks the environment preset)."""
     fields = dict(overrides)

@@ -11,11 +11,13 @@ Names: "CartpoleBalance" and the other DM Control Suite names (Playground, impl 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Tuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 BRAX_PREFIX = "brax/"
 TINY_POINT_TARGET = "tiny/point_target"
@@ -36,19 +38,19 @@ class Environment(NamedTuple):
     name: str
     observation_size: int
     action_size: int
-    reset: Callable[[chex.PRNGKey], Any]
-    step: Callable[[Any, chex.Array], Any]
+    reset: Callable[[jax.Array], Any]
+    step: Callable[[Any, jax.Array], Any]
     default_episode_length: int
 
 
 class PointTargetState(NamedTuple):
     """State of the tiny environment: obs [2 * D], reward [], done [], position [D], target [D]."""
 
-    obs: chex.Array
-    reward: chex.Array
-    done: chex.Array
-    position: chex.Array
-    target: chex.Array
+    obs: jax.Array
+    reward: jax.Array
+    done: jax.Array
+    position: jax.Array
+    target: jax.Array
 
 
 def make_point_target(action_size: int = 2, speed: float = 0.2, termination_radius: float = 3.0,
@@ -83,21 +85,29 @@ def make_point_target(action_size: int = 2, speed: float = 0.2, termination_radi
     return Environment(TINY_POINT_TARGET, 2 * action_size, action_size, reset, step, episode_length)
 
 
-def playground_env_names() -> Tuple[str, ...]:
+def playground_env_names() -> tuple[str, ...]:
     """DM Control Suite names registered by MuJoCo Playground."""
     from mujoco_playground import dm_control_suite
     return tuple(dm_control_suite.ALL_ENVS)
 
 
-def brax_env_names() -> Tuple[str, ...]:
+def brax_env_names() -> tuple[str, ...]:
     """brax.envs names with the "brax/" prefix (brax keeps its registry in the module-level `_envs`)."""
     from brax import envs as brax_envs
     return tuple(BRAX_PREFIX + name for name in sorted(brax_envs._envs))
 
 
-def valid_env_names() -> Tuple[str, ...]:
+def valid_env_names() -> tuple[str, ...]:
     """Every name `make_environment` accepts."""
     return (TINY_POINT_TARGET,) + playground_env_names() + brax_env_names()
+
+
+def _size(value: Any) -> int:
+    """A size the environment libraries report (a number, typed loosely there: dict-valued observation sizes
+    are refused) as an int."""
+    if not isinstance(value, (int, np.integer)):
+        raise ValueError(f"expected an integer size from the environment, got {value!r}")
+    return int(value)
 
 
 def make_environment(name: str, brax_backend: str = "mjx", playground_impl: str = "jax") -> Environment:
@@ -121,11 +131,11 @@ def make_environment(name: str, brax_backend: str = "mjx", playground_impl: str 
         if name not in brax_env_names():
             raise ValueError(f"unknown environment {name!r}; valid names: {', '.join(valid_env_names())}")
         env = brax_envs.get_environment(name[len(BRAX_PREFIX):], backend=brax_backend)
-        return Environment(name, int(env.observation_size), int(env.action_size), env.reset, env.step, 1000)
+        return Environment(name, _size(env.observation_size), _size(env.action_size), env.reset, env.step, 1000)
     if name in playground_env_names():
         from mujoco_playground import registry
         env = registry.load(name, config_overrides={"impl": playground_impl})
-        episode_length = int(registry.get_default_config(name).episode_length)
-        return Environment(name, int(env.observation_size), int(env.action_size), env.reset, env.step,
+        episode_length = _size(registry.get_default_config(name).episode_length)
+        return Environment(name, _size(env.observation_size), _size(env.action_size), env.reset, env.step,
                            episode_length)
     raise ValueError(f"unknown environment {name!r}; valid names: {', '.join(valid_env_names())}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import chex
+import jax
 import jax.numpy as jnp
 
 # Variance clip, as in Brax's running statistics: keeps the std away from 0 for constant features.
@@ -14,9 +15,9 @@ MAX_VARIANCE = 1e6
 class RunningStats(NamedTuple):
     """count [] (float32, avoids int overflow), mean [S], sum of squared deviations m2 [S]."""
 
-    count: chex.Array
-    mean: chex.Array
-    m2: chex.Array
+    count: jax.Array
+    mean: jax.Array
+    m2: jax.Array
 
 
 def init_running_stats(size: int) -> RunningStats:
@@ -25,7 +26,7 @@ def init_running_stats(size: int) -> RunningStats:
                         jnp.zeros((size,), jnp.float32))
 
 
-def update_running_stats(stats: RunningStats, batch: chex.Array) -> RunningStats:
+def update_running_stats(stats: RunningStats, batch: jax.Array) -> RunningStats:
     """Merge a batch [..., S] into the statistics (exact: equals the statistics of all data seen so far)."""
     chex.assert_axis_dimension(batch, -1, stats.mean.shape[0])
     flat = batch.reshape(-1, batch.shape[-1]).astype(jnp.float32)
@@ -39,7 +40,7 @@ def update_running_stats(stats: RunningStats, batch: chex.Array) -> RunningStats
     return RunningStats(total, mean, m2)
 
 
-def normalize(stats: RunningStats, obs: chex.Array) -> chex.Array:
+def normalize(stats: RunningStats, obs: jax.Array) -> jax.Array:
     """(obs [..., S] - mean) / std; the identity before any data was seen."""
     variance = jnp.clip(stats.m2 / jnp.maximum(stats.count, 1.0), MIN_VARIANCE, MAX_VARIANCE)
     std = jnp.where(stats.count > 0, jnp.sqrt(variance), 1.0)

@@ -19,46 +19,46 @@ The trainer (dipod_jax.control.train) never asks which family it runs.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
-import chex
 import jax
 import jax.numpy as jnp
 
 from dipod_jax import losses
 from dipod_jax.control.configs import HyperParams, TrainConfig
-from dipod_jax.models.flow_policy import VelocityMLP, sample_actions
+from dipod_jax.models.flow_policy import VelocityFn, VelocityMLP, sample_actions
 from dipod_jax.models.gaussian_policy import GaussianPolicyMLP, gaussian_log_prob, squashed_entropy_estimate
 
-LossAndAux = Tuple[chex.Array, dict]
+LossAndAux = tuple[jax.Array, dict]
 
 
 class FlowStored(NamedTuple):
     """Stored with each flow action: tau [E, N], eps [E, N, D], l_old [E, N] (common random numbers)."""
 
-    tau: chex.Array
-    eps: chex.Array
-    l_old: chex.Array
+    tau: jax.Array
+    eps: jax.Array
+    l_old: jax.Array
 
 
 class GaussianStored(NamedTuple):
     """Stored with each Gaussian action: logp_old [E]."""
 
-    logp_old: chex.Array
+    logp_old: jax.Array
 
 
 class Policy(NamedTuple):
     """An algorithm family's actor (see the module docstring for each function's contract)."""
 
-    init: Callable[[chex.PRNGKey, int], Any]
-    act: Callable[[Any, chex.Array, chex.PRNGKey, bool], chex.Array]
-    act_and_store: Callable[[Any, chex.Array, chex.PRNGKey], Tuple[chex.Array, Any]]
-    postprocess: Callable[[chex.Array], chex.Array]
-    loss: Callable[[Any, chex.Array, chex.Array, Any, chex.Array, chex.PRNGKey, HyperParams], LossAndAux]
-    distill_loss: Optional[Callable[[Any, chex.Array, chex.Array, chex.PRNGKey], chex.Array]]
+    init: Callable[[jax.Array, int], Any]
+    act: Callable[[Any, jax.Array, jax.Array, bool], jax.Array]
+    act_and_store: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
+    postprocess: Callable[[jax.Array], jax.Array]
+    loss: Callable[[Any, jax.Array, jax.Array, Any, jax.Array, jax.Array, HyperParams], LossAndAux]
+    distill_loss: Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array] | None
 
 
-def squash(raw_actions: chex.Array) -> chex.Array:
+def squash(raw_actions: jax.Array) -> jax.Array:
     """tanh: both families sample in R^D and act in [-1, 1]^D (Brax PPO's NormalTanhDistribution)."""
     return jnp.tanh(raw_actions)
 
@@ -79,7 +79,7 @@ def _gaussian_policy(config: TrainConfig, action_size: int) -> Policy:
     def sample(params, obs, key):
         # The step key is split as the flow policy splits it (action, stored samples).
         key_action, _ = jax.random.split(key)
-        mean, std = network.apply(params, obs)
+        mean, std = cast(tuple[jax.Array, jax.Array], network.apply(params, obs))
         return mean, std, mean + std * jax.random.normal(key_action, mean.shape)
 
     def act(params, obs, key, deterministic=False):
@@ -91,7 +91,7 @@ def _gaussian_policy(config: TrainConfig, action_size: int) -> Policy:
         return action, GaussianStored(gaussian_log_prob(action, mean, std))
 
     def loss(params, obs, raw_actions, stored, advantages, key, hyper):
-        mean, std = network.apply(params, obs)
+        mean, std = cast(tuple[jax.Array, jax.Array], network.apply(params, obs))
         logp_new = gaussian_log_prob(raw_actions, mean, std)
         entropy = squashed_entropy_estimate(mean, std, key)
         return losses.ppo_loss(logp_new, stored.logp_old, advantages, hyper.clip_eps, entropy=entropy,
@@ -106,7 +106,7 @@ def _flow_policy(config: TrainConfig, action_size: int) -> Policy:
     trust_region = config.resolved_trust_region
 
     def velocity_fn(params):
-        return functools.partial(network.apply, params)
+        return cast(VelocityFn, functools.partial(network.apply, params))
 
     def draw_tau_eps(key, batch_size):
         return losses.draw_tau_eps(key, batch_size, config.num_cfm_samples, action_size, tau_schedule,

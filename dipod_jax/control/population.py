@@ -32,7 +32,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,22 +61,22 @@ class Members:
         value, static) or one value per member (traced).
     """
 
-    seeds: Tuple[int, ...]
-    learning_rate: Optional[Tuple[float, ...]] = None
-    clip_eps: Optional[Tuple[float, ...]] = None
-    dipod_beta: Optional[Tuple[float, ...]] = None
-    entropy_cost: Optional[Tuple[float, ...]] = None
-    value_loss_coef: Optional[Tuple[float, ...]] = None
+    seeds: tuple[int, ...]
+    learning_rate: tuple[float, ...] | None = None
+    clip_eps: tuple[float, ...] | None = None
+    dipod_beta: tuple[float, ...] | None = None
+    entropy_cost: tuple[float, ...] | None = None
+    value_loss_coef: tuple[float, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.seeds)
 
     @property
-    def varied(self) -> Tuple[str, ...]:
+    def varied(self) -> tuple[str, ...]:
         """The HyperParams fields given per member (the traced ones), in HyperParams order."""
         return tuple(name for name in HYPER_FIELDS if getattr(self, name) is not None)
 
-    def values(self, index: int) -> Dict[str, Any]:
+    def values(self, index: int) -> dict[str, Any]:
         """Member `index` as {"seed": ..., field: value for each varied field}."""
         return {"seed": self.seeds[index], **{name: getattr(self, name)[index] for name in self.varied}}
 
@@ -116,7 +117,7 @@ def validate_members(config: TrainConfig, members: Members) -> None:
             raise ValueError(f"member {index} ({members.values(index)}): {error}") from error
 
 
-def make_mesh(num_members: int, data: int = 1, devices: Optional[Sequence[Any]] = None) -> Mesh:
+def make_mesh(num_members: int, data: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
     """A (MEMBER_AXIS, DATA_AXIS) mesh over `devices` (default: every device of every process).
 
     The member axis gets len(devices) / data devices, which must divide `num_members`. Devices are taken in
@@ -147,7 +148,7 @@ def state_shardings(mesh: Mesh, state: TrainState) -> TrainState:
     return shardings._replace(rollout_state=jax.tree.map(lambda _: member_and_data, state.rollout_state))
 
 
-def put_member_values(values: np.ndarray, mesh: Optional[Mesh]) -> jax.Array:
+def put_member_values(values: np.ndarray, mesh: Mesh | None) -> jax.Array:
     """A [P, ...] host array as a global array sharded over MEMBER_AXIS (each process builds only its own
     shards); on the default device when `mesh` is None."""
     values = np.asarray(values)
@@ -174,17 +175,17 @@ class PopulationTrainer(NamedTuple):
     """
 
     init: Callable[[], TrainState]
-    iterate: Callable[[TrainState], Tuple[TrainState, Metrics]]
+    iterate: Callable[[TrainState], tuple[TrainState, Metrics]]
     evaluate: Callable[[TrainState, int], Metrics]
     members: Members
     config: TrainConfig
-    mesh: Optional[Mesh]
-    state_shardings: Optional[TrainState]
+    mesh: Mesh | None
+    state_shardings: TrainState | None
     iterations_per_call: int
 
 
-def make_population_train(config: TrainConfig, members: Members, env: Optional[Environment] = None,
-                          mesh: Optional[Mesh] = None, iterations_per_call: int = 1) -> PopulationTrainer:
+def make_population_train(config: TrainConfig, members: Members, env: Environment | None = None,
+                          mesh: Mesh | None = None, iterations_per_call: int = 1) -> PopulationTrainer:
     """Jitted init / iterate / evaluate of `members` trained with `config`'s algorithm, over a leading member axis.
 
     Args:
@@ -246,7 +247,7 @@ def make_population_train(config: TrainConfig, members: Members, env: Optional[E
         iterations_per_call=iterations_per_call)
 
 
-def _member_vmap(mesh: Optional[Mesh]):
+def _member_vmap(mesh: Mesh | None):
     """jax.vmap over the member axis; with a mesh, sharding constraints inside map that axis to MEMBER_AXIS."""
     if mesh is None:
         return jax.vmap

@@ -8,7 +8,8 @@ whatever it wants stored with it.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Tuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 from dipod_jax.control.envs import Environment
 
 # act(obs [E, S], key) -> (environment actions [E, D], per-action extras pytree with leading axis E)
-ActFn = Callable[[chex.Array, chex.PRNGKey], Tuple[chex.Array, Any]]
+ActFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, Any]]
 
 
 class RolloutState(NamedTuple):
@@ -32,8 +33,8 @@ class RolloutState(NamedTuple):
 
     env_state: Any
     first_env_state: Any
-    episode_step: chex.Array
-    episode_return: chex.Array
+    episode_step: jax.Array
+    episode_return: jax.Array
 
 
 class Transition(NamedTuple):
@@ -50,24 +51,24 @@ class Transition(NamedTuple):
         needs from rollout time, dipod_jax.control.train.PolicyExtras).
     """
 
-    obs: chex.Array
-    next_obs: chex.Array
-    action: chex.Array
-    reward: chex.Array
-    termination: chex.Array
-    truncation: chex.Array
+    obs: jax.Array
+    next_obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    termination: jax.Array
+    truncation: jax.Array
     extras: Any
 
 
 class EpisodeStats(NamedTuple):
     """Sums over the episodes that ended during a rollout: return_sum [], length_sum [], count []."""
 
-    return_sum: chex.Array
-    length_sum: chex.Array
-    count: chex.Array
+    return_sum: jax.Array
+    length_sum: jax.Array
+    count: jax.Array
 
 
-def init_rollout_state(env: Environment, key: chex.PRNGKey, num_envs: int) -> RolloutState:
+def init_rollout_state(env: Environment, key: jax.Array, num_envs: int) -> RolloutState:
     """Reset `num_envs` environments with independent keys."""
     env_state = jax.vmap(env.reset)(jax.random.split(key, num_envs))
     chex.assert_shape(env_state.obs, (num_envs, env.observation_size))
@@ -75,15 +76,15 @@ def init_rollout_state(env: Environment, key: chex.PRNGKey, num_envs: int) -> Ro
                         jnp.zeros((num_envs,), jnp.float32))
 
 
-def _select(mask: chex.Array, when_true: Any, when_false: Any) -> Any:
+def _select(mask: jax.Array, when_true: Any, when_false: Any) -> Any:
     """Per-environment choice between two batched pytrees; mask [E] bool."""
     def pick(a, b):
         return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
     return jax.tree.map(pick, when_true, when_false)
 
 
-def rollout(env: Environment, act: ActFn, state: RolloutState, key: chex.PRNGKey, num_steps: int,
-            episode_length: int) -> Tuple[RolloutState, Transition, EpisodeStats]:
+def rollout(env: Environment, act: ActFn, state: RolloutState, key: jax.Array, num_steps: int,
+            episode_length: int) -> tuple[RolloutState, Transition, EpisodeStats]:
     """Run `num_steps` steps of every environment (lax.scan over vmapped environments).
 
     Args:
@@ -127,8 +128,8 @@ def rollout(env: Environment, act: ActFn, state: RolloutState, key: chex.PRNGKey
     return state, transitions, stats
 
 
-def evaluate_episodes(env: Environment, act: ActFn, key: chex.PRNGKey, num_envs: int,
-                      episode_length: int) -> Tuple[chex.Array, chex.Array]:
+def evaluate_episodes(env: Environment, act: ActFn, key: jax.Array, num_envs: int,
+                      episode_length: int) -> tuple[jax.Array, jax.Array]:
     """One episode in each of `num_envs` fresh environments, without auto-reset.
 
     Args:

@@ -23,7 +23,8 @@ at 1 up to rounding.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
 import chex
 import jax
@@ -38,7 +39,7 @@ from dipod_jax.control.policies import Policy, make_policy
 from dipod_jax.control.rollout import ActFn, RolloutState, evaluate_episodes, init_rollout_state, rollout
 from dipod_jax.models.critic import CriticMLP
 
-Metrics = Dict[str, chex.Array]
+Metrics = dict[str, jax.Array]
 
 
 class TrainState(NamedTuple):
@@ -58,9 +59,9 @@ class TrainState(NamedTuple):
     opt_state: Any
     obs_stats: normalization.RunningStats
     rollout_state: RolloutState
-    key: chex.PRNGKey
-    iteration: chex.Array
-    env_steps: chex.Array
+    key: jax.Array
+    iteration: jax.Array
+    env_steps: jax.Array
 
 
 class PolicyExtras(NamedTuple):
@@ -68,7 +69,7 @@ class PolicyExtras(NamedTuple):
     raw_action [E, D], the policy's unsquashed sample that the losses score, and stored, the family's
     rollout-time quantities (dipod_jax.control.policies.FlowStored or GaussianStored; () when not stored)."""
 
-    raw_action: chex.Array
+    raw_action: jax.Array
     stored: Any
 
 
@@ -76,27 +77,27 @@ class Batch(NamedTuple):
     """Flattened update data, leading axis the number of transitions: obs [.., S] (normalised), action [..,
     D] (raw), advantages [..], returns [..], extras (the policy's stored quantities)."""
 
-    obs: chex.Array
-    action: chex.Array
-    advantages: chex.Array
-    returns: chex.Array
+    obs: jax.Array
+    action: jax.Array
+    advantages: jax.Array
+    returns: jax.Array
     extras: Any
 
 
 class Trainer(NamedTuple):
     """The functions returned by `make_train` (see the module docstring) and the environment they use."""
 
-    init: Callable[[chex.PRNGKey], TrainState]
-    train_iteration: Callable[..., Tuple[TrainState, Metrics]]
-    train_iterations: Callable[..., Tuple[TrainState, Metrics]]
-    evaluate: Callable[[TrainState, chex.PRNGKey], Metrics]
-    self_distill: Callable[[TrainState, int], Tuple[TrainState, Metrics]]
+    init: Callable[[jax.Array], TrainState]
+    train_iteration: Callable[..., tuple[TrainState, Metrics]]
+    train_iterations: Callable[..., tuple[TrainState, Metrics]]
+    evaluate: Callable[[TrainState, jax.Array], Metrics]
+    self_distill: Callable[[TrainState, int], tuple[TrainState, Metrics]]
     env: Environment
     config: TrainConfig
     policy: Policy
 
 
-def explained_variance(predictions: chex.Array, targets: chex.Array) -> chex.Array:
+def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     """1 - Var(targets - predictions) / Var(targets) over all elements of [...]-shaped arrays (0 if Var = 0)."""
     chex.assert_equal_shape([predictions, targets])
     target_variance = jnp.var(targets)
@@ -104,8 +105,8 @@ def explained_variance(predictions: chex.Array, targets: chex.Array) -> chex.Arr
                      1.0 - jnp.var(targets - predictions) / jnp.maximum(target_variance, 1e-12), 0.0)
 
 
-def values_from_next_values(next_values: chex.Array, start_values: chex.Array, reset_values: chex.Array,
-                            episode_ended: chex.Array) -> chex.Array:
+def values_from_next_values(next_values: jax.Array, start_values: jax.Array, reset_values: jax.Array,
+                            episode_ended: jax.Array) -> jax.Array:
     """V(s_t) for a rollout from V(s'_t), saving one critic pass over the whole batch.
 
     With auto-reset to each environment's cached first state, the observation at step t + 1 is the one reached
@@ -153,8 +154,9 @@ def make_self_distill(config: TrainConfig, env: Environment, episode_length: int
     sd_optimizer = optax.chain(optax.clip_by_global_norm(config.sd_max_grad_norm),
                                optax.adamw(config.sd_learning_rate, weight_decay=config.sd_weight_decay))
 
-    def self_distill(state: TrainState, num_iterations: int) -> Tuple[TrainState, Metrics]:
-        if policy.distill_loss is None:
+    def self_distill(state: TrainState, num_iterations: int) -> tuple[TrainState, Metrics]:
+        distill_loss = policy.distill_loss
+        if distill_loss is None:
             raise ValueError("self_distill needs a flow policy (algo fpo or fpo++)")
         teacher = state.params["actor"]
         teacher_act = make_act(teacher, state.obs_stats, store=False)
@@ -171,7 +173,7 @@ def make_self_distill(config: TrainConfig, env: Environment, episode_length: int
                 transitions.extras.raw_action.reshape(rows_per_iteration, action_size))
             filled = jnp.minimum(filled + rows_per_iteration, capacity)
             index = jax.random.randint(key_index, (capacity,), 0, filled)
-            loss, grads = jax.value_and_grad(policy.distill_loss)(student, buffer_obs[index], buffer_action[index],
+            loss, grads = jax.value_and_grad(distill_loss)(student, buffer_obs[index], buffer_action[index],
                                                                   key_loss)
             updates, opt_state = sd_optimizer.update(grads, opt_state, student)
             student = optax.apply_updates(student, updates)
@@ -193,8 +195,8 @@ def make_self_distill(config: TrainConfig, env: Environment, episode_length: int
     return self_distill
 
 
-def make_train(config: TrainConfig, env: Optional[Environment] = None,
-               minibatch_sharding: Optional[jax.sharding.Sharding] = None) -> Trainer:
+def make_train(config: TrainConfig, env: Environment | None = None,
+               minibatch_sharding: jax.sharding.Sharding | None = None) -> Trainer:
     """Build the trainer for `config` (validated first; `env` defaults to `make_environment(config.env_name)`).
 
     The algorithm enters only through `make_policy` (dipod_jax.control.policies). The functions that update
@@ -216,6 +218,9 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None,
     static_hyper = hyper_params(config)
     policy = make_policy(config, action_size)
     critic = CriticMLP(config.critic_hidden)
+
+    def critic_values(params, obs: jax.Array) -> jax.Array:
+        return cast(jax.Array, critic.apply(params, obs))
     advantage_normalization = config.resolved_advantage_normalization
 
     def normalized(stats, obs):
@@ -238,7 +243,7 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None,
             advantages = losses.normalize_advantages(advantages)
         pg_total, aux = policy.loss(params["actor"], batch.obs, batch.action, batch.extras, advantages, key,
                                     hyper)
-        v_loss = losses.value_loss(critic.apply(params["critic"], batch.obs), batch.returns)
+        v_loss = losses.value_loss(critic_values(params["critic"], batch.obs), batch.returns)
         loss = pg_total + hyper.value_loss_coef * v_loss
         return loss, {**aux, "value_loss": v_loss, "total_loss": loss}
 
@@ -268,17 +273,17 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None,
 
         return jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, config.num_updates_per_batch))
 
-    def rl_update(state: TrainState, key, hyper: HyperParams) -> Tuple[TrainState, Metrics]:
+    def rl_update(state: TrainState, key, hyper: HyperParams) -> tuple[TrainState, Metrics]:
         """One iteration of rollout and update epochs (no self-distillation)."""
         key_rollout, key_epochs = jax.random.split(key)
         act = make_act(state.params["actor"], state.obs_stats)
         rollout_state, transitions, episodes = rollout(env, act, state.rollout_state, key_rollout,
                                                        rollout_length, episode_length)
         obs_n = normalized(state.obs_stats, transitions.obs)
-        next_values = critic.apply(state.params["critic"], normalized(state.obs_stats, transitions.next_obs))
+        next_values = critic_values(state.params["critic"], normalized(state.obs_stats, transitions.next_obs))
         start_and_reset_obs = jnp.concatenate([transitions.obs[0], state.rollout_state.first_env_state.obs])
         start_values, reset_values = jnp.split(
-            critic.apply(state.params["critic"], normalized(state.obs_stats, start_and_reset_obs)), 2)
+            critic_values(state.params["critic"], normalized(state.obs_stats, start_and_reset_obs)), 2)
         values = values_from_next_values(next_values, start_values, reset_values,
                                          jnp.maximum(transitions.termination, transitions.truncation))
         advantages, returns = losses.gae(transitions.reward * config.reward_scaling, values, next_values,
@@ -324,7 +329,7 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None,
             state, _ = self_distill(state, config.sd_init_iterations)
         return state
 
-    def train_iteration(state: TrainState, hyper: Optional[HyperParams] = None) -> Tuple[TrainState, Metrics]:
+    def train_iteration(state: TrainState, hyper: HyperParams | None = None) -> tuple[TrainState, Metrics]:
         key, key_iteration = jax.random.split(state.key)
         state, metrics = rl_update(state._replace(key=key), key_iteration, static_hyper if hyper is None else hyper)
         if config.sd_every:
@@ -340,7 +345,7 @@ def make_train(config: TrainConfig, env: Optional[Environment] = None,
         return state, metrics
 
     def train_iterations(state: TrainState, num_iterations: int,
-                         hyper: Optional[HyperParams] = None) -> Tuple[TrainState, Metrics]:
+                         hyper: HyperParams | None = None) -> tuple[TrainState, Metrics]:
         return jax.lax.scan(lambda s, _: train_iteration(s, hyper), state, None, length=num_iterations)
 
     def evaluate(state: TrainState, key) -> Metrics:

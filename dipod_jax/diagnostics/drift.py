@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 
-def flow_fpo_elbo(cfm_losses: chex.Array) -> chex.Array:
+def flow_fpo_elbo(cfm_losses: jax.Array) -> jax.Array:
     """The log-likelihood surrogate implied by FPO's ratio.
 
     Args:
@@ -39,7 +39,7 @@ def flow_fpo_elbo(cfm_losses: chex.Array) -> chex.Array:
     return -jnp.mean(cfm_losses, axis=-1)
 
 
-def bound_gap(exact_log_prob: chex.Array, elbo: chex.Array) -> chex.Array:
+def bound_gap(exact_log_prob: jax.Array, elbo: jax.Array) -> jax.Array:
     """Per-sample bound gap, exact log pi minus the surrogate.
 
     Args:
@@ -54,7 +54,7 @@ def bound_gap(exact_log_prob: chex.Array, elbo: chex.Array) -> chex.Array:
     return exact_log_prob - elbo
 
 
-def log_ratio_error(proxy_log_ratio: chex.Array, exact_log_ratio: chex.Array) -> chex.Array:
+def log_ratio_error(proxy_log_ratio: jax.Array, exact_log_ratio: jax.Array) -> jax.Array:
     """Per-sample error of a surrogate log-ratio log(pi_new / pi_old).
 
     Args:
@@ -69,7 +69,7 @@ def log_ratio_error(proxy_log_ratio: chex.Array, exact_log_ratio: chex.Array) ->
     return proxy_log_ratio - exact_log_ratio
 
 
-def score_function_objective(exact_log_prob: chex.Array, advantages: chex.Array) -> chex.Array:
+def score_function_objective(exact_log_prob: jax.Array, advantages: jax.Array) -> jax.Array:
     """The objective whose gradient is the exact policy-gradient estimate mean_b A_b grad log pi(a_b | s_b).
 
     Args:
@@ -84,7 +84,7 @@ def score_function_objective(exact_log_prob: chex.Array, advantages: chex.Array)
     return jnp.mean(jax.lax.stop_gradient(advantages) * exact_log_prob)
 
 
-def gradient_cosine(grads_a: chex.ArrayTree, grads_b: chex.ArrayTree, eps: float = 1e-12) -> chex.Array:
+def gradient_cosine(grads_a: chex.ArrayTree, grads_b: chex.ArrayTree, eps: float = 1e-12) -> jax.Array:
     """Cosine similarity between two gradients given as pytrees of the same structure.
 
     Args:
@@ -98,7 +98,7 @@ def gradient_cosine(grads_a: chex.ArrayTree, grads_b: chex.ArrayTree, eps: float
     chex.assert_trees_all_equal_shapes(grads_a, grads_b)
     leaves_a = jax.tree_util.tree_leaves(grads_a)
     leaves_b = jax.tree_util.tree_leaves(grads_b)
-    dot = sum(jnp.vdot(a, b) for a, b in zip(leaves_a, leaves_b))
+    dot = sum(jnp.vdot(a, b) for a, b in zip(leaves_a, leaves_b, strict=True))
     norm_a = jnp.sqrt(sum(jnp.vdot(a, a) for a in leaves_a))
     norm_b = jnp.sqrt(sum(jnp.vdot(b, b) for b in leaves_b))
     return dot / jnp.maximum(norm_a * norm_b, eps)

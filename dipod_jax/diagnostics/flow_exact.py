@@ -25,12 +25,12 @@ over, as `euler_sample` does. Per-sample Jacobians and inversions are vmapped ov
 from __future__ import annotations
 
 import math
-from typing import Tuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from dipod_jax.models.flow_policy import VelocityFn, euler_sample, euler_step, euler_times
 
@@ -46,7 +46,7 @@ def _check_num_flow_steps(num_flow_steps: int) -> None:
         raise ValueError(f"num_flow_steps must be an integer >= 1, got {num_flow_steps!r}")
 
 
-def _check_batch(obs: chex.Array, x: chex.Array, x_name: str) -> None:
+def _check_batch(obs: jax.Array, x: jax.Array, x_name: str) -> None:
     if obs.ndim != 2 or x.ndim != 2 or obs.shape[0] != x.shape[0]:
         raise ValueError(f"expected obs [B, S] and {x_name} [B, D] with the same B, got obs {obs.shape} "
                          f"and {x_name} {x.shape}")
@@ -55,19 +55,19 @@ def _check_batch(obs: chex.Array, x: chex.Array, x_name: str) -> None:
                          "only computed for small action dimensions")
 
 
-def _sample_one(velocity_fn: VelocityFn, obs: chex.Array, noise: chex.Array, num_flow_steps: int) -> chex.Array:
+def _sample_one(velocity_fn: VelocityFn, obs: jax.Array, noise: jax.Array, num_flow_steps: int) -> jax.Array:
     """`euler_sample` of one trajectory: obs [S], noise [D] -> action [D]."""
     return euler_sample(velocity_fn, obs[None], noise[None], num_flow_steps)[0]
 
 
-def _standard_normal_log_prob(x: chex.Array) -> chex.Array:
+def _standard_normal_log_prob(x: jax.Array) -> jax.Array:
     """log N(x; 0, I) for x [..., D] -> [...]."""
     return -0.5 * jnp.sum(jnp.square(x), axis=-1) - 0.5 * x.shape[-1] * math.log(2.0 * math.pi)
 
 
 def log_prob_from_noise(
-    velocity_fn: VelocityFn, obs: chex.Array, noise: chex.Array, num_flow_steps: int
-) -> Tuple[chex.Array, chex.Array]:
+    velocity_fn: VelocityFn, obs: jax.Array, noise: jax.Array, num_flow_steps: int
+) -> tuple[jax.Array, jax.Array]:
     """Sample actions and their exact log-density under the Euler sampler (no inversion needed).
 
     Args:
@@ -83,7 +83,9 @@ def log_prob_from_noise(
     _check_batch(obs, noise, "noise")
 
     def one(s, z):
-        sample = lambda x: _sample_one(velocity_fn, s, x, num_flow_steps)
+        def sample(x):
+            return _sample_one(velocity_fn, s, x, num_flow_steps)
+
         _, log_abs_det = jnp.linalg.slogdet(jax.jacfwd(sample)(z))
         return sample(z), _standard_normal_log_prob(z) - log_abs_det
 
@@ -93,9 +95,9 @@ def log_prob_from_noise(
 
 
 def _invert_one(
-    velocity_fn: VelocityFn, obs: chex.Array, action: chex.Array, num_flow_steps: int,
+    velocity_fn: VelocityFn, obs: jax.Array, action: jax.Array, num_flow_steps: int,
     max_iterations: int, tolerance: float,
-) -> Tuple[chex.Array, chex.Array]:
+) -> tuple[jax.Array, jax.Array]:
     """Undo `euler_sample` for one trajectory: obs [S], action [D] -> (noise [D], largest step residual [])."""
     dt = 1.0 / num_flow_steps
 
@@ -130,7 +132,7 @@ def _invert_one(
     return noise, jnp.where(jnp.isnan(largest), jnp.inf, largest)
 
 
-def check_inversion_converged(residual: chex.Array, tolerance: float) -> None:
+def check_inversion_converged(residual: jax.Array, tolerance: float) -> None:
     """Raise `SamplerInversionError` when any concrete residual exceeds `tolerance` (or is not finite).
 
     Args:
@@ -148,12 +150,12 @@ def check_inversion_converged(residual: chex.Array, tolerance: float) -> None:
 
 def invert_euler_sampler(
     velocity_fn: VelocityFn,
-    obs: chex.Array,
-    actions: chex.Array,
+    obs: jax.Array,
+    actions: jax.Array,
     num_flow_steps: int,
     max_iterations: int = 500,
     tolerance: float = 1e-5,
-) -> Tuple[chex.Array, chex.Array]:
+) -> tuple[jax.Array, jax.Array]:
     """Recover the noise that the Euler sampler maps to `actions`, one step at a time.
 
     Gradients with respect to the parameters closed over by `velocity_fn` (and to `actions`) are exact,
@@ -184,19 +186,19 @@ def invert_euler_sampler(
     noise, residual = jax.vmap(
         lambda s, a: _invert_one(velocity_fn, s, a, num_flow_steps, max_iterations, tolerance))(obs, actions)
     chex.assert_shape(residual, (actions.shape[0],))
-    if not isinstance(residual, jax.core.Tracer):
+    if not isinstance(residual, Tracer):
         check_inversion_converged(residual, tolerance)
     return noise, residual
 
 
 def exact_log_prob(
     velocity_fn: VelocityFn,
-    obs: chex.Array,
-    actions: chex.Array,
+    obs: jax.Array,
+    actions: jax.Array,
     num_flow_steps: int,
     max_iterations: int = 500,
     tolerance: float = 1e-5,
-) -> Tuple[chex.Array, chex.Array]:
+) -> tuple[jax.Array, jax.Array]:
     """Exact log pi_theta(a | s) of given actions under the Euler sampler, differentiable in theta.
 
     Args:

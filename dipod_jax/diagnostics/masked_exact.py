@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Tuple
 
 import chex
 import jax
@@ -53,8 +52,8 @@ def subset_bits(length: int) -> np.ndarray:
     return (np.arange(2 ** length)[:, None] >> np.arange(length)[None] & 1).astype(bool)
 
 
-def subset_token_log_probs(logits_fn: LogitsFn, tokens: chex.Array, completion_mask,
-                           mask_id: int) -> chex.Array:
+def subset_token_log_probs(logits_fn: LogitsFn, tokens: jax.Array, completion_mask,
+                           mask_id: int) -> jax.Array:
     """log p_theta(c_j | completion with subset s masked), for every subset s and completion token j.
 
     Args:
@@ -86,7 +85,7 @@ def subset_token_log_probs(logits_fn: LogitsFn, tokens: chex.Array, completion_m
     return jnp.transpose(table, (1, 0, 2))
 
 
-def _order_tables(length: int) -> Tuple[np.ndarray, np.ndarray]:
+def _order_tables(length: int) -> tuple[np.ndarray, np.ndarray]:
     """For every order of L tokens: [L!, L] subset masked just before step j, and [L!, L] token revealed."""
     full = 2 ** length - 1
     orders = np.array(list(itertools.permutations(range(length))), dtype=np.int32)
@@ -95,7 +94,7 @@ def _order_tables(length: int) -> Tuple[np.ndarray, np.ndarray]:
     return (full - revealed_before).astype(np.int32), orders
 
 
-def logprob_from_subset_table(table: chex.Array) -> chex.Array:
+def logprob_from_subset_table(table: jax.Array) -> jax.Array:
     """Exact log pi(c) of the random-order sampler by enumerating the L! orders.
 
     Args:
@@ -111,8 +110,8 @@ def logprob_from_subset_table(table: chex.Array) -> chex.Array:
     return jax.nn.logsumexp(per_order, axis=-1) - math.log(math.factorial(length))
 
 
-def exact_logprob_random_order(logits_fn: LogitsFn, tokens: chex.Array, completion_mask,
-                               mask_id: int) -> chex.Array:
+def exact_logprob_random_order(logits_fn: LogitsFn, tokens: jax.Array, completion_mask,
+                               mask_id: int) -> jax.Array:
     """Exact log-likelihood of each completion under the one-token-per-step random-order sampler.
 
     Args:
@@ -127,7 +126,7 @@ def exact_logprob_random_order(logits_fn: LogitsFn, tokens: chex.Array, completi
     return logprob_from_subset_table(subset_token_log_probs(logits_fn, tokens, completion_mask, mask_id))
 
 
-def _subset_weighted_sum(table: chex.Array, subset_weights: np.ndarray) -> chex.Array:
+def _subset_weighted_sum(table: jax.Array, subset_weights: np.ndarray) -> jax.Array:
     """sum_s w_s * sum_{j masked in s} table[:, s, j]; table [B, 2^L, L], weights [2^L] -> [B]."""
     length = table.shape[-1]
     bits = subset_bits(length)
@@ -144,7 +143,7 @@ def _weights_per_count(length: int, max_count: int) -> np.ndarray:
     return weights
 
 
-def elbo_from_subset_table(table: chex.Array) -> chex.Array:
+def elbo_from_subset_table(table: jax.Array) -> jax.Array:
     """The exact masked-diffusion ELBO sum_{k=1}^{L} (1/k) E_{|S|=k}[ sum_{i in S} log p(c_i | x_S) ].
 
     This equals E_order[ sum_j log p(c_{o_j} | ...) ], so Jensen gives ELBO <= log pi for the random-order
@@ -160,7 +159,7 @@ def elbo_from_subset_table(table: chex.Array) -> chex.Array:
     return _subset_weighted_sum(table, _weights_per_count(length, length))
 
 
-def uniform_count_estimate_mean_from_subset_table(table: chex.Array) -> chex.Array:
+def uniform_count_estimate_mean_from_subset_table(table: jax.Array) -> jax.Array:
     """Exact expectation of `elbo_from_token_logprobs` under `mask_uniform_count` (d1-FPO's estimator).
 
     k = floor(t L) is uniform on {0, ..., L - 1}; k = 0 scores 0 and k = L never occurs, so the mean is
@@ -176,13 +175,13 @@ def uniform_count_estimate_mean_from_subset_table(table: chex.Array) -> chex.Arr
     return _subset_weighted_sum(table, _weights_per_count(length, length - 1))
 
 
-def exact_elbo(logits_fn: LogitsFn, tokens: chex.Array, completion_mask, mask_id: int) -> chex.Array:
+def exact_elbo(logits_fn: LogitsFn, tokens: jax.Array, completion_mask, mask_id: int) -> jax.Array:
     """`elbo_from_subset_table` from a model. Args as `exact_logprob_random_order`; returns [B]."""
     return elbo_from_subset_table(subset_token_log_probs(logits_fn, tokens, completion_mask, mask_id))
 
 
-def exact_uniform_count_estimate_mean(logits_fn: LogitsFn, tokens: chex.Array, completion_mask,
-                                      mask_id: int) -> chex.Array:
+def exact_uniform_count_estimate_mean(logits_fn: LogitsFn, tokens: jax.Array, completion_mask,
+                                      mask_id: int) -> jax.Array:
     """`uniform_count_estimate_mean_from_subset_table` from a model. Args as `exact_logprob_random_order`."""
     return uniform_count_estimate_mean_from_subset_table(
         subset_token_log_probs(logits_fn, tokens, completion_mask, mask_id))

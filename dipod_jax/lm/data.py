@@ -17,7 +17,8 @@ Masks, all bool [B, T]:
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -138,7 +139,7 @@ def rl_prompts_and_reward(task, items: Sequence, tokenizer: Tokenizer, template:
 
     def reward_fn(tokens, completion_mask):
         texts = decode_completions(tokenizer, tokens, prompt_length)
-        return np.array([task.reward(text, item) for text, item in zip(texts, item_rows)])
+        return np.array([task.reward(text, item) for text, item in zip(texts, item_rows, strict=True)])
 
     return prompts.tokens[:, :prompt_length], prompts.prompt_mask[:, :prompt_length], reward_fn
 

@@ -1,7 +1,8 @@
 """Scoring a sampler on a task's test items with the task reward (pre-training and RL evaluations)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +30,7 @@ def item_rewards(sample_fn: SampleFn, params, run_config: dict[str, Any], tokeni
     tokens = sample_fn(params, jnp.asarray(batch.tokens[:, :prompt_length]),
                        jnp.asarray(batch.prompt_mask[:, :prompt_length]), key)
     texts = data.decode_completions(tokenizer, np.asarray(tokens), prompt_length)
-    return np.array([task.reward(text, item) for text, item in zip(texts, items)], dtype=np.float64)
+    return np.array([task.reward(text, item) for text, item in zip(texts, items, strict=True)], dtype=np.float64)
 
 
 def reward_summary(rewards: np.ndarray) -> dict[str, float]:

@@ -144,7 +144,7 @@ def make_sampler(graphdef, state_template, sampler_config: dict[str, Any], mask_
 def sampling_function(model_config: LLaDAConfig, sampler_key: tuple):
     """Cached `make_sampler` for sampler_key = the values of SAMPLER_FIELDS, in that order."""
     graphdef, state_template = abstract_split(model_config)
-    return make_sampler(graphdef, state_template, dict(zip(SAMPLER_FIELDS, sampler_key)),
+    return make_sampler(graphdef, state_template, dict(zip(SAMPLER_FIELDS, sampler_key, strict=True)),
                         model_config.mask_token_id)
 
 
@@ -188,5 +188,6 @@ def training_items(task, seed: int, step: int, batch: int, distractor_fraction: 
         if task.distractor is None:
             raise ValueError(f"task {task.name} has no distractor")
         picks = np.random.default_rng([seed, step, DISTRACTOR_STREAM]).random(len(items))
-        items = [task.distractor(item) if pick < distractor_fraction else item for item, pick in zip(items, picks)]
+        items = [task.distractor(item) if pick < distractor_fraction else item
+                 for item, pick in zip(items, picks, strict=True)]
     return items

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -44,8 +45,8 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.typing import ArrayLike
 
-from dipod_jax.models import sharding
 from dipod_jax.lm.data import completion_mask_from_tokens
 from dipod_jax.lm.rl_config import RLConfig
 from dipod_jax.lm.sampler import generate, sampler_options
@@ -63,6 +64,7 @@ from dipod_jax.losses.masked import (
     spg_eubo_from_token_logprobs,
     token_log_probs,
 )
+from dipod_jax.models import sharding
 from dipod_jax.models.llada import LORA_FILTER
 
 Params = Any
@@ -75,29 +77,30 @@ class RolloutBatch(NamedTuple):
 
     tokens [N, T] int32 (prompt then completion); attention_mask [N, T] bool (all but the prompt's left
     padding); prompt_mask [N, T] bool (real prompt tokens); completion_mask [N, T] bool (real completion tokens
-    up to and including the first EOS); rewards [N] float32.
+    up to and including the first EOS); rewards [N] float32. The same record carries host (NumPy) arrays
+    before a step, device arrays inside it and their shardings for jit, hence the loose field types.
     """
 
-    tokens: chex.Array
-    attention_mask: chex.Array
-    prompt_mask: chex.Array
-    completion_mask: chex.Array
-    rewards: chex.Array
+    tokens: Any
+    attention_mask: Any
+    prompt_mask: Any
+    completion_mask: Any
+    rewards: Any
 
 
 class TrainState(NamedTuple):
     """params: trainable pure pytree; opt_state: its optax state; ref_params: the reference copy of params
     (an empty dict when kl_beta == 0); start_params: the trainable parameters at step 0 (an empty dict unless
-    log_kl_to_start); step: int32 scalar, completed RL steps."""
+    log_kl_to_start); step: int32 scalar, completed RL steps (a sharding in place of each for jit)."""
 
     params: Params
     opt_state: Any
     ref_params: Params
     start_params: Params
-    step: chex.Array
+    step: Any
 
 
-def split_model(model: nnx.Module, lora_only: bool) -> Tuple[Any, Params, Params]:
+def split_model(model: nnx.Module, lora_only: bool) -> tuple[Any, Params, Params]:
     """(graphdef, trainable params, frozen rest) of an nnx model, both as pure dicts of arrays.
 
     lora_only selects the LoRA adapters as trainable (ValueError when the model has none); otherwise every
@@ -112,7 +115,7 @@ def split_model(model: nnx.Module, lora_only: bool) -> Tuple[Any, Params, Params
     return graphdef, nnx.to_pure_dict(trainable), nnx.to_pure_dict(frozen)
 
 
-def param_shardings(model: nnx.Module, lora_only: bool, mesh: Mesh) -> Tuple[Params, Params]:
+def param_shardings(model: nnx.Module, lora_only: bool, mesh: Mesh) -> tuple[Params, Params]:
     """NamedShardings (pure dicts matching `split_model`) of the trainable and frozen parts on `mesh`,
     from the variables' logical axes (dipod_jax.models.sharding.DEFAULT_RULES). ValueError naming the parameter
     when a mesh axis would leave a large parameter replicated
@@ -132,7 +135,7 @@ def make_optimizer(config: RLConfig) -> optax.GradientTransformation:
                                    weight_decay=config.weight_decay))
 
 
-def init_train_state(params: Params, config: RLConfig, mesh: Optional[Mesh] = None) -> TrainState:
+def init_train_state(params: Params, config: RLConfig, mesh: Mesh | None = None) -> TrainState:
     """Fresh optimizer state, the reference and start copies (when used) and step 0 for a copy of `params`.
 
     The copy keeps the caller's arrays (e.g. the model's own) alive when the update donates the state. Every
@@ -154,7 +157,7 @@ def init_train_state(params: Params, config: RLConfig, mesh: Optional[Mesh] = No
                         else jax.device_put(np.asarray(x), replicated), state)
 
 
-def check_batch_divisible(num_rows: int, config: RLConfig, mesh: Optional[Mesh]) -> None:
+def check_batch_divisible(num_rows: int, config: RLConfig, mesh: Mesh | None) -> None:
     """ValueError unless `num_rows` splits into grad_accum_steps micro-batches that each divide evenly over
     the mesh's batch shards (its "data" x "fsdp" devices)."""
     shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
@@ -165,17 +168,17 @@ def check_batch_divisible(num_rows: int, config: RLConfig, mesh: Optional[Mesh])
             f"{shards} batch shards (mesh data x fsdp) x grad_accum_steps={config.grad_accum_steps} = {needed}")
 
 
-def _logits_fn(graphdef, params: Params, frozen: Params, attention_mask: chex.Array):
+def _logits_fn(graphdef, params: Params, frozen: Params, attention_mask: jax.Array):
     model = nnx.merge(graphdef, params, frozen)
     return lambda tokens: model(tokens, attention_mask)
 
 
-def _generation_region(batch: RolloutBatch) -> chex.Array:
+def _generation_region(batch: RolloutBatch) -> jax.Array:
     return batch.attention_mask & ~batch.prompt_mask
 
 
 def prepare_inputs(config: RLConfig, graphdef, mask_id: int, state: TrainState, frozen: Params,
-                   batch: RolloutBatch, advantages: chex.Array, key: chex.PRNGKey):
+                   batch: RolloutBatch, advantages: jax.Array, key: jax.Array):
     """Masks and frozen old / reference quantities of the generation batch.
 
     Returns (fixed, per_iteration): fixed is a dict of batch-first arrays [N, ...] used by every inner
@@ -186,11 +189,11 @@ def prepare_inputs(config: RLConfig, graphdef, mask_id: int, state: TrainState, 
     tokens, completion_mask = batch.tokens, batch.completion_mask
     mask_key, iteration_key = jax.random.split(key)
     old_logits = _logits_fn(graphdef, jax.lax.stop_gradient(state.params), frozen, batch.attention_mask)
-    use_kl = config.kl_beta > 0
-    ref_logits = _logits_fn(graphdef, state.ref_params, frozen, batch.attention_mask) if use_kl else None
+    ref_logits = (_logits_fn(graphdef, state.ref_params, frozen, batch.attention_mask) if config.kl_beta > 0
+                  else None)
     fixed = {"tokens": tokens, "attention_mask": batch.attention_mask, "completion_mask": completion_mask,
              "advantages": advantages}
-    per_iteration: Dict[str, chex.Array] = {}
+    per_iteration: dict[str, jax.Array] = {}
 
     def sequence_elbo(logits_fn, masks):
         token_logp = masked_token_log_probs(logits_fn, tokens, masks, mask_id)
@@ -202,7 +205,7 @@ def prepare_inputs(config: RLConfig, graphdef, mask_id: int, state: TrainState, 
         fixed["elbo_masks"] = jnp.swapaxes(elbo_masks, 0, 1)
         if config.algo == "fpo":
             fixed["elbo_old"] = sequence_elbo(old_logits, elbo_masks)
-            if use_kl:
+            if ref_logits is not None:
                 fixed["elbo_ref"] = sequence_elbo(ref_logits, elbo_masks)
     if config.algo == "diffu_grpo":
         iteration_keys = jax.random.split(iteration_key, config.num_inner_iterations)
@@ -211,7 +214,7 @@ def prepare_inputs(config: RLConfig, graphdef, mask_id: int, state: TrainState, 
         per_iteration["one_step_mask"] = one_step_masks
         per_iteration["token_logp_old"] = jax.lax.stop_gradient(
             masked_token_log_probs(old_logits, tokens, one_step_masks, mask_id))
-        if use_kl:
+        if ref_logits is not None:
             per_iteration["token_logp_ref"] = jax.lax.stop_gradient(
                 masked_token_log_probs(ref_logits, tokens, one_step_masks, mask_id))
     if config.algo == "spg":
@@ -231,7 +234,7 @@ def prepare_inputs(config: RLConfig, graphdef, mask_id: int, state: TrainState, 
 
 
 def rl_loss(config: RLConfig, graphdef, mask_id: int, params: Params, frozen: Params,
-            inputs: Dict[str, chex.Array]) -> Tuple[chex.Array, Dict[str, chex.Array]]:
+            inputs: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The method's loss on one micro-batch of `inputs` (batch-first arrays, see `prepare_inputs`)."""
     tokens, completion_mask = inputs["tokens"], inputs["completion_mask"]
     logits_fn = _logits_fn(graphdef, params, frozen, inputs["attention_mask"])
@@ -270,7 +273,7 @@ def rl_loss(config: RLConfig, graphdef, mask_id: int, params: Params, frozen: Pa
     return loss, aux
 
 
-def shuffle_within_groups(key: chex.PRNGKey, rewards: chex.Array, num_generations: int) -> chex.Array:
+def shuffle_within_groups(key: jax.Array, rewards: jax.Array, num_generations: int) -> jax.Array:
     """The placebo control: each group's rewards in a uniformly random order.
 
     Args:
@@ -287,7 +290,7 @@ def shuffle_within_groups(key: chex.PRNGKey, rewards: chex.Array, num_generation
     return jnp.take_along_axis(groups, order, axis=-1).reshape(rewards.shape)
 
 
-def group_reward_statistics(rewards: chex.Array, num_generations: int) -> Dict[str, chex.Array]:
+def group_reward_statistics(rewards: jax.Array, num_generations: int) -> dict[str, jax.Array]:
     """How much learning signal a batch carries: rewards [N] grouped p * G + g ->
     {"zero_advantage_group_fraction": fraction of groups whose G rewards are all equal (their GRPO advantages
     are all zero), "reward_std_within_group": mean over groups of the rewards' standard deviation}."""
@@ -298,7 +301,7 @@ def group_reward_statistics(rewards: chex.Array, num_generations: int) -> Dict[s
 
 
 def kl_to_start(graphdef, params: Params, start_params: Params, frozen: Params, batch: RolloutBatch,
-                mask_id: int) -> chex.Array:
+                mask_id: int) -> jax.Array:
     """KL(pi_params || pi_start) on the batch's own completions, a scalar >= 0.
 
     The per-token k3 estimate exp(s - c) - (s - c) - 1 (c, s: log-probs of the sampled token under the current
@@ -328,9 +331,9 @@ def _micro_batches(tree, num_micro: int):
     return jax.tree.map(split, tree)
 
 
-def rl_update(state: TrainState, frozen: Params, batch: RolloutBatch, key: chex.PRNGKey, *, config: RLConfig,
-              graphdef, mask_id: int, mesh: Optional[Mesh] = None, params_sharding: Optional[Params] = None
-              ) -> Tuple[TrainState, Dict[str, chex.Array]]:
+def rl_update(state: TrainState, frozen: Params, batch: RolloutBatch, key: jax.Array, *, config: RLConfig,
+              graphdef, mask_id: int, mesh: Mesh | None = None, params_sharding: Params | None = None
+              ) -> tuple[TrainState, dict[str, jax.Array]]:
     """The pure core of one RL step on a scored generation batch (jit it, e.g. via `make_update_fn`).
 
     Args:
@@ -425,8 +428,8 @@ def update_shardings(state: TrainState, frozen: Params, config: RLConfig, graphd
     return (state_sharding, frozen_sharding, batch_sharding, replicated), (state_sharding, replicated)
 
 
-@functools.lru_cache(maxsize=None)
-def make_update_fn(config: RLConfig, graphdef, mask_id: int, mesh: Optional[Mesh] = None):
+@functools.cache
+def make_update_fn(config: RLConfig, graphdef, mask_id: int, mesh: Mesh | None = None):
     """jit(rl_update) with config, graphdef, mask_id and mesh bound; the state's buffers are donated.
 
     With a mesh the jit has explicit in_shardings / out_shardings (`update_shardings`, built from the first
@@ -440,7 +443,7 @@ def make_update_fn(config: RLConfig, graphdef, mask_id: int, mesh: Optional[Mesh
         return jax.jit(update, donate_argnums=0)
     compiled = []
 
-    def sharded_update(state: TrainState, frozen: Params, batch: RolloutBatch, key: chex.PRNGKey):
+    def sharded_update(state: TrainState, frozen: Params, batch: RolloutBatch, key: jax.Array):
         if not compiled:
             in_shardings, out_shardings = update_shardings(state, frozen, config, graphdef, mesh)
             compiled.append(jax.jit(functools.partial(update, params_sharding=in_shardings[0].params),
@@ -450,7 +453,7 @@ def make_update_fn(config: RLConfig, graphdef, mask_id: int, mesh: Optional[Mesh
     return sharded_update
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_sample_fn(config: RLConfig, graphdef, mask_id: int):
     """The jitted sampler (variant config.sampler): fn(params, frozen, prompts [N, P] int32, prompt_mask [N, P]
     bool, key) -> tokens [N, P + gen_length] int32 (one completion per row; rows are the prompts already
@@ -465,7 +468,7 @@ def make_sample_fn(config: RLConfig, graphdef, mask_id: int):
     return jax.jit(sample)
 
 
-def distinct_completions_per_group(tokens: np.ndarray, completion_mask: np.ndarray, num_generations: int) -> float:
+def distinct_completions_per_group(tokens: ArrayLike, completion_mask: ArrayLike, num_generations: int) -> float:
     """Mean over groups of the number of different completions among its G rows (1 = all identical, G = all
     different). tokens [N, T], completion_mask [N, T] bool (the compared tokens), rows grouped p * G + g."""
     completions = np.where(np.asarray(completion_mask, bool), np.asarray(tokens), -1)
@@ -503,7 +506,7 @@ def _batch_spec(mesh: Mesh, ndim: int) -> PartitionSpec:
     return sharding.batch_sharding(mesh, ndim).spec
 
 
-def to_global(tree, mesh: Optional[Mesh]):
+def to_global(tree, mesh: Mesh | None):
     """Process-local batch-major numpy arrays -> global device arrays split over the mesh's batch axes
     (plain device arrays without a mesh). Each process passes only its own rows."""
     if mesh is None:
@@ -512,7 +515,7 @@ def to_global(tree, mesh: Optional[Mesh]):
         np.asarray(x), mesh, _batch_spec(mesh, np.ndim(x))), tree)
 
 
-def to_local(tree, mesh: Optional[Mesh]):
+def to_local(tree, mesh: Mesh | None):
     """Inverse of `to_global`: this process's rows of batch-major global arrays, as numpy."""
     if mesh is None:
         return jax.tree.map(np.asarray, tree)
@@ -521,8 +524,8 @@ def to_local(tree, mesh: Optional[Mesh]):
 
 
 def rl_step(state: TrainState, frozen: Params, prompts: np.ndarray, prompt_mask: np.ndarray,
-            reward_fn: RewardFn, key: chex.PRNGKey, *, config: RLConfig, sample_fn, update_fn, eos_id: int,
-            mesh: Optional[Mesh] = None) -> Tuple[TrainState, Dict[str, chex.Array], RolloutBatch]:
+            reward_fn: RewardFn, key: jax.Array, *, config: RLConfig, sample_fn, update_fn, eos_id: int,
+            mesh: Mesh | None = None) -> tuple[TrainState, dict[str, jax.Array], RolloutBatch]:
     """One full RL step: sample G completions per prompt, score them on the host, update.
 
     Args:

@@ -40,7 +40,8 @@ attention_mask [B, T] | None) -> [B, T, V]`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import chex
 import jax
@@ -96,7 +97,8 @@ def _validate(prompt: jax.Array, gen_length: int, block_length: int, steps: int,
         raise ValueError(f"gen_length={gen_length} must be divisible by block_length={block_length}")
     num_blocks = gen_length // block_length
     if steps % num_blocks:
-        raise ValueError(f"steps={steps} must be divisible by the number of blocks gen_length/block_length={num_blocks}")
+        raise ValueError(f"steps={steps} must be divisible by the number of blocks "
+                         f"gen_length/block_length={num_blocks}")
     if isinstance(temperature, (int, float)) and temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if remasking not in REMASKING_STRATEGIES:
@@ -206,9 +208,9 @@ def _generate_fast(full_pass: FullPass, cached_pass: CachedPass | None, prompt: 
                    threshold: float | None, return_history: bool):
     """Block by block; inside a block a `lax.while_loop` over its steps that stops once the block has no mask.
 
-    A block's first step (and every refresh_interval-th step) is a full pass that also returns the cache;
-    the other steps are cached passes (cache != "none") over a window: the block and everything after it
-    ("prefix") or the block alone ("dual"). Returns (tokens, history [steps, B, T] | None, stats
+    A block's first step (and every refresh_interval-th step) is a full pass that also returns the cache; the
+    other steps are cached passes (cached_pass, given exactly when cache != "none") over a window: the block and
+    everything after it ("prefix") or the block alone ("dual"). Returns (tokens, history [steps, B, T] | None, stats
     {"full_passes", "cached_passes", "cached_positions" (window positions over all cached passes)}: int32).
     """
     batch, prompt_length = prompt.shape
@@ -252,7 +254,7 @@ def _generate_fast(full_pass: FullPass, cached_pass: CachedPass | None, prompt: 
 
         def body(carry):
             step, tokens, kv, history, passes = carry
-            if cache == "none":
+            if cached_pass is None:
                 logits, _ = full_pass(tokens, attention_mask, block_start)
                 passes = passes + full_step
             elif refresh_interval is None:
@@ -260,8 +262,9 @@ def _generate_fast(full_pass: FullPass, cached_pass: CachedPass | None, prompt: 
                 passes = passes + cached_step
             else:
                 refresh = step % refresh_interval == 0
+                cached = cached_pass
                 logits, kv = jax.lax.cond(refresh, lambda: full_pass(tokens, attention_mask, block_start),
-                                          lambda: (cached_pass(tokens, attention_mask, block_start, window, kv), kv))
+                                          lambda: (cached(tokens, attention_mask, block_start, window, kv), kv))
                 passes = passes + jnp.where(refresh, full_step, cached_step)
             tokens = update(tokens, logits, step)
             return step + 1, tokens, kv, record(history, step, tokens), passes
@@ -278,7 +281,7 @@ def _generate_fast(full_pass: FullPass, cached_pass: CachedPass | None, prompt: 
     # block has its own static shapes: a Python loop over the blocks.
     tokens, history, passes = _decode_blocks(decode_block, tokens, num_blocks, steps_per_block,
                                              python_loop=cache == "prefix", return_history=return_history)
-    return tokens, history, dict(zip(("full_passes", "cached_passes", "cached_positions"), passes))
+    return tokens, history, dict(zip(("full_passes", "cached_passes", "cached_positions"), passes, strict=True))
 
 
 def _decode_blocks(decode_block, tokens: jax.Array, num_blocks: int, steps_per_block: int, *, python_loop: bool,
@@ -337,8 +340,9 @@ def generate_from_logits_fn(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Arr
     """
     _validate(prompt, gen_length, block_length, steps, temperature, remasking, mask_id, prompt_mask,
               threshold=threshold, return_history=return_history, return_stats=return_stats)
-    settings = dict(gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature,
-                    remasking=remasking, mask_id=mask_id, prompt_mask=prompt_mask, return_history=return_history)
+    settings: dict[str, Any] = dict(gen_length=gen_length, block_length=block_length, steps=steps,
+                                    temperature=temperature, remasking=remasking, mask_id=mask_id,
+                                    prompt_mask=prompt_mask, return_history=return_history)
     if threshold is None:
         tokens, history = _generate_exact(logits_fn, prompt, key, **settings)
         stats = {"full_passes": jnp.int32(steps), "cached_passes": jnp.int32(0), "cached_positions": jnp.int32(0)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 PAD_TEXT, EOS_TEXT, MASK_TEXT = "<pad>", "<eos>", "<mask>"
 CHAR_TAG_TOKENS = ("<answer>", "</answer>", "<reasoning>", "</reasoning>")
@@ -165,7 +165,7 @@ def tokenizer_config(tokenizer: Tokenizer) -> dict:
     }
     if tokenizer.kind == "hf":
         config["source_dir"] = tokenizer.source_dir
-        config["special_tokens"] = dict(tokenizer.special_tokens)
+        config["special_tokens"] = dict(tokenizer.special_tokens or {})
     return config
 
 

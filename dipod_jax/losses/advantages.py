@@ -1,8 +1,6 @@
 """Advantage estimators: GAE with truncation bootstrapping, batch normalisation, GRPO group advantages."""
 from __future__ import annotations
 
-from typing import Tuple
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,15 +9,15 @@ TRUNCATION_BOOTSTRAPS = ("next_value", "current_value")
 
 
 def gae(
-    rewards: chex.Array,
-    values: chex.Array,
-    next_values: chex.Array,
-    terminations: chex.Array,
-    truncations: chex.Array,
+    rewards: jax.Array,
+    values: jax.Array,
+    next_values: jax.Array,
+    terminations: jax.Array,
+    truncations: jax.Array,
     gamma: float,
     gae_lambda: float,
     truncation_bootstrap: str = "next_value",
-) -> Tuple[chex.Array, chex.Array]:
+) -> tuple[jax.Array, jax.Array]:
     """Generalised advantage estimation over a rollout with auto-reset environments.
 
     An episode ends at step t when it terminates or is truncated. A termination bootstraps nothing; a
@@ -67,7 +65,7 @@ def gae(
     return advantages, advantages + values
 
 
-def normalize_advantages(advantages: chex.Array, eps: float = 1e-8, unbiased: bool = False) -> chex.Array:
+def normalize_advantages(advantages: jax.Array, eps: float = 1e-8, unbiased: bool = False) -> jax.Array:
     """(A - mean) / (std + eps) over every element of `advantages` [...].
 
     unbiased=False divides the variance by n (Brax PPO and the FPO reference, per minibatch); True by n - 1,
@@ -76,7 +74,7 @@ def normalize_advantages(advantages: chex.Array, eps: float = 1e-8, unbiased: bo
     return (advantages - jnp.mean(advantages)) / (jnp.std(advantages, ddof=1 if unbiased else 0) + eps)
 
 
-def grpo_advantages(rewards: chex.Array, scale_by_std: bool = False, eps: float = 1e-4) -> chex.Array:
+def grpo_advantages(rewards: jax.Array, scale_by_std: bool = False, eps: float = 1e-4) -> jax.Array:
     """GRPO group-relative advantages.
 
     Args:

@@ -10,16 +10,16 @@ but tightens the bound; the regulariser is that step merged into the policy upda
 from __future__ import annotations
 
 import numbers
-from typing import Optional
 
 import chex
+import jax
 import jax.numpy as jnp
 
 
 def check_dipod_beta(beta) -> None:
     """Raise ValueError when a concrete `dipod_beta` is negative or not finite (traced values pass)."""
     if isinstance(beta, numbers.Real):
-        if not (beta >= 0.0) or beta == float("inf"):
+        if not (float(beta) >= 0.0) or float(beta) == float("inf"):
             raise ValueError(f"dipod_beta must be a finite number >= 0, got {beta!r}")
 
 
@@ -28,7 +28,7 @@ def is_zero_beta(beta) -> bool:
     return isinstance(beta, numbers.Real) and beta == 0
 
 
-def weighted_mean(values: chex.Array, weights: Optional[chex.Array] = None) -> chex.Array:
+def weighted_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """Mean of `values` [...], or sum(w * v) / sum(w) with `weights` of the same shape.
 
     The denominator is floored at the smallest positive float so an all-zero weight vector gives 0, not NaN.
@@ -40,7 +40,7 @@ def weighted_mean(values: chex.Array, weights: Optional[chex.Array] = None) -> c
     return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), jnp.finfo(values.dtype).tiny)
 
 
-def dipod_regularizer(elbo: chex.Array, beta, weights: Optional[chex.Array] = None) -> chex.Array:
+def dipod_regularizer(elbo: jax.Array, beta, weights: jax.Array | None = None) -> jax.Array:
     """The DiPOD term -beta * mean(ELBO) over the on-policy batch.
 
     Args:
@@ -56,7 +56,7 @@ def dipod_regularizer(elbo: chex.Array, beta, weights: Optional[chex.Array] = No
     return -beta * weighted_mean(elbo, weights)
 
 
-def with_dipod(pg_loss: chex.Array, elbo: chex.Array, beta, weights: Optional[chex.Array] = None) -> chex.Array:
+def with_dipod(pg_loss: jax.Array, elbo: jax.Array | None, beta, weights: jax.Array | None = None) -> jax.Array:
     """Compose a policy-gradient loss with the DiPOD term: pg_loss - beta * mean(elbo).
 
     A concrete beta == 0 returns `pg_loss` itself, so the loss and its gradient are bit-for-bit the baseline's
@@ -64,7 +64,7 @@ def with_dipod(pg_loss: chex.Array, elbo: chex.Array, beta, weights: Optional[ch
 
     Args:
       pg_loss: scalar policy-gradient loss.
-      elbo: [...] on-policy ELBO estimates (see `dipod_regularizer`).
+      elbo: [...] on-policy ELBO estimates (see `dipod_regularizer`); may be None only when beta is a Python 0.
       beta: scalar >= 0.
       weights: optional [...] weights for the mean.
 
@@ -75,10 +75,12 @@ def with_dipod(pg_loss: chex.Array, elbo: chex.Array, beta, weights: Optional[ch
     chex.assert_rank(pg_loss, 0)
     if is_zero_beta(beta):
         return pg_loss
+    if elbo is None:
+        raise ValueError(f"the DiPOD term needs the ELBO when dipod_beta != 0 (got {beta!r})")
     return pg_loss + dipod_regularizer(elbo, beta, weights)
 
 
-def dipod_term_metric(loss: chex.Array, pg_loss: chex.Array, beta) -> chex.Array:
+def dipod_term_metric(loss: jax.Array, pg_loss: jax.Array, beta) -> jax.Array:
     """The DiPOD term's value for diagnostics: loss - pg_loss, or a constant 0 when beta is a Python 0.
 
     The constant keeps the diagnostic from adding any operation on the baseline's loss at beta = 0, so the

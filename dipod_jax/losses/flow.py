@@ -7,7 +7,7 @@ The flow ELBO of an action is -E_{tau, eps}[l_theta] up to a positive weight and
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from collections.abc import Callable
 
 import chex
 import jax
@@ -30,7 +30,7 @@ def _check_reduction(reduction: str, huber_delta) -> None:
         raise ValueError(f"huber_delta must be > 0 or None, got {huber_delta!r}")
 
 
-def flow_path(actions: chex.Array, eps: chex.Array, tau: chex.Array) -> chex.Array:
+def flow_path(actions: jax.Array, eps: jax.Array, tau: jax.Array) -> jax.Array:
     """Point on the linear path between an action and noise.
 
     Args:
@@ -49,14 +49,14 @@ def flow_path(actions: chex.Array, eps: chex.Array, tau: chex.Array) -> chex.Arr
 
 
 def cfm_loss_from_velocity(
-    velocity: chex.Array,
-    actions: chex.Array,
-    eps: chex.Array,
-    tau: chex.Array,
+    velocity: jax.Array,
+    actions: jax.Array,
+    eps: jax.Array,
+    tau: jax.Array,
     variant: str = "velocity",
     reduction: str = "mean",
-    huber_delta: Optional[float] = None,
-) -> chex.Array:
+    huber_delta: float | None = None,
+) -> jax.Array:
     """Per-sample conditional flow-matching loss from a predicted velocity.
 
     Args:
@@ -95,15 +95,15 @@ def cfm_loss_from_velocity(
 
 
 def cfm_loss(
-    velocity_fn: Callable[[chex.Array, chex.Array, chex.Array], chex.Array],
-    obs: chex.Array,
-    actions: chex.Array,
-    tau: chex.Array,
-    eps: chex.Array,
+    velocity_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+    obs: jax.Array,
+    actions: jax.Array,
+    tau: jax.Array,
+    eps: jax.Array,
     variant: str = "velocity",
     reduction: str = "mean",
-    huber_delta: Optional[float] = None,
-) -> chex.Array:
+    huber_delta: float | None = None,
+) -> jax.Array:
     """Per-sample CFM losses l_theta(a; s, tau_n, eps_n) for N stored (tau, eps) pairs per action.
 
     Args:
@@ -133,14 +133,14 @@ def cfm_loss(
 
 
 def draw_tau_eps(
-    key: chex.PRNGKey,
+    key: jax.Array,
     batch_size: int,
     num_samples: int,
     action_dim: int,
     schedule: str = "grid",
     num_flow_steps: int = 10,
     beta_b: float = 2.0,
-) -> Tuple[chex.Array, chex.Array]:
+) -> tuple[jax.Array, jax.Array]:
     """Draw the (tau, eps) pairs that are stored at rollout time and reused by every later evaluation.
 
     Args:
@@ -179,7 +179,7 @@ def draw_tau_eps(
     return tau, eps
 
 
-def fpo_log_ratio(l_old: chex.Array, l_new: chex.Array) -> chex.Array:
+def fpo_log_ratio(l_old: jax.Array, l_new: jax.Array) -> jax.Array:
     """FPO's log-ratio, averaging the CFM losses before the exponential.
 
     Args:
@@ -194,19 +194,19 @@ def fpo_log_ratio(l_old: chex.Array, l_new: chex.Array) -> chex.Array:
     return jnp.mean(l_old, axis=-1) - jnp.mean(l_new, axis=-1)
 
 
-def straight_through_clip(x: chex.Array, low: Optional[float], high: Optional[float]) -> chex.Array:
+def straight_through_clip(x: jax.Array, low: float | None, high: float | None) -> jax.Array:
     """Clip to [low, high] in the forward pass (None: no bound on that side), identity in the backward pass."""
     return x + jax.lax.stop_gradient(jnp.clip(x, low, high) - x)
 
 
 def fpo_pp_log_ratio(
-    l_old: chex.Array,
-    l_new: chex.Array,
-    advantages: chex.Array,
-    loss_clamp: Optional[float] = 20.0,
+    l_old: jax.Array,
+    l_new: jax.Array,
+    advantages: jax.Array,
+    loss_clamp: float | None = 20.0,
     log_ratio_clamp: float = 10.0,
     cfm_loss_clamp: float = -1.0,
-) -> chex.Array:
+) -> jax.Array:
     """FPO++'s per-sample log-ratios with the release's clamps, in its order (fpo.py `FPO.update`).
 
     1. cfm_loss_clamp > 0: both l_old and l_new are clamped from above at cfm_loss_clamp, whatever the

@@ -12,9 +12,7 @@ so the loss is 0, not NaN.
 from __future__ import annotations
 
 import numbers
-from typing import Dict, Optional, Tuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,20 +22,20 @@ from dipod_jax.losses.masked import is_concrete, spg_mix
 from dipod_jax.losses.trust_region import check_clip_eps, clip_fraction, ppo_objective
 
 SPG_ESTIMATORS = ("elbo", "eubo", "mix")
-LossAndAux = Tuple[chex.Array, Dict[str, chex.Array]]
+LossAndAux = tuple[jax.Array, dict[str, jax.Array]]
 
 
-def _check_shape(name: str, array: chex.Array, shape: Tuple[int, ...]) -> None:
+def _check_shape(name: str, array: jax.Array, shape: tuple[int, ...]) -> None:
     if tuple(array.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(array.shape)}")
 
 
 def _check_nonnegative(name: str, value) -> None:
-    if isinstance(value, numbers.Real) and not value >= 0:
+    if isinstance(value, numbers.Real) and not float(value) >= 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
-def _check_not_all_empty(name: str, mask: chex.Array) -> None:
+def _check_not_all_empty(name: str, mask: jax.Array) -> None:
     if is_concrete(mask) and not np.any(np.asarray(mask)):
         raise ValueError(f"{name} is empty: no real completion token in the batch")
 
@@ -48,9 +46,9 @@ def _needs_elbo(dipod_beta, elbo) -> None:
         raise ValueError("elbo is required when dipod_beta is not 0")
 
 
-def grpo_loss(token_logp_new: chex.Array, token_logp_old: chex.Array, advantages: chex.Array,
-              completion_mask: chex.Array, clip_eps: float, token_logp_ref: Optional[chex.Array] = None,
-              kl_beta: float = 0.0, elbo: Optional[chex.Array] = None, *, dipod_beta) -> LossAndAux:
+def grpo_loss(token_logp_new: jax.Array, token_logp_old: jax.Array, advantages: jax.Array,
+              completion_mask: jax.Array, clip_eps: float, token_logp_ref: jax.Array | None = None,
+              kl_beta: float = 0.0, elbo: jax.Array | None = None, *, dipod_beta) -> LossAndAux:
     """Token-level GRPO with PPO clipping, a k3 KL penalty to a reference model and the DiPOD term.
 
     Per real completion token: -min(r A, clip(r, 1 - eps, 1 + eps) A) + kl_beta * k3, with
@@ -98,7 +96,7 @@ def grpo_loss(token_logp_new: chex.Array, token_logp_old: chex.Array, advantages
     aux = {"pg_loss": pg_loss,
            "clip_fraction": weighted_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(ratio.dtype), completion_mask),
            "ratio_mean": weighted_mean(ratio, completion_mask)}
-    if use_kl:
+    if use_kl and token_logp_ref is not None:
         _check_shape("token_logp_ref", token_logp_ref, token_logp_new.shape)
         log_ref_ratio = jax.lax.stop_gradient(token_logp_ref) - token_logp_new
         per_token_kl = jnp.exp(log_ref_ratio) - log_ref_ratio - 1.0
@@ -116,10 +114,10 @@ def grpo_loss(token_logp_new: chex.Array, token_logp_old: chex.Array, advantages
     return loss, aux
 
 
-def diffu_grpo_loss(token_logp_new: chex.Array, token_logp_old: chex.Array, advantages: chex.Array,
-                    completion_mask: chex.Array, clip_eps: float = 0.5,
-                    token_logp_ref: Optional[chex.Array] = None, kl_beta: float = 0.04,
-                    elbo: Optional[chex.Array] = None, *, dipod_beta) -> LossAndAux:
+def diffu_grpo_loss(token_logp_new: jax.Array, token_logp_old: jax.Array, advantages: jax.Array,
+                    completion_mask: jax.Array, clip_eps: float = 0.5,
+                    token_logp_ref: jax.Array | None = None, kl_beta: float = 0.04,
+                    elbo: jax.Array | None = None, *, dipod_beta) -> LossAndAux:
     """diffu-GRPO (d1): `grpo_loss` fed by the one-step per-token log-prob estimate, with d1's defaults.
 
     The loss formula is exactly `grpo_loss` (d1 reuses GRPO's); what makes it diffu-GRPO is the input: each
@@ -136,8 +134,8 @@ def diffu_grpo_loss(token_logp_new: chex.Array, token_logp_old: chex.Array, adva
                      token_logp_ref=token_logp_ref, kl_beta=kl_beta, elbo=elbo, dipod_beta=dipod_beta)
 
 
-def fpo_dllm_loss(elbo_new: chex.Array, elbo_old: chex.Array, advantages: chex.Array, clip_eps: float = 0.5,
-                  elbo_ref: Optional[chex.Array] = None, kl_beta: float = 0.0, *, dipod_beta) -> LossAndAux:
+def fpo_dllm_loss(elbo_new: jax.Array, elbo_old: jax.Array, advantages: jax.Array, clip_eps: float = 0.5,
+                  elbo_ref: jax.Array | None = None, kl_beta: float = 0.0, *, dipod_beta) -> LossAndAux:
     """FPO for dLLMs (d1 `fpo=True`): sequence ratio exp(ELBO_new - ELBO_old) with PPO clipping.
 
     loss = -mean_b min(rho A, clip(rho) A) + kl_beta * mean_b(ELBO_new - ELBO_ref) - dipod_beta * mean_b ELBO_new.
@@ -171,7 +169,7 @@ def fpo_dllm_loss(elbo_new: chex.Array, elbo_old: chex.Array, advantages: chex.A
     pg_loss = -jnp.mean(ppo_objective(ratio, advantages.astype(ratio.dtype), clip_eps))
     aux = {"pg_loss": pg_loss, "clip_fraction": clip_fraction(ratio, clip_eps), "ratio_mean": jnp.mean(ratio)}
     baseline = pg_loss
-    if use_kl:
+    if use_kl and elbo_ref is not None:
         _check_shape("elbo_ref", elbo_ref, elbo_new.shape)
         aux["kl"] = jnp.mean(elbo_new - jax.lax.stop_gradient(elbo_ref))
         baseline = pg_loss + kl_beta * aux["kl"]
@@ -180,9 +178,9 @@ def fpo_dllm_loss(elbo_new: chex.Array, elbo_old: chex.Array, advantages: chex.A
     return loss, aux
 
 
-def spg_loss(logp_lower: chex.Array, logp_upper: Optional[chex.Array], advantages: chex.Array,
-             lengths: chex.Array, estimator: str = "mix", mix_weight: float = 0.5, *, dipod_beta,
-             elbo: Optional[chex.Array] = None) -> LossAndAux:
+def spg_loss(logp_lower: jax.Array, logp_upper: jax.Array | None, advantages: jax.Array,
+             lengths: jax.Array, estimator: str = "mix", mix_weight: float = 0.5, *, dipod_beta,
+             elbo: jax.Array | None = None) -> LossAndAux:
     """SPG's sandwiched, length-weighted policy gradient loss with the DiPOD term.
 
     logp_i is the lower (ELBO-type) estimate where A_i > 0 and, where A_i <= 0 (as SPG: its reward mask is
@@ -219,7 +217,7 @@ def spg_loss(logp_lower: chex.Array, logp_upper: Optional[chex.Array], advantage
         _check_shape("elbo", elbo, logp_lower.shape)
     _check_not_all_empty("lengths", lengths)
 
-    if estimator == "elbo":
+    if estimator == "elbo" or logp_upper is None:  # logp_upper is given for the other estimators (checked above)
         upper = logp_lower
     elif estimator == "eubo":
         upper = logp_upper

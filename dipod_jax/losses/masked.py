@@ -13,22 +13,23 @@ the old, current and reference models, so that ratios and KL terms compare like 
 """
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from collections.abc import Callable
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
-LogitsFn = Callable[[chex.Array], chex.Array]
+LogitsFn = Callable[[jax.Array], jax.Array]
 
 
 def is_concrete(array) -> bool:
     """True unless `array` is a tracer (inside jit / grad / vmap), i.e. when data checks can run."""
-    return not isinstance(array, jax.core.Tracer)
+    return not isinstance(array, Tracer)
 
 
-def check_completion_mask(completion_mask: chex.Array, name: str = "completion_mask") -> None:
+def check_completion_mask(completion_mask: jax.Array | np.ndarray, name: str = "completion_mask") -> None:
     """Raise ValueError if a concrete [B, T] mask has a row with no real completion token.
 
     Traced masks pass unchecked; every estimator below guards its denominators so that an empty row gives
@@ -45,7 +46,7 @@ def _check_num_draws(num_draws) -> None:
         raise ValueError(f"num_draws must be a positive int, got {num_draws!r}")
 
 
-def _rank_among(scores: chex.Array, eligible: chex.Array) -> chex.Array:
+def _rank_among(scores: jax.Array, eligible: jax.Array) -> jax.Array:
     """Rank (0-based, ascending) of each eligible position's score among the eligible ones of its row.
 
     Args:
@@ -60,8 +61,8 @@ def _rank_among(scores: chex.Array, eligible: chex.Array) -> chex.Array:
     return jnp.argsort(order, axis=-1).astype(jnp.int32)
 
 
-def mask_uniform_count(key: chex.PRNGKey, completion_mask: chex.Array,
-                       num_draws: int, count_rounding: str = "floor") -> Tuple[chex.Array, chex.Array]:
+def mask_uniform_count(key: jax.Array, completion_mask: jax.Array,
+                       num_draws: int, count_rounding: str = "floor") -> tuple[jax.Array, jax.Array]:
     """d1-FPO masking: t ~ U(0, 1), then exactly k = floor(t * L) of the L real completion tokens masked.
 
     The k positions are uniform without replacement among the real completion tokens; nothing else is
@@ -109,7 +110,7 @@ def _check_time_range(min_t, max_t) -> None:
         raise ValueError(f"min_t must be <= max_t, got min_t={min_t!r}, max_t={max_t!r}")
 
 
-def _check_block_window(completion_mask: chex.Array, window_length: int) -> None:
+def _check_block_window(completion_mask: jax.Array, window_length: int) -> None:
     """The real completion tokens of every concrete row must start at the window's first position and run
     contiguously (the sampler writes them there; the mask after the first EOS is the padding)."""
     length = completion_mask.shape[-1]
@@ -125,9 +126,9 @@ def _check_block_window(completion_mask: chex.Array, window_length: int) -> None
                          "positions)")
 
 
-def mask_block_random(key: chex.PRNGKey, completion_mask: chex.Array, num_draws: int, block_length: int,
+def mask_block_random(key: jax.Array, completion_mask: jax.Array, num_draws: int, block_length: int,
                       window_length: int, min_t: float = 0.0, max_t: float = 1.0,
-                      p_mask_prompt: float = 0.15) -> Tuple[chex.Array, chex.Array]:
+                      p_mask_prompt: float = 0.15) -> tuple[jax.Array, jax.Array]:
     """SPG's "block_random" forward process, as the release runs it (spg_trainer.py `forward_process`).
 
     Rows are [prompt region | generation window]: the window is the last `window_length` positions, the real
@@ -204,8 +205,8 @@ def mask_block_random(key: chex.PRNGKey, completion_mask: chex.Array, num_draws:
     return mask, t_emp.astype(jnp.float32)
 
 
-def mask_completion_and_prompt(key: chex.PRNGKey, prompt_mask: chex.Array, completion_mask: chex.Array,
-                               p_mask_prompt: float) -> chex.Array:
+def mask_completion_and_prompt(key: jax.Array, prompt_mask: jax.Array, completion_mask: jax.Array,
+                               p_mask_prompt: float) -> jax.Array:
     """diffu-GRPO's one-step masking: the whole generation region masked, each prompt token w.p. p_mask_prompt.
 
     As in d1, every position outside the prompt region (the real completion tokens and the padding after
@@ -234,7 +235,7 @@ def mask_completion_and_prompt(key: chex.PRNGKey, prompt_mask: chex.Array, compl
     return jnp.where(prompt_mask, hide_prompt, True)
 
 
-def apply_mask(tokens: chex.Array, mask: chex.Array, mask_id: int) -> chex.Array:
+def apply_mask(tokens: jax.Array, mask: jax.Array, mask_id: int) -> jax.Array:
     """Replace masked tokens by the mask id.
 
     Args:
@@ -247,7 +248,7 @@ def apply_mask(tokens: chex.Array, mask: chex.Array, mask_id: int) -> chex.Array
     return jnp.where(mask, jnp.asarray(mask_id, tokens.dtype), tokens)
 
 
-def token_log_probs(logits: chex.Array, targets: chex.Array) -> chex.Array:
+def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """log softmax(logits)[target] in float32.
 
     Args:
@@ -261,7 +262,7 @@ def token_log_probs(logits: chex.Array, targets: chex.Array) -> chex.Array:
     return jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
-def _scored_positions(token_logp: chex.Array, mask: chex.Array, completion_mask: chex.Array):
+def _scored_positions(token_logp: jax.Array, mask: jax.Array, completion_mask: jax.Array):
     """Validate [M, B, T] / [B, T] shapes; return the [M, B, T] bool of masked real completion tokens."""
     chex.assert_rank([token_logp, mask, completion_mask], [3, 3, 2])
     chex.assert_equal_shape([token_logp, mask])
@@ -269,7 +270,7 @@ def _scored_positions(token_logp: chex.Array, mask: chex.Array, completion_mask:
     return mask.astype(bool) & completion_mask.astype(bool)[None]
 
 
-def elbo_from_token_logprobs(token_logp: chex.Array, mask: chex.Array, completion_mask: chex.Array) -> chex.Array:
+def elbo_from_token_logprobs(token_logp: jax.Array, mask: jax.Array, completion_mask: jax.Array) -> jax.Array:
     """The LLaDA / d1 sequence ELBO estimate: mean_m (L / max(k_m, 1)) * sum_{i masked} log p(c_i | x_m).
 
     L is the number of real completion tokens of the row and k_m the number of them masked in draw m.
@@ -289,8 +290,8 @@ def elbo_from_token_logprobs(token_logp: chex.Array, mask: chex.Array, completio
     return jnp.mean(num_real[None] / jnp.maximum(num_masked, 1.0) * summed, axis=0)
 
 
-def masked_token_log_probs(logits_fn: LogitsFn, tokens: chex.Array, mask: chex.Array,
-                           mask_id: int) -> chex.Array:
+def masked_token_log_probs(logits_fn: LogitsFn, tokens: jax.Array, mask: jax.Array,
+                           mask_id: int) -> jax.Array:
     """Per-token log p(tokens | noised copy) for each of M forward masks, one forward pass per draw.
 
     Runs `logits_fn` on each noised copy with `lax.map` over the M draws, so memory is that of a single
@@ -319,8 +320,8 @@ def masked_token_log_probs(logits_fn: LogitsFn, tokens: chex.Array, mask: chex.A
     return jax.lax.map(draw_log_probs, mask)
 
 
-def elbo_masked(logits_fn: LogitsFn, tokens: chex.Array, completion_mask: chex.Array, mask: chex.Array,
-                mask_id: int) -> chex.Array:
+def elbo_masked(logits_fn: LogitsFn, tokens: jax.Array, completion_mask: jax.Array, mask: jax.Array,
+                mask_id: int) -> jax.Array:
     """Sequence ELBO of `tokens` under a masked-diffusion model, one forward pass per draw.
 
     `masked_token_log_probs` (lax.map over the M draws, memory of one forward pass) followed by
@@ -341,8 +342,8 @@ def elbo_masked(logits_fn: LogitsFn, tokens: chex.Array, completion_mask: chex.A
     return elbo_from_token_logprobs(token_logp, mask, completion_mask)
 
 
-def spg_elbo_from_token_logprobs(token_logp: chex.Array, mask: chex.Array,
-                                 completion_mask: chex.Array) -> chex.Array:
+def spg_elbo_from_token_logprobs(token_logp: jax.Array, mask: jax.Array,
+                                 completion_mask: jax.Array) -> jax.Array:
     """SPG's ELBO-type estimate: mean over draws of the mean log-prob of the masked real tokens.
 
     This is per token (not summed over the sequence); SPG's loss weights sequences by length instead.
@@ -359,8 +360,8 @@ def spg_elbo_from_token_logprobs(token_logp: chex.Array, mask: chex.Array,
     return jnp.mean(per_draw, axis=0)
 
 
-def spg_eubo_from_token_logprobs(token_logp: chex.Array, mask: chex.Array, completion_mask: chex.Array,
-                                 t_emp: chex.Array, beta_e: float) -> chex.Array:
+def spg_eubo_from_token_logprobs(token_logp: jax.Array, mask: jax.Array, completion_mask: jax.Array,
+                                 t_emp: jax.Array, beta_e: float) -> jax.Array:
     """SPG's EUBO-type (upper-bound) estimate with exponent beta_e > 0.
 
     Per token i: a_i = mean_m p_i^beta_e * [i masked in draw m] / t_emp_m; the estimate is
@@ -388,7 +389,7 @@ def spg_eubo_from_token_logprobs(token_logp: chex.Array, mask: chex.Array, compl
     return jnp.sum(log_per_token, axis=-1) / jnp.maximum(num_counted, 1.0) / beta_e
 
 
-def spg_mix(elbo: chex.Array, eubo: chex.Array, weight: float = 0.5) -> chex.Array:
+def spg_mix(elbo: jax.Array, eubo: jax.Array, weight: float = 0.5) -> jax.Array:
     """SPG's "mix" estimate weight * EUBO + (1 - weight) * ELBO, elementwise; weight in [0, 1]."""
     if isinstance(weight, (int, float)) and not 0.0 <= weight <= 1.0:
         raise ValueError(f"mix weight must be in [0, 1], got {weight!r}")

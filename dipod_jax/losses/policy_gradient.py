@@ -6,30 +6,31 @@ Each returns `(loss, aux)`: a scalar to minimise and a dict of scalar diagnostic
 from __future__ import annotations
 
 import numbers
-from typing import Dict, Optional, Tuple, Union
+from typing import cast
 
 import chex
+import jax
 import jax.numpy as jnp
 
 from dipod_jax.losses.dipod import check_dipod_beta, dipod_term_metric, with_dipod
 from dipod_jax.losses.flow import fpo_log_ratio, fpo_pp_log_ratio
 from dipod_jax.losses.trust_region import check_clip_eps, clip_fraction, ppo_objective, trust_region_objective
 
-LossAndAux = Tuple[chex.Array, Dict[str, chex.Array]]
-AdvantageClamp = Union[float, Tuple[float, float]]
+LossAndAux = tuple[jax.Array, dict[str, jax.Array]]
+AdvantageClamp = float | tuple[float, float]
 
 
-def _ratio_stats(ratio: chex.Array, clip_eps: float) -> Dict[str, chex.Array]:
+def _ratio_stats(ratio: jax.Array, clip_eps: float) -> dict[str, jax.Array]:
     return {"ratio_mean": jnp.mean(ratio), "ratio_std": jnp.std(ratio),
             "clip_fraction": clip_fraction(ratio, clip_eps)}
 
 
 def ppo_loss(
-    logp_new: chex.Array,
-    logp_old: chex.Array,
-    advantages: chex.Array,
+    logp_new: jax.Array,
+    logp_old: jax.Array,
+    advantages: jax.Array,
     clip_eps: float = 0.2,
-    entropy: Optional[chex.Array] = None,
+    entropy: jax.Array | None = None,
     entropy_coef: float = 0.0,
     *,
     dipod_beta: float,
@@ -63,9 +64,9 @@ def ppo_loss(
 
 
 def fpo_loss(
-    l_old: chex.Array,
-    l_new: chex.Array,
-    advantages: chex.Array,
+    l_old: jax.Array,
+    l_new: jax.Array,
+    advantages: jax.Array,
     clip_eps: float = 0.05,
     trust_region: str = "ppo",
     *,
@@ -98,26 +99,26 @@ def fpo_loss(
                   **_ratio_stats(ratio, clip_eps)}
 
 
-def clamp_advantages(advantages: chex.Array, advantage_clamp: AdvantageClamp) -> chex.Array:
+def clamp_advantages(advantages: jax.Array, advantage_clamp: AdvantageClamp) -> jax.Array:
     """Clip advantages to [-c, c] (a number c) or to [-negative_max, positive_max] (a pair
     (positive_max, negative_max), the FPO++ release's `advantage_clamp` order); every bound must be > 0."""
-    bounds = (advantage_clamp, advantage_clamp) if isinstance(advantage_clamp, numbers.Real) \
-        else tuple(advantage_clamp)
-    if len(bounds) != 2 or not all(isinstance(b, numbers.Real) and b > 0 for b in bounds):
+    bounds: tuple = ((advantage_clamp, advantage_clamp) if isinstance(advantage_clamp, numbers.Real)
+                     else tuple(cast(tuple, advantage_clamp)))
+    if len(bounds) != 2 or not all(isinstance(b, numbers.Real) and float(b) > 0 for b in bounds):
         raise ValueError(f"advantage_clamp must be a number > 0 or a pair (positive_max, negative_max) of "
                          f"numbers > 0, got {advantage_clamp!r}")
-    positive_max, negative_max = bounds
+    positive_max, negative_max = (float(b) for b in bounds)
     return jnp.clip(advantages, -negative_max, positive_max)
 
 
 def fpo_pp_loss(
-    l_old: chex.Array,
-    l_new: chex.Array,
-    advantages: chex.Array,
+    l_old: jax.Array,
+    l_new: jax.Array,
+    advantages: jax.Array,
     clip_eps: float = 0.05,
     trust_region: str = "aspo",
-    advantage_clamp: Optional[AdvantageClamp] = None,
-    loss_clamp: Optional[float] = 20.0,
+    advantage_clamp: AdvantageClamp | None = None,
+    loss_clamp: float | None = 20.0,
     log_ratio_clamp: float = 10.0,
     *,
     dipod_beta: float,
@@ -158,7 +159,7 @@ def fpo_pp_loss(
                   **_ratio_stats(ratio, clip_eps)}
 
 
-def self_distillation_loss(l_student: chex.Array) -> chex.Array:
+def self_distillation_loss(l_student: jax.Array) -> jax.Array:
     """Self-distillation objective: the student's mean CFM loss on the teacher's own samples.
 
     Minimising it maximises the student's ELBO of actions drawn from the frozen teacher theta_T, with fresh

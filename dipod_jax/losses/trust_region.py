@@ -6,6 +6,7 @@ back to 1; ASPO (FPO++'s default) uses PPO where A > 0 and SPO where A < 0.
 from __future__ import annotations
 
 import chex
+import jax
 import jax.numpy as jnp
 
 TRUST_REGIONS = ("ppo", "spo", "aspo")
@@ -17,7 +18,7 @@ def check_clip_eps(clip_eps) -> None:
         raise ValueError(f"clip_eps must be > 0, got {clip_eps!r}")
 
 
-def ppo_objective(ratio: chex.Array, advantages: chex.Array, clip_eps: float) -> chex.Array:
+def ppo_objective(ratio: jax.Array, advantages: jax.Array, clip_eps: float) -> jax.Array:
     """PPO's clipped surrogate, elementwise: min(r A, clip(r, 1 - eps, 1 + eps) A).
 
     Args:
@@ -34,7 +35,7 @@ def ppo_objective(ratio: chex.Array, advantages: chex.Array, clip_eps: float) ->
     return jnp.minimum(ratio * advantages, clipped * advantages)
 
 
-def spo_objective(ratio: chex.Array, advantages: chex.Array, clip_eps: float) -> chex.Array:
+def spo_objective(ratio: jax.Array, advantages: jax.Array, clip_eps: float) -> jax.Array:
     """SPO's penalised surrogate, elementwise: r A - |A| / (2 eps) * (r - 1)^2.
 
     Args:
@@ -48,7 +49,7 @@ def spo_objective(ratio: chex.Array, advantages: chex.Array, clip_eps: float) ->
     return ratio * advantages - jnp.abs(advantages) / (2.0 * clip_eps) * jnp.square(ratio - 1.0)
 
 
-def aspo_objective(ratio: chex.Array, advantages: chex.Array, clip_eps: float) -> chex.Array:
+def aspo_objective(ratio: jax.Array, advantages: jax.Array, clip_eps: float) -> jax.Array:
     """ASPO: PPO's clip where A > 0, SPO's penalty where A <= 0.
 
     Args:
@@ -61,8 +62,8 @@ def aspo_objective(ratio: chex.Array, advantages: chex.Array, clip_eps: float) -
                      spo_objective(ratio, advantages, clip_eps))
 
 
-def trust_region_objective(ratio: chex.Array, advantages: chex.Array, clip_eps: float,
-                           kind: str = "ppo") -> chex.Array:
+def trust_region_objective(ratio: jax.Array, advantages: jax.Array, clip_eps: float,
+                           kind: str = "ppo") -> jax.Array:
     """Dispatch to `ppo_objective`, `spo_objective` or `aspo_objective` by name.
 
     Args:
@@ -80,6 +81,6 @@ def trust_region_objective(ratio: chex.Array, advantages: chex.Array, clip_eps: 
     raise ValueError(f"trust_region must be one of {TRUST_REGIONS}, got {kind!r}")
 
 
-def clip_fraction(ratio: chex.Array, clip_eps: float) -> chex.Array:
+def clip_fraction(ratio: jax.Array, clip_eps: float) -> jax.Array:
     """Fraction of ratios outside [1 - eps, 1 + eps] (a diagnostic), scalar."""
     return jnp.mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32))

@@ -1,14 +1,13 @@
 """Critic loss."""
 from __future__ import annotations
 
-from typing import Optional
-
 import chex
+import jax
 import jax.numpy as jnp
 
 
-def value_loss(values: chex.Array, returns: chex.Array, old_values: Optional[chex.Array] = None,
-               clip_eps: Optional[float] = None) -> chex.Array:
+def value_loss(values: jax.Array, returns: jax.Array, old_values: jax.Array | None = None,
+               clip_eps: float | None = None) -> jax.Array:
     """0.5 * mean squared error of the critic, optionally PPO-style clipped around the rollout values.
 
     Args:

@@ -1,10 +1,10 @@
 """State-value critic MLP."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-import chex
 import flax.linen as nn
+import jax
 
 
 class CriticMLP(nn.Module):
@@ -17,7 +17,7 @@ class CriticMLP(nn.Module):
     hidden_sizes: Sequence[int]
 
     @nn.compact
-    def __call__(self, obs: chex.Array) -> chex.Array:
+    def __call__(self, obs: jax.Array) -> jax.Array:
         features = obs
         for width in self.hidden_sizes:
             features = nn.silu(nn.Dense(width)(features))

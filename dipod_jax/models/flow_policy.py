@@ -10,17 +10,17 @@ flow bandit (dipod_jax.toys.bandit) and the exact likelihoods (dipod_jax.diagnos
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-VelocityFn = Callable[[chex.Array, chex.Array, chex.Array], chex.Array]
+VelocityFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def sinusoidal_time_embedding(t: chex.Array, embed_dim: int) -> chex.Array:
+def sinusoidal_time_embedding(t: jax.Array, embed_dim: int) -> jax.Array:
     """FPO's time features: cos and sin of t * 2^j for j = 0 .. embed_dim / 2 - 1.
 
     Args:
@@ -56,7 +56,7 @@ class VelocityMLP(nn.Module):
     output_scale: float = 0.25
 
     @nn.compact
-    def __call__(self, obs: chex.Array, x: chex.Array, t: chex.Array) -> chex.Array:
+    def __call__(self, obs: jax.Array, x: jax.Array, t: jax.Array) -> jax.Array:
         """obs [..., S], x [..., D], t [...] -> velocity [..., D] (leading axes must match)."""
         chex.assert_equal_shape_prefix([obs, x, t], t.ndim)
         chex.assert_axis_dimension(x, -1, self.action_dim)
@@ -66,17 +66,17 @@ class VelocityMLP(nn.Module):
         return nn.Dense(self.action_dim)(features) * self.output_scale
 
 
-def euler_times(num_steps: int) -> chex.Array:
+def euler_times(num_steps: int) -> jax.Array:
     """[K] the grid t_k = 1 - k / K (k = 0 .. K - 1) at which the sampler's steps evaluate the velocity."""
     return 1.0 - jnp.arange(num_steps, dtype=jnp.float32) * (1.0 / num_steps)
 
 
-def euler_step(velocity_fn: VelocityFn, obs: chex.Array, x: chex.Array, t: chex.Array, dt: float) -> chex.Array:
+def euler_step(velocity_fn: VelocityFn, obs: jax.Array, x: jax.Array, t: jax.Array, dt: float) -> jax.Array:
     """One Euler step from t to t - dt: obs [B, S], x [B, D], scalar t -> x - dt * v(x, t, s) [B, D]."""
     return x - dt * velocity_fn(obs, x, jnp.full(x.shape[:1], t))
 
 
-def euler_sample(velocity_fn: VelocityFn, obs: chex.Array, x1: chex.Array, num_steps: int) -> chex.Array:
+def euler_sample(velocity_fn: VelocityFn, obs: jax.Array, x1: jax.Array, num_steps: int) -> jax.Array:
     """Integrate the flow from t = 1 to t = 0 with `num_steps` Euler steps on the grid `euler_times`.
 
     Args:
@@ -101,8 +101,8 @@ def euler_sample(velocity_fn: VelocityFn, obs: chex.Array, x1: chex.Array, num_s
     return x0
 
 
-def sample_actions(velocity_fn: VelocityFn, obs: chex.Array, key: chex.PRNGKey, action_dim: int,
-                   num_steps: int, deterministic: bool = False) -> chex.Array:
+def sample_actions(velocity_fn: VelocityFn, obs: jax.Array, key: jax.Array, action_dim: int,
+                   num_steps: int, deterministic: bool = False) -> jax.Array:
     """Draw x_1 ~ N(0, I) (or x_1 = 0 when `deterministic`) and run the Euler sampler.
 
     Args:

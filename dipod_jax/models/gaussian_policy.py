@@ -5,7 +5,7 @@ new policy and cancels in the PPO ratio. It enters only the entropy estimate.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import chex
 import flax.linen as nn
@@ -28,7 +28,7 @@ class GaussianPolicyMLP(nn.Module):
     action_dim: int
 
     @nn.compact
-    def __call__(self, obs: chex.Array) -> Tuple[chex.Array, chex.Array]:
+    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         features = obs
         for width in self.hidden_sizes:
             features = nn.silu(nn.Dense(width)(features))
@@ -36,19 +36,19 @@ class GaussianPolicyMLP(nn.Module):
         return mean, jax.nn.softplus(raw_std) + MIN_STD
 
 
-def gaussian_log_prob(actions: chex.Array, mean: chex.Array, std: chex.Array) -> chex.Array:
+def gaussian_log_prob(actions: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
     """log N(actions; mean, diag(std^2)) summed over the action axis: [..., D] x3 -> [...]."""
     chex.assert_equal_shape([actions, mean, std])
     z = (actions - mean) / std
     return jnp.sum(-0.5 * jnp.square(z) - jnp.log(std) - 0.5 * jnp.log(2.0 * jnp.pi), axis=-1)
 
 
-def tanh_log_det_jacobian(raw_actions: chex.Array) -> chex.Array:
+def tanh_log_det_jacobian(raw_actions: jax.Array) -> jax.Array:
     """log |d tanh(u) / du| = 2 (log 2 - u - softplus(-2u)), elementwise [...] -> [...] (stable for large |u|)."""
     return 2.0 * (jnp.log(2.0) - raw_actions - jax.nn.softplus(-2.0 * raw_actions))
 
 
-def squashed_entropy_estimate(mean: chex.Array, std: chex.Array, key: chex.PRNGKey) -> chex.Array:
+def squashed_entropy_estimate(mean: jax.Array, std: jax.Array, key: jax.Array) -> jax.Array:
     """One-sample estimate of the entropy of tanh(u), u ~ N(mean, std^2): H[N] + E log|tanh'(u)|.
 
     Args:

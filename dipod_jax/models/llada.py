@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
 import chex
 import jax
@@ -60,8 +61,8 @@ class LLaDAConfig:
     """Hyper-parameters of the LLaDA transformer.
 
     dtype is the compute dtype (activations and matmul inputs; RMSNorm statistics, rotary embeddings, the
-    attention softmax and the returned logits are float32); param_dtype is the storage dtype of the weights. lora_rank = 0 turns
-    LoRA off. remat recomputes each block's activations in the backward pass (jax.checkpoint).
+    attention softmax and the returned logits are float32); param_dtype is the storage dtype of the weights.
+    lora_rank = 0 turns LoRA off. remat recomputes each block's activations in the backward pass (jax.checkpoint).
     """
 
     vocab_size: int
@@ -92,9 +93,11 @@ class LLaDAConfig:
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"LLaDAConfig.n_heads={self.n_heads} must be divisible by n_kv_heads={self.n_kv_heads}")
         if not 0 <= self.mask_token_id < self.vocab_size:
-            raise ValueError(f"LLaDAConfig.mask_token_id={self.mask_token_id} must lie in [0, vocab_size={self.vocab_size})")
+            raise ValueError(f"LLaDAConfig.mask_token_id={self.mask_token_id} must lie in "
+                             f"[0, vocab_size={self.vocab_size})")
         if self.rope_theta <= 0 or self.rms_norm_eps <= 0:
-            raise ValueError(f"LLaDAConfig.rope_theta and rms_norm_eps must be > 0, got {self.rope_theta}, {self.rms_norm_eps}")
+            raise ValueError(f"LLaDAConfig.rope_theta and rms_norm_eps must be > 0, "
+                             f"got {self.rope_theta}, {self.rms_norm_eps}")
         if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             raise ValueError(f"LLaDAConfig.lora_rank must be an int >= 0, got {self.lora_rank!r}")
         if self.lora_rank > 0 and self.lora_alpha <= 0:
@@ -122,7 +125,7 @@ class LLaDAConfig:
         }
 
     @classmethod
-    def llada_8b(cls, **overrides) -> "LLaDAConfig":
+    def llada_8b(cls, **overrides) -> LLaDAConfig:
         """LLaDA-8B-Instruct (its config.json: d_model 4096, 32 layers, 32 heads = kv heads, mlp_hidden_size
         12288, vocab/embedding 126464, mask_token_id 126336, rope_theta 500000, rms_norm_eps 1e-5,
         max_sequence_length 4096, no weight tying, no biases)."""
@@ -131,7 +134,7 @@ class LLaDAConfig:
         return dataclasses.replace(base, **overrides)
 
     @classmethod
-    def llada_1b(cls, **overrides) -> "LLaDAConfig":
+    def llada_1b(cls, **overrides) -> LLaDAConfig:
         """A 1.34B-parameter model with LLaDA's tokenizer (vocab 126464, mask 126336): d_model 2048, 16 layers,
         16 heads of 128, mlp 5632. Not a released checkpoint: a mid-size configuration for experiments."""
         base = cls(vocab_size=126464, d_model=2048, n_layers=16, n_heads=16, n_kv_heads=16, mlp_hidden=5632,
@@ -141,7 +144,7 @@ class LLaDAConfig:
     @classmethod
     def tiny(cls, vocab_size: int = 16, *, d_model: int = 32, n_layers: int = 2, n_heads: int = 4,
              n_kv_heads: int | None = None, mlp_hidden: int = 64, max_seq_len: int = 128,
-             mask_token_id: int | None = None, rope_theta: float = 10000.0, **overrides) -> "LLaDAConfig":
+             mask_token_id: int | None = None, rope_theta: float = 10000.0, **overrides) -> LLaDAConfig:
         """A tiny model for tests and toy tasks; the mask token defaults to the last vocabulary id."""
         return cls(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                    n_kv_heads=n_heads if n_kv_heads is None else n_kv_heads, mlp_hidden=mlp_hidden,
@@ -369,7 +372,7 @@ def _full_pass(config: LLaDAConfig, embedding: jax.Array, block_params: dict[str
     if config.remat:
         layer = jax.checkpoint(layer)
     x, kv = jax.lax.scan(layer, x, block_params)
-    return x, (KVCache(*kv) if keep_cache else None)
+    return x, (KVCache(*kv) if keep_cache and kv is not None else None)
 
 
 def transformer_forward(config: LLaDAConfig, embedding: jax.Array, block_params: dict[str, jax.Array],
@@ -396,7 +399,7 @@ def transformer_forward_with_cache(config: LLaDAConfig, embedding: jax.Array, bl
     """
     x, cache = _full_pass(config, embedding, block_params, tokens, attention_mask, keep_cache=True)
     x = jax.lax.dynamic_slice_in_dim(x, logits_start, logits_length, axis=1)
-    return _output_logits(config, final_norm, head, x), cache
+    return _output_logits(config, final_norm, head, x), cast(KVCache, cache)
 
 
 def transformer_forward_cached(config: LLaDAConfig, embedding: jax.Array, block_params: dict[str, jax.Array],

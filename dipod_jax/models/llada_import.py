@@ -82,7 +82,8 @@ def read_safetensors_dir(path: str) -> dict[str, np.ndarray]:
     elif os.path.exists(single_path):
         weight_map, shard_names = None, ["model.safetensors"]
     else:
-        raise ValueError(f"checkpoint directory {path!r} has neither model.safetensors nor model.safetensors.index.json")
+        raise ValueError(f"checkpoint directory {path!r} has neither model.safetensors nor "
+                         "model.safetensors.index.json")
     tensors: dict[str, np.ndarray] = {}
     for shard_name in shard_names:
         shard_path = os.path.join(path, shard_name)

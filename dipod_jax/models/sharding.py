@@ -15,12 +15,13 @@ it imports nothing from dipod_jax.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -52,7 +53,7 @@ MAX_REPLICATED_PARAM_SIZE = 2 ** 16
 
 
 def make_mesh(data: int = 1, fsdp: int | None = None, tensor: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+              devices: Sequence[Any] | None = None) -> Mesh:
     """A Mesh with axes ("data", "fsdp", "tensor") of the given sizes over `devices` (default: all devices);
     fsdp=None takes every device that data and tensor leave. ValueError when the sizes do not multiply to
     the device count."""
@@ -82,7 +83,7 @@ def _rule_axes(table: dict, name: str | None) -> tuple[str, ...]:
 
 
 def logical_to_mesh_spec(logical_axes: Sequence[str | None], rules=DEFAULT_RULES,
-                         shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> PartitionSpec:
+                         shape: Sequence[int] | None = None, mesh: Mesh | AbstractMesh | None = None) -> PartitionSpec:
     """Logical axis names (one per array dimension) -> a PartitionSpec over mesh axes.
 
     With `mesh` (a Mesh or an AbstractMesh), mesh axes it does not have are skipped; with `shape` too, mesh

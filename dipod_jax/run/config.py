@@ -27,11 +27,13 @@ import difflib
 import sys
 import types
 import typing
-from typing import Any, Dict, Iterable, Optional, Sequence, Type, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar, cast
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
+from ml_collections.config_dict import placeholder
 
 from dipod_jax.run.program import exit_usage_error
 
@@ -57,7 +59,7 @@ def _field_kind(hint: Any) -> type:
     """The type config_flags parses a field as: Optional[X] and unions take any literal (object); Tuple[...]
     is tuple; plain types are themselves."""
     origin = typing.get_origin(hint)
-    if origin is typing.Union:
+    if origin in (typing.Union, types.UnionType):
         return object
     return origin or hint
 
@@ -70,7 +72,7 @@ def config_dict(config: Any) -> ml_collections.ConfigDict:
     for field in dataclasses.fields(config):
         value, kind = getattr(config, field.name), _field_kind(hints[field.name])
         if value is None or kind is object:
-            fields[field.name] = ml_collections.config_dict.placeholder(object)
+            fields[field.name] = placeholder(object)
             if value is not None:
                 fields[field.name].set(value)
         else:
@@ -79,7 +81,7 @@ def config_dict(config: Any) -> ml_collections.ConfigDict:
 
 
 def define_config_flag(defaults: Any, flag_values: flags.FlagValues = flags.FLAGS,
-                       argv: Optional[Sequence[str]] = None) -> flags.FlagHolder:
+                       argv: Sequence[str] | None = None) -> flags.FlagHolder:
     """Registers --config (config_flags.DEFINE_config_dict) with the fields of `defaults`, a dataclass instance;
     each --config.<field>=<value> overrides one field. config_flags reads the overrides from the command line
     (`argv`, default sys.argv) right here, so a name that is no field is reported now: one line naming the
@@ -95,9 +97,9 @@ def define_config_flag(defaults: Any, flag_values: flags.FlagValues = flags.FLAG
         flag_values=flag_values, sys_argv=argv)
 
 
-def flag_overrides(flag_values: flags.FlagValues = flags.FLAGS) -> Dict[str, Any]:
+def flag_overrides(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
     """{field: value} of every --config.<field>=<value> given on the command line (after parsing)."""
-    return dict(flag_values[CONFIG_FLAG].override_values)
+    return dict(cast(Any, flag_values[CONFIG_FLAG]).override_values)
 
 
 def check_config_flag_names(argv: Iterable[str], known: Iterable[str]) -> None:
@@ -127,7 +129,7 @@ def field_defaults(config_type: type) -> types.SimpleNamespace:
 
 def _coerce(hint: Any, value: Any) -> Any:
     """`value` in the annotated type where the command line or JSON gives another: list -> tuple, int -> float."""
-    kinds = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     if isinstance(value, list):
         return tuple(value)
     if isinstance(value, int) and not isinstance(value, bool) and float in kinds and int not in kinds:
@@ -135,7 +137,7 @@ def _coerce(hint: Any, value: Any) -> Any:
     return value
 
 
-def build(config_type: Type[_T], fields: Dict[str, Any], flag: str = f"--{CONFIG_FLAG}") -> _T:
+def build(config_type: type[_T], fields: dict[str, Any], flag: str = f"--{CONFIG_FLAG}") -> _T:
     """`config_type(**fields)` with the values coerced to the annotated types; ValueError naming the flag
     ("--config.<field>: ...") for an unknown field or a value the dataclass refuses."""
     hints = typing.get_type_hints(config_type)

@@ -33,17 +33,18 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from dipod_jax.run import program
 from dipod_jax.run import record as run_record
 from dipod_jax.run.checkpoints import CheckpointStore
 from dipod_jax.run.files import CHECKPOINT_DIR, METRICS_FILE, MetricsLog, truncate_metrics, write_json_atomic
-from dipod_jax.run import program
 from dipod_jax.run.program import CheckpointWriteError, UsageError
 
 COMPLETED, TIME_BUDGET, NON_FINITE, SIGNAL = "completed", "time_budget", "non_finite", "signal"
@@ -80,8 +81,9 @@ def non_finite(**values: Any) -> str | None:
     for name, value in values.items():
         label = name.replace("_", " ")
         if np.isscalar(value) or isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0:
-            if not math.isfinite(float(value)):
-                problems.append(f"{label} ({float(value)})")
+            scalar = float(np.asarray(value))
+            if not math.isfinite(scalar):
+                problems.append(f"{label} ({scalar})")
             continue
         leaves = [leaf for leaf in jax.tree.leaves(value) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
         if leaves and not bool(_all_finite(leaves)):
@@ -107,14 +109,13 @@ def progress_bar(total_steps: int, start_step: int, enabled: bool, name: str | N
         def update(self, n=1):
             shown = super().update(n)
             if not self._compiled and not self.disable:
-                from tqdm.std import EMA
-
                 self._compiled = True
                 self.set_description(name)
                 # Forget the first step's time: the overall and the smoothed rate start from here.
-                self.initial, self.start_t = self.n, self._time()
+                self.initial, self.start_t = self.n, time.time()
                 self.last_print_n, self.last_print_t = self.n, self.start_t
-                self._ema_dn, self._ema_dt = EMA(self.smoothing), EMA(self.smoothing)
+                ema = type(self._ema_dn)  # tqdm's smoothing average, fresh
+                self._ema_dn, self._ema_dt = ema(self.smoothing), ema(self.smoothing)
             return shown
 
     label = f"{name} (compiling)" if name else "compiling"
@@ -160,7 +161,7 @@ class StopSignals:
         logging.warning("received %s: stopping after the current step (a second signal stops at once)",
                         signal.Signals(signum).name)
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -266,7 +267,7 @@ class Run:
         """(step, trees) of the newest readable checkpoint (among `candidates`), see
         `CheckpointStore.restore_newest`; UsageError when no checkpoint can be read."""
         step, trees = self.checkpoints.restore_newest(templates, candidates)
-        if step is None:
+        if step is None or trees is None:
             raise UsageError(f"--resume: no checkpoint in {self.checkpoints.directory} restores for this run "
                              f"(newest {self.checkpoints.last_error}); nothing was moved")
         return step, trees
@@ -355,7 +356,7 @@ class Run:
             self.lock.release()
             self.lock = None
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -25,7 +25,8 @@ import math
 import os
 import signal
 import sys
-from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NoReturn
 
 from absl import app, flags, logging
 

@@ -21,7 +21,8 @@ import fcntl
 import hashlib
 import json
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from absl import logging
 

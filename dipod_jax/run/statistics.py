@@ -6,13 +6,11 @@ of difficulty cancels out of the interval.
 """
 from __future__ import annotations
 
-from typing import Dict
-
 import numpy as np
 from scipy import stats
 
 
-def t_interval(values, confidence: float = 0.95) -> Dict[str, float]:
+def t_interval(values, confidence: float = 0.95) -> dict[str, float]:
     """Mean of the finite entries of `values` and the two-sided Student-t interval of that mean.
 
     Args:
@@ -36,7 +34,7 @@ def t_interval(values, confidence: float = 0.95) -> Dict[str, float]:
     return {"mean": mean, "half_width": half_width, "low": mean - half_width, "high": mean + half_width, "n": n}
 
 
-def paired_difference(start, end, confidence: float = 0.95) -> Dict[str, float]:
+def paired_difference(start, end, confidence: float = 0.95) -> dict[str, float]:
     """Paired difference end - start over the same items, with the t-interval of its mean.
 
     Args:

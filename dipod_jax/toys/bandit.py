@@ -21,22 +21,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Dict, NamedTuple, Tuple
+from typing import Any, NamedTuple, cast
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 
-from dipod_jax.diagnostics.drift import (bound_gap, flow_fpo_elbo, gradient_cosine, log_ratio_error,
-                                         score_function_objective)
+from dipod_jax.diagnostics.drift import (
+    bound_gap,
+    flow_fpo_elbo,
+    gradient_cosine,
+    log_ratio_error,
+    score_function_objective,
+)
 from dipod_jax.diagnostics.flow_exact import exact_log_prob, log_prob_from_noise
 from dipod_jax.losses.advantages import normalize_advantages
 from dipod_jax.losses.flow import cfm_loss, draw_tau_eps, fpo_log_ratio
 from dipod_jax.losses.policy_gradient import fpo_loss
-from dipod_jax.models.flow_policy import VelocityMLP
+from dipod_jax.models.flow_policy import VelocityFn, VelocityMLP
 from dipod_jax.run.config import ConfigError
-
 
 # Metrics of train_step that are finite exactly while training is healthy (the others are diagnostics).
 TRAINING_METRICS = ("reward", "cfm_loss")
@@ -67,9 +71,9 @@ class BanditConfig:
 
 class BanditState(NamedTuple):
     """Training state of one seed."""
-    params: chex.ArrayTree
-    opt_state: chex.ArrayTree
-    key: chex.PRNGKey
+    params: Any
+    opt_state: Any
+    key: jax.Array
 
 
 def check_config(config: BanditConfig) -> None:
@@ -92,7 +96,7 @@ def make_velocity_fn(config: BanditConfig):
                         output_scale=config.output_scale)
 
     def velocity_fn_of(params):
-        return functools.partial(model.apply, params)
+        return cast(VelocityFn, functools.partial(model.apply, params))
 
     return model, velocity_fn_of
 
@@ -101,7 +105,7 @@ def make_optimizer(config: BanditConfig) -> optax.GradientTransformation:
     return optax.adam(config.learning_rate)
 
 
-def reward_modes(contexts: chex.Array, config: BanditConfig) -> chex.Array:
+def reward_modes(contexts: jax.Array, config: BanditConfig) -> jax.Array:
     """The reward's modes: contexts [B, 1] -> [B, M, D] (M = 2 for D = 1, 4 for D = 2)."""
     chex.assert_shape(contexts, (None, 1))
     s = contexts[:, 0]
@@ -113,14 +117,14 @@ def reward_modes(contexts: chex.Array, config: BanditConfig) -> chex.Array:
     return config.mode_radius * jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 
-def bandit_reward(contexts: chex.Array, actions: chex.Array, config: BanditConfig) -> chex.Array:
+def bandit_reward(contexts: jax.Array, actions: jax.Array, config: BanditConfig) -> jax.Array:
     """r(s, a) = max_i exp(-|a - m_i(s)|^2 / (2 w^2)): contexts [B, 1], actions [B, D] -> [B] in [0, 1]."""
     chex.assert_shape(actions, (contexts.shape[0], config.action_dim))
     sq_dist = jnp.sum(jnp.square(actions[:, None, :] - reward_modes(contexts, config)), axis=-1)
     return jnp.max(jnp.exp(-sq_dist / (2.0 * config.mode_width ** 2)), axis=-1)
 
 
-def init_state(key: chex.PRNGKey, config: BanditConfig) -> BanditState:
+def init_state(key: jax.Array, config: BanditConfig) -> BanditState:
     """Initial parameters, optimiser state and PRNG key of one seed."""
     model, _ = make_velocity_fn(config)
     key_init, key_train = jax.random.split(key)
@@ -128,7 +132,7 @@ def init_state(key: chex.PRNGKey, config: BanditConfig) -> BanditState:
     return BanditState(params, make_optimizer(config).init(params), key_train)
 
 
-def train_step(state: BanditState, config: BanditConfig, dipod_beta: float) -> Tuple[BanditState, Dict]:
+def train_step(state: BanditState, config: BanditConfig, dipod_beta: float) -> tuple[BanditState, dict]:
     """One FPO (+ DiPOD) rollout-and-update step with exact drift diagnostics.
 
     Args:
@@ -201,7 +205,7 @@ def train_step(state: BanditState, config: BanditConfig, dipod_beta: float) -> T
     return BanditState(params_new, opt_state, key), metrics
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_seed_batched_step(config: BanditConfig, dipod_beta: float):
     """A jitted step over a batch of seeds: BanditState with leading axis [n_seeds] -> (state, metrics [n_seeds]).
 
@@ -210,7 +214,7 @@ def make_seed_batched_step(config: BanditConfig, dipod_beta: float):
     return jax.jit(jax.vmap(lambda state: train_step(state, config, dipod_beta)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_population_step(config: BanditConfig):
     """A jitted step over a population: (state [P], dipod_beta [P] float32) -> (state, metrics [P]).
 
@@ -222,6 +226,6 @@ def make_population_step(config: BanditConfig):
     return jax.jit(jax.vmap(lambda state, beta: train_step(state, config, beta)))
 
 
-def init_seed_batch(seeds: chex.Array, config: BanditConfig) -> BanditState:
+def init_seed_batch(seeds: jax.Array, config: BanditConfig) -> BanditState:
     """Initial states for int seeds [n_seeds] (leading axis [n_seeds] on every leaf)."""
     return jax.vmap(lambda seed: init_state(jax.random.PRNGKey(seed), config))(seeds)

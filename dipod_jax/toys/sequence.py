@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Dict, NamedTuple, Tuple
+from typing import Any, NamedTuple, cast
 
 import chex
 import flax.linen as nn
@@ -33,12 +33,23 @@ import numpy as np
 import optax
 
 from dipod_jax.diagnostics.drift import bound_gap, gradient_cosine, log_ratio_error, score_function_objective
-from dipod_jax.diagnostics.masked_exact import (MAX_EXACT_LENGTH, elbo_from_subset_table,
-                                                logprob_from_subset_table, subset_token_log_probs)
+from dipod_jax.diagnostics.masked_exact import (
+    MAX_EXACT_LENGTH,
+    elbo_from_subset_table,
+    logprob_from_subset_table,
+    subset_token_log_probs,
+)
 from dipod_jax.losses.advantages import grpo_advantages
 from dipod_jax.losses.lm import fpo_dllm_loss, spg_loss
-from dipod_jax.losses.masked import (apply_mask, elbo_from_token_logprobs, mask_block_random, mask_uniform_count,
-                                     spg_elbo_from_token_logprobs, spg_eubo_from_token_logprobs, token_log_probs)
+from dipod_jax.losses.masked import (
+    apply_mask,
+    elbo_from_token_logprobs,
+    mask_block_random,
+    mask_uniform_count,
+    spg_elbo_from_token_logprobs,
+    spg_eubo_from_token_logprobs,
+    token_log_probs,
+)
 from dipod_jax.run.config import ConfigError
 
 # Metrics of train_step that are finite exactly while training is healthy (the others are diagnostics).
@@ -71,9 +82,9 @@ class SequenceConfig:
 
 class SequenceState(NamedTuple):
     """Training state of one seed."""
-    params: chex.ArrayTree
-    opt_state: chex.ArrayTree
-    key: chex.PRNGKey
+    params: Any
+    opt_state: Any
+    key: jax.Array
 
 
 def check_config(config: SequenceConfig) -> None:
@@ -132,10 +143,10 @@ class DenoiserMLP(nn.Module):
 def make_logits_fn(config: SequenceConfig):
     """Return (model, `logits_fn_of(params)`) with `logits_fn_of(params)(tokens [B, T]) -> [B, T, V]`."""
     model = DenoiserMLP(config.vocab_size, config.hidden_size)
-    return model, lambda params: (lambda tokens: model.apply(params, tokens))
+    return model, lambda params: (lambda tokens: cast(jax.Array, model.apply(params, tokens)))
 
 
-def target_completions(prompts: chex.Array, config: SequenceConfig) -> chex.Array:
+def target_completions(prompts: jax.Array, config: SequenceConfig) -> jax.Array:
     """The two rewarded completions of each prompt: prompts [B] -> [B, 2, L]."""
     steps = jnp.arange(config.completion_length)
     up = (prompts[:, None] + steps[None]) % config.vocab_size
@@ -143,14 +154,14 @@ def target_completions(prompts: chex.Array, config: SequenceConfig) -> chex.Arra
     return jnp.stack([up, down], axis=1)
 
 
-def sequence_reward(prompts: chex.Array, completions: chex.Array, config: SequenceConfig) -> chex.Array:
+def sequence_reward(prompts: jax.Array, completions: jax.Array, config: SequenceConfig) -> jax.Array:
     """max over the two targets of the fraction of matching positions: prompts [B], completions [B, L] -> [B]."""
     chex.assert_shape(completions, (prompts.shape[0], config.completion_length))
     matches = jnp.mean(completions[:, None, :] == target_completions(prompts, config), axis=-1)
     return jnp.max(matches, axis=-1)
 
 
-def sample_random_order(key: chex.PRNGKey, logits_fn, prompts: chex.Array, config: SequenceConfig) -> chex.Array:
+def sample_random_order(key: jax.Array, logits_fn, prompts: jax.Array, config: SequenceConfig) -> jax.Array:
     """Random-order sampler: unmask one uniformly chosen completion position per step, drawn at temperature 1.
 
     Args:
@@ -180,7 +191,7 @@ def sample_random_order(key: chex.PRNGKey, logits_fn, prompts: chex.Array, confi
     return tokens
 
 
-def init_state(key: chex.PRNGKey, config: SequenceConfig) -> SequenceState:
+def init_state(key: jax.Array, config: SequenceConfig) -> SequenceState:
     """Initial parameters, optimiser state and PRNG key of one seed."""
     model, _ = make_logits_fn(config)
     key_init, key_train = jax.random.split(key)
@@ -193,7 +204,7 @@ def _masked_token_log_probs(logits_fn, tokens, masks, mask_token):
     return jax.lax.map(lambda mask: token_log_probs(logits_fn(apply_mask(tokens, mask, mask_token)), tokens), masks)
 
 
-def train_step(state: SequenceState, config: SequenceConfig, dipod_beta: float) -> Tuple[SequenceState, Dict]:
+def train_step(state: SequenceState, config: SequenceConfig, dipod_beta: float) -> tuple[SequenceState, dict]:
     """One generation batch and `inner_epochs` updates of FPO-for-dLLMs or SPG (+ DiPOD), with exact diagnostics.
 
     Args:
@@ -209,7 +220,7 @@ def train_step(state: SequenceState, config: SequenceConfig, dipod_beta: float) 
     """
     _, logits_fn_of = make_logits_fn(config)
     optimizer = optax.adam(config.learning_rate)
-    row_mask = completion_mask(config)
+    row_mask = jnp.asarray(completion_mask(config))
     mask_token = mask_id(config)
     key, key_prompt, key_sample, key_mask, key_spg = jax.random.split(state.key, 5)
     params_old = state.params
@@ -275,7 +286,7 @@ def train_step(state: SequenceState, config: SequenceConfig, dipod_beta: float) 
     return SequenceState(params_new, opt_state, key), metrics
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_seed_batched_step(config: SequenceConfig, dipod_beta: float):
     """A jitted step over a batch of seeds: state with leading axis [n_seeds] -> (state, metrics [n_seeds]).
 
@@ -284,13 +295,13 @@ def make_seed_batched_step(config: SequenceConfig, dipod_beta: float):
     return jax.jit(jax.vmap(lambda state: train_step(state, config, dipod_beta)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_population_step(config: SequenceConfig):
     """A jitted step over a population of (seed, traced DiPOD beta) members, as
     `dipod_jax.toys.bandit.make_population_step`: (state [P], dipod_beta [P]) -> (state, metrics [P])."""
     return jax.jit(jax.vmap(lambda state, beta: train_step(state, config, beta)))
 
 
-def init_seed_batch(seeds: chex.Array, config: SequenceConfig) -> SequenceState:
+def init_seed_batch(seeds: jax.Array, config: SequenceConfig) -> SequenceState:
     """Initial states for int seeds [n_seeds] (leading axis [n_seeds] on every leaf)."""
     return jax.vmap(lambda seed: init_state(jax.random.PRNGKey(seed), config))(seeds)

@@ -15,7 +15,8 @@ and `templates`, the prompt templates it supports (the first is its default).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -93,7 +93,8 @@ def generate_items(rng: np.random.Generator, count: int) -> list[CountdownItem]:
     excluded = shipped_test_keys()
     items: list[CountdownItem] = []
     while len(items) < count:
-        numbers = tuple(int(n) for n in rng.integers(NUMBER_RANGE[0], NUMBER_RANGE[1] + 1, size=3))
+        first, second, third = (int(n) for n in rng.integers(NUMBER_RANGE[0], NUMBER_RANGE[1] + 1, size=3))
+        numbers = (first, second, third)
         expression, value = _render_random_expression(rng, numbers)
         if value is None or value.denominator != 1 or not TARGET_RANGE[0] <= value <= TARGET_RANGE[1]:
             continue

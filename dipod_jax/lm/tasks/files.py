@@ -10,7 +10,8 @@ import codecs
 import importlib.resources
 import io
 import json
-from typing import Iterable, Iterator, TextIO, Tuple
+from collections.abc import Iterable, Iterator
+from typing import TextIO
 
 # Error messages quote at most this many characters of a bad row (a row can be megabytes long).
 EXCERPT_CHARS = 200
@@ -31,7 +32,7 @@ def _line_of_byte(data: bytes, offset: int) -> int:
     return 1 + before.count(b"\n") + before.count(b"\r") - before.count(b"\r\n")
 
 
-def read_task_file(name_or_path: str, shipped_names: Iterable[str]) -> Tuple[TextIO, str]:
+def read_task_file(name_or_path: str, shipped_names: Iterable[str]) -> tuple[TextIO, str]:
     """Reads a shipped data file by name (from `dipod_jax/lm/tasks/data/`) or any other path as UTF-8.
 
     Returns (an in-memory text stream with line ends kept as in the file, the path to name in messages).
@@ -39,7 +40,7 @@ def read_task_file(name_or_path: str, shipped_names: Iterable[str]) -> Tuple[Tex
     Raises ValueError naming the path when the file cannot be read, and `path:line` for bytes that are not UTF-8.
     """
     if name_or_path in tuple(shipped_names):
-        resource = importlib.resources.files("dipod_jax.lm.tasks").joinpath("data", name_or_path)
+        resource = importlib.resources.files("dipod_jax.lm.tasks").joinpath("data").joinpath(name_or_path)
         path = str(resource)
         read = resource.read_bytes
     else:
@@ -62,7 +63,7 @@ def read_task_file(name_or_path: str, shipped_names: Iterable[str]) -> Tuple[Tex
     return io.StringIO(text, newline=""), path
 
 
-def jsonl_objects(handle: TextIO, path: str) -> Iterator[Tuple[int, dict]]:
+def jsonl_objects(handle: TextIO, path: str) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; ValueError naming `path:line` on bad JSON or a
     line that is not a JSON object."""
     for line_number, line in enumerate(handle, start=1):

@@ -73,7 +73,7 @@ def count_solutions(puzzle: str, limit: int = 2) -> int:
     """Number of valid grids agreeing with the filled cells of `puzzle`, counting at most `limit`."""
     count = 0
     for grid in all_valid_grids():
-        if all(p == "0" or p == g for p, g in zip(puzzle, grid)):
+        if all(p == "0" or p == g for p, g in zip(puzzle, grid, strict=True)):
             count += 1
             if count >= limit:
                 break
@@ -169,7 +169,7 @@ def _parse_csv(reader, path: str) -> list[SudokuItem]:
             raise ValueError(f"{path}:{line}: puzzle {puzzle!r} has no empty cell (nothing to solve; it would score 0)")
         if not is_valid_grid(solution):
             raise ValueError(f"{path}:{line}: solution {excerpt(solution)} is not a valid 4x4 Sudoku grid")
-        if any(p != "0" and p != s for p, s in zip(puzzle, solution)):
+        if any(p != "0" and p != s for p, s in zip(puzzle, solution, strict=True)):
             raise ValueError(f"{path}:{line}: solution {solution!r} contradicts puzzle {puzzle!r}")
         items.append(SudokuItem(puzzle=puzzle, solution=solution))
     if not items:
