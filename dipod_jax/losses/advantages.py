@@ -40,6 +40,16 @@ def gae(
 
     Returns:
       advantages [T, B] and value targets returns = advantages + values, [T, B].
+
+    Examples:
+      Two steps of one environment, reward 1 each, zero values, the episode terminating at the second step:
+
+      >>> import jax.numpy as jnp, numpy as np
+      >>> from dipod_jax.losses import gae
+      >>> ones, zeros = jnp.ones((2, 1)), jnp.zeros((2, 1))
+      >>> advantages, returns = gae(ones, zeros, zeros, jnp.array([[0.0], [1.0]]), zeros, 0.9, 1.0)
+      >>> print(np.asarray(advantages[:, 0], float).round(3))  # 1 + 0.9 * 1, then 1
+      [1.9 1. ]
     """
     if truncation_bootstrap not in TRUNCATION_BOOTSTRAPS:
         raise ValueError(f"truncation_bootstrap must be one of {TRUNCATION_BOOTSTRAPS}, got {truncation_bootstrap!r}")
@@ -70,6 +80,12 @@ def normalize_advantages(advantages: jax.Array, eps: float = 1e-8, unbiased: boo
 
     unbiased=False divides the variance by n (Brax PPO and the FPO reference, per minibatch); True by n - 1,
     as torch's `Tensor.std()` in the FPO++ release (rollout_storage.py `compute_returns`).
+
+    Examples:
+      >>> import jax.numpy as jnp, numpy as np
+      >>> from dipod_jax.losses import normalize_advantages
+      >>> print(np.round(normalize_advantages(jnp.array([1.0, 2.0, 3.0])), 3))  # population std
+      [-1.225  0.     1.225]
     """
     return (advantages - jnp.mean(advantages)) / (jnp.std(advantages, ddof=1 if unbiased else 0) + eps)
 
@@ -84,6 +100,13 @@ def grpo_advantages(rewards: jax.Array, scale_by_std: bool = False, eps: float =
 
     Returns:
       [P, G] A = r - mean_group(r) (optionally / (std_group + eps)).
+
+    Examples:
+      >>> import jax.numpy as jnp, numpy as np
+      >>> from dipod_jax.losses import grpo_advantages
+      >>> print(np.round(grpo_advantages(jnp.array([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])), 3))
+      [[ 0.5 -0.5 -0.5  0.5]
+       [ 0.   0.   0.   0. ]]
     """
     chex.assert_rank(rewards, 2)
     if rewards.shape[1] < 2:

@@ -51,6 +51,12 @@ def dipod_regularizer(elbo: jax.Array, beta, weights: jax.Array | None = None) -
 
     Returns:
       scalar, to be added to the policy-gradient loss.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from dipod_jax.losses import dipod_regularizer
+      >>> round(float(dipod_regularizer(jnp.array([-2.0, -4.0]), 0.1)), 4)  # -0.1 * mean ELBO
+      0.3
     """
     check_dipod_beta(beta)
     return -beta * weighted_mean(elbo, weights)
@@ -70,6 +76,15 @@ def with_dipod(pg_loss: jax.Array, elbo: jax.Array | None, beta, weights: jax.Ar
 
     Returns:
       scalar total loss.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from dipod_jax.losses import with_dipod
+      >>> pg_loss, elbo = jnp.float32(0.5), jnp.array([-2.0, -4.0])
+      >>> round(float(with_dipod(pg_loss, elbo, 0.1)), 4)  # 0.5 - 0.1 * mean ELBO
+      0.8
+      >>> with_dipod(pg_loss, elbo, 0.0) is pg_loss  # beta = 0: the baseline's own array, no extra operation
+      True
     """
     check_dipod_beta(beta)
     chex.assert_rank(pg_loss, 0)

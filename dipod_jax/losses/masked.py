@@ -282,6 +282,16 @@ def elbo_from_token_logprobs(token_logp: jax.Array, mask: jax.Array, completion_
 
     Returns:
       [B] ELBO estimates (a row with no masked real token in a draw gets 0 from that draw).
+
+    Examples:
+      One row of three real tokens, two draws masking two tokens and one:
+
+      >>> import jax.numpy as jnp
+      >>> from dipod_jax.losses import elbo_from_token_logprobs
+      >>> token_logp = jnp.broadcast_to(jnp.array([-1.0, -2.0, -3.0]), (2, 1, 3))
+      >>> mask = jnp.array([[[True, False, True]], [[False, True, False]]])
+      >>> float(elbo_from_token_logprobs(token_logp, mask, jnp.ones((1, 3), bool))[0])  # mean(3/2 * -4, 3/1 * -2)
+      -6.0
     """
     scored = _scored_positions(token_logp, mask, completion_mask)
     num_real = jnp.sum(completion_mask, axis=-1).astype(token_logp.dtype)  # [B]
@@ -390,7 +400,14 @@ def spg_eubo_from_token_logprobs(token_logp: jax.Array, mask: jax.Array, complet
 
 
 def spg_mix(elbo: jax.Array, eubo: jax.Array, weight: float = 0.5) -> jax.Array:
-    """SPG's "mix" estimate weight * EUBO + (1 - weight) * ELBO, elementwise; weight in [0, 1]."""
+    """SPG's "mix" estimate weight * EUBO + (1 - weight) * ELBO, elementwise; weight in [0, 1].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from dipod_jax.losses import spg_mix
+      >>> float(spg_mix(jnp.array([-2.0]), jnp.array([-1.0]), 0.5)[0])  # halfway between the two bounds
+      -1.5
+    """
     if isinstance(weight, (int, float)) and not 0.0 <= weight <= 1.0:
         raise ValueError(f"mix weight must be in [0, 1], got {weight!r}")
     chex.assert_equal_shape([elbo, eubo])

@@ -48,6 +48,13 @@ def ppo_loss(
 
     Returns:
       (loss, aux).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from dipod_jax.losses import ppo_loss
+      >>> loss, aux = ppo_loss(jnp.log(jnp.array([1.0, 1.5])), jnp.zeros(2), jnp.ones(2), 0.2, dipod_beta=0.0)
+      >>> round(float(loss), 4)  # -mean(min(r A, clip(r) A)) = -(1 + 1.2) / 2
+      -1.1
     """
     check_clip_eps(clip_eps)
     check_dipod_beta(dipod_beta)
@@ -87,6 +94,19 @@ def fpo_loss(
 
     Returns:
       (loss, aux).
+
+    Examples:
+      The first sample's CFM loss fell by 0.1 (ratio e^0.1, clipped at 1.05), the second's did not move:
+
+      >>> import jax.numpy as jnp
+      >>> from dipod_jax.losses import fpo_loss
+      >>> l_old, l_new = jnp.array([[1.0, 1.0], [2.0, 2.0]]), jnp.array([[0.9, 0.9], [2.0, 2.0]])
+      >>> loss, aux = fpo_loss(l_old, l_new, jnp.array([1.0, -1.0]), 0.05, dipod_beta=0.0)
+      >>> round(float(loss), 4)  # -(1.05 - 1) / 2
+      -0.025
+      >>> loss, aux = fpo_loss(l_old, l_new, jnp.array([1.0, -1.0]), 0.05, dipod_beta=0.1)
+      >>> round(float(loss), 4)  # + 0.1 * mean CFM loss (the ELBO is -l_new)
+      0.12
     """
     check_clip_eps(clip_eps)
     check_dipod_beta(dipod_beta)
@@ -101,7 +121,14 @@ def fpo_loss(
 
 def clamp_advantages(advantages: jax.Array, advantage_clamp: AdvantageClamp) -> jax.Array:
     """Clip advantages to [-c, c] (a number c) or to [-negative_max, positive_max] (a pair
-    (positive_max, negative_max), the FPO++ release's `advantage_clamp` order); every bound must be > 0."""
+    (positive_max, negative_max), the FPO++ release's `advantage_clamp` order); every bound must be > 0.
+
+    Examples:
+      >>> import jax.numpy as jnp, numpy as np
+      >>> from dipod_jax.losses import clamp_advantages
+      >>> print(np.asarray(clamp_advantages(jnp.array([-5.0, 0.5, 5.0]), (2.0, 1.0))))  # (positive_max, negative_max)
+      [-1.   0.5  2. ]
+    """
     bounds: tuple = ((advantage_clamp, advantage_clamp) if isinstance(advantage_clamp, numbers.Real)
                      else tuple(cast(tuple, advantage_clamp)))
     if len(bounds) != 2 or not all(isinstance(b, numbers.Real) and float(b) > 0 for b in bounds):
@@ -145,6 +172,14 @@ def fpo_pp_loss(
 
     Returns:
       (loss, aux).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from dipod_jax.losses import fpo_pp_loss
+      >>> l_old, l_new = jnp.array([[1.0, 1.0], [2.0, 2.0]]), jnp.array([[0.9, 0.9], [2.0, 2.0]])
+      >>> loss, aux = fpo_pp_loss(l_old, l_new, jnp.array([1.0, -1.0]), dipod_beta=0.0)
+      >>> round(float(loss), 4)
+      -0.025
     """
     check_clip_eps(clip_eps)
     check_dipod_beta(dipod_beta)

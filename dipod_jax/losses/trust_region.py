@@ -28,6 +28,12 @@ def ppo_objective(ratio: jax.Array, advantages: jax.Array, clip_eps: float) -> j
 
     Returns:
       [...] objective to maximise.
+
+    Examples:
+      >>> import jax.numpy as jnp, numpy as np
+      >>> from dipod_jax.losses import ppo_objective
+      >>> print(np.round(ppo_objective(jnp.array([0.5, 1.0, 1.5]), jnp.ones(3), 0.2), 3))  # gain capped at 1 + eps
+      [0.5 1.  1.2]
     """
     check_clip_eps(clip_eps)
     chex.assert_equal_shape([ratio, advantages])
@@ -43,6 +49,12 @@ def spo_objective(ratio: jax.Array, advantages: jax.Array, clip_eps: float) -> j
 
     Returns:
       [...] objective to maximise.
+
+    Examples:
+      >>> import jax.numpy as jnp, numpy as np
+      >>> from dipod_jax.losses import spo_objective
+      >>> print(np.asarray(spo_objective(jnp.array([0.5, 1.0, 1.5]), jnp.ones(3), 0.2), float).round(3))
+      [-0.125  1.     0.875]
     """
     check_clip_eps(clip_eps)
     chex.assert_equal_shape([ratio, advantages])
@@ -57,6 +69,12 @@ def aspo_objective(ratio: jax.Array, advantages: jax.Array, clip_eps: float) -> 
 
     Returns:
       [...] objective to maximise.
+
+    Examples:
+      >>> import jax.numpy as jnp, numpy as np
+      >>> from dipod_jax.losses import aspo_objective
+      >>> print(np.round(aspo_objective(jnp.array([0.5, 1.5]), jnp.array([1.0, -1.0]), 0.2), 3))  # PPO, then SPO
+      [ 0.5   -2.125]
     """
     return jnp.where(advantages > 0, ppo_objective(ratio, advantages, clip_eps),
                      spo_objective(ratio, advantages, clip_eps))

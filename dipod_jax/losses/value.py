@@ -19,6 +19,12 @@ def value_loss(values: jax.Array, returns: jax.Array, old_values: jax.Array | No
 
     Returns:
       scalar loss.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from dipod_jax.losses import value_loss
+      >>> float(value_loss(jnp.array([1.0, 2.0]), jnp.array([0.0, 2.0])))  # 0.5 * mean((V - R)^2)
+      0.25
     """
     chex.assert_equal_shape([values, returns])
     squared = jnp.square(values - returns)
