@@ -25,7 +25,7 @@ def test_config_from_flags_overrides_and_errors():
     assert config.num_envs == ENV_PRESETS[TINY]["num_envs"]
     with pytest.raises(ValueError, match="--config.no_such_field"):
         config_from_flags(None, {"env_name": TINY, "no_such_field": 1})
-    with pytest.raises(ValueError, match="--config.learning_rate: must be a number or None"):
+    with pytest.raises(ValueError, match="--config.learning_rate: must be a finite number > 0 or None"):
         config_from_flags(None, {"env_name": TINY, "learning_rate": "fast"})
     with pytest.raises(ValueError, match="--config.num_envs: must divide"):
         config_from_flags(None, {"env_name": TINY, "num_envs": 7})

@@ -307,7 +307,7 @@ def test_fractional_network_widths_are_refused_naming_the_field():
     from dipod_jax.control.configs import TrainConfig
     from dipod_jax.run.config import ConfigError
 
-    with pytest.raises(ConfigError, match="actor_hidden: must be a non-empty tuple of positive integer widths"):
+    with pytest.raises(ConfigError, match="actor_hidden: must be a non-empty tuple of ints >= 1"):
         TrainConfig(actor_hidden=(1.5,))
     with pytest.raises(ConfigError, match="critic_hidden"):
         TrainConfig(critic_hidden=(64, 0))

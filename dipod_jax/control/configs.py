@@ -12,17 +12,19 @@ dipod_jax.run.config); TrainConfig checks every field when it is constructed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+import typing
+from typing import Any, Literal, NamedTuple
 
-from dipod_jax.run.config import ConfigError, build
+from dipod_jax.run.config import ConfigError, bounded, build, check_fields
 
-ALGORITHMS = ("ppo", "fpo", "fpo++")
-CFM_VARIANTS = ("velocity", "eps")
-CFM_REDUCTIONS = ("mean", "sum", "sqrt")
-TAU_SCHEDULES = ("grid", "uniform", "beta")
-TRUST_REGIONS = ("ppo", "spo", "aspo")
-ADVANTAGE_NORMALIZATIONS = ("minibatch", "rollout", "none")
-TIMEOUT_BOOTSTRAPS = ("next_value", "current_value")  # dipod_jax.losses.gae's truncation_bootstrap
+Algorithm = Literal["ppo", "fpo", "fpo++"]
+CfmVariant = Literal["velocity", "eps"]
+CfmReduction = Literal["mean", "sum", "sqrt"]
+TauSchedule = Literal["grid", "uniform", "beta"]
+TrustRegion = Literal["ppo", "spo", "aspo"]
+AdvantageNormalization = Literal["minibatch", "rollout", "none"]
+TimeoutBootstrap = Literal["next_value", "current_value"]  # dipod_jax.losses.gae's truncation_bootstrap
+ALGORITHMS = typing.get_args(Algorithm)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,72 +36,73 @@ class TrainConfig:
     """
 
     env_name: str = "CartpoleBalance"
-    algo: str = "fpo"
-    dipod_beta: float = 0.0
+    algo: Algorithm = "fpo"
+    dipod_beta: float = bounded(0.0, ge=0)
     # Batch layout (see the module docstring).
-    num_envs: int = 256
-    batch_size: int = 256
-    num_minibatches: int = 8
+    num_envs: int = bounded(256, ge=1)
+    batch_size: int = bounded(256, ge=1)
+    num_minibatches: int = bounded(8, ge=1)
     # Not Brax's GAE segment length: our advantages run over each environment's whole rollout_length steps
     # (see the module docstring); unroll_length only multiplies the batch (a minibatch is batch_size *
     # unroll_length transitions), as in Brax's batch arithmetic.
-    unroll_length: int = 30
-    num_updates_per_batch: int = 4
-    episode_length: int | None = None  # None: the environment's own time limit
+    unroll_length: int = bounded(30, ge=1)
+    num_updates_per_batch: int = bounded(4, ge=1)
+    episode_length: int | None = bounded(None, ge=1)  # None: the environment's own time limit
     # Optimisation.
-    learning_rate: float | None = None  # None: 1e-3 for ppo (Playground's tuned Brax PPO), 3e-4 for fpo / fpo++
-    max_grad_norm: float | None = None
-    discounting: float = 0.995
-    gae_lambda: float = 0.95
-    reward_scaling: float = 10.0
+    # None: 1e-3 for ppo (Playground's tuned Brax PPO), 3e-4 for fpo / fpo++.
+    learning_rate: float | None = bounded(None, gt=0)
+    max_grad_norm: float | None = bounded(None, gt=0)
+    discounting: float = bounded(0.995, ge=0, le=1)
+    gae_lambda: float = bounded(0.95, ge=0, le=1)
+    reward_scaling: float = bounded(10.0, gt=0)
     normalize_observations: bool = True
     # The critic adds value_loss_coef * 0.5 * mean (V - R)^2 to the loss: the default 0.5 is 0.25 * MSE (Brax /
     # the FPO reference); the FPO++ release adds value_loss_coef * MSE, so its coefficient c is 2c here.
-    value_loss_coef: float = 0.5
-    clip_eps: float | None = None  # None: 0.3 for ppo (reference PPO), 0.05 for fpo / fpo++
-    entropy_cost: float = 1e-2  # ppo only
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0  # > 0: AdamW (decoupled), as the FPO++ release
+    value_loss_coef: float = bounded(0.5, ge=0)
+    clip_eps: float | None = bounded(None, gt=0)  # None: 0.3 for ppo (reference PPO), 0.05 for fpo / fpo++
+    entropy_cost: float = bounded(1e-2, ge=0)  # ppo only
+    adam_betas: tuple[float, float] = bounded((0.9, 0.999), ge=0, lt=1)
+    weight_decay: float = bounded(0.0, ge=0)  # > 0: AdamW (decoupled), as the FPO++ release
     # "minibatch": (A - mean) / (std + 1e-8) within each minibatch (Brax PPO, the FPO reference); "rollout": over
     # the whole rollout with the unbiased std, once per iteration (the FPO++ release); "none". None: "rollout"
     # for fpo++, "minibatch" otherwise.
-    advantage_normalization: str | None = None
+    advantage_normalization: AdvantageNormalization | None = None
     # Time limits: "next_value" bootstraps from V of the observation actually reached, recorded before the
     # auto-reset (correct); "current_value" adds gamma * V(s_t) to the reward of a timed-out step and ends the
     # recursion there (the FPO++ release, rsl_rl's approximation).
-    timeout_bootstrap: str = "next_value"
+    timeout_bootstrap: TimeoutBootstrap = "next_value"
     # Networks.
-    actor_hidden: tuple[int, ...] = (32, 32, 32, 32)
-    critic_hidden: tuple[int, ...] = (256, 256, 256, 256, 256)
+    actor_hidden: tuple[int, ...] = bounded((32, 32, 32, 32), ge=1)
+    critic_hidden: tuple[int, ...] = bounded((256, 256, 256, 256, 256), ge=1)
     # Flow policy.
-    num_flow_steps: int = 10
-    num_cfm_samples: int = 8
-    time_embed_dim: int = 8
-    output_scale: float = 0.25
-    cfm_variant: str = "eps"
-    cfm_reduction: str = "mean"  # over action dimensions: "mean" | "sum" | "sqrt" (sum / sqrt(D))
-    cfm_huber_delta: float | None = None  # the FPO++ release's Huber error (None: squared error)
-    tau_schedule: str | None = None  # None: "grid" for fpo, "beta" for fpo++
-    tau_beta_b: float = 2.0
-    trust_region: str | None = None  # None: "ppo" for fpo, "aspo" for fpo++
+    num_flow_steps: int = bounded(10, ge=1)
+    num_cfm_samples: int = bounded(8, ge=1)
+    time_embed_dim: int = bounded(8, ge=1)  # even
+    output_scale: float = bounded(0.25, gt=0)
+    cfm_variant: CfmVariant = "eps"
+    cfm_reduction: CfmReduction = "mean"  # over action dimensions: "mean" | "sum" | "sqrt" (sum / sqrt(D))
+    cfm_huber_delta: float | None = bounded(None, gt=0)  # the FPO++ release's Huber error (None: squared error)
+    tau_schedule: TauSchedule | None = None  # None: "grid" for fpo, "beta" for fpo++
+    tau_beta_b: float = bounded(2.0, gt=0)
+    trust_region: TrustRegion | None = None  # None: "ppo" for fpo, "aspo" for fpo++
     # FPO++ clamps (fpo++ only; see dipod_jax.losses.fpo_pp_loss). advantage_clamp: c or (positive_max,
     # negative_max); loss_clamp: l_new where A < 0 (None: off); log_ratio_clamp: straight-through, from above;
     # cfm_loss_clamp: l_old and l_new for every sample (<= 0: off).
-    advantage_clamp: float | tuple[float, float] | None = None
-    loss_clamp: float | None = 20.0
-    log_ratio_clamp: float = 10.0
+    advantage_clamp: float | tuple[float, float] | None = bounded(None, gt=0)
+    loss_clamp: float | None = bounded(20.0, gt=0)
+    log_ratio_clamp: float = bounded(10.0, gt=0)
     cfm_loss_clamp: float = -1.0
     # Self-distillation (release defaults); 0 iterations disables it.
-    sd_init_iterations: int = 0
-    sd_every: int = 0  # interleave sd_interleaved_iterations of self-distillation every k RL iterations
-    sd_interleaved_iterations: int = 10
-    sd_env_steps: int = 8
-    sd_batch_size: int = 16384
-    sd_learning_rate: float = 3e-4
-    sd_weight_decay: float = 1e-4
-    sd_max_grad_norm: float = 1.0
+    sd_init_iterations: int = bounded(0, ge=0)
+    sd_every: int = bounded(0, ge=0)  # interleave sd_interleaved_iterations of self-distillation every k RL iterations
+    sd_interleaved_iterations: int = bounded(10, ge=1)
+    sd_env_steps: int = bounded(8, ge=1)
+    sd_batch_size: int = bounded(16384, ge=1)
+    sd_learning_rate: float = bounded(3e-4, gt=0)
+    sd_weight_decay: float = bounded(1e-4, ge=0)
+    sd_max_grad_norm: float = bounded(1.0, gt=0)
     # Evaluation.
-    num_eval_envs: int = 128
+    num_eval_envs: int = bounded(128, ge=1)
 
     def __post_init__(self):
         validate_config(self)
@@ -173,90 +176,19 @@ def hyper_params(config: TrainConfig) -> HyperParams:
                        config.entropy_cost, config.value_loss_coef)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _fail(config: TrainConfig, field: str, message: str):
-    raise ConfigError(field, f"{message}, got {getattr(config, field)!r}")
-
-
-def _validate_types(config: TrainConfig) -> None:
-    """The fields a comparison could not even check: the optional ones take any literal on the command line."""
-    for field in ("episode_length", "learning_rate", "clip_eps", "max_grad_norm", "loss_clamp", "cfm_huber_delta"):
-        if getattr(config, field) is not None and not _is_number(getattr(config, field)):
-            _fail(config, field, "must be a number or None")
-    for field in ("algo", "cfm_variant", "cfm_reduction", "timeout_bootstrap", "advantage_normalization",
-                  "tau_schedule", "trust_region"):
-        if getattr(config, field) is not None and not isinstance(getattr(config, field), str):
-            _fail(config, field, "must be a name")
-    for field in ("adam_betas", "actor_hidden", "critic_hidden"):
-        if not isinstance(getattr(config, field), tuple) or not all(map(_is_number, getattr(config, field))):
-            _fail(config, field, "must be a tuple of numbers")
-
-
 def validate_config(config: TrainConfig) -> None:
-    """ConfigError naming the first invalid field (TrainConfig's construction calls it)."""
-    def fail(field, message):
-        _fail(config, field, message)
-
-    _validate_types(config)
-    if config.algo not in ALGORITHMS:
-        fail("algo", f"must be one of {ALGORITHMS}")
-    for field in ("num_envs", "batch_size", "num_minibatches", "unroll_length", "num_updates_per_batch",
-                  "num_flow_steps", "num_cfm_samples", "sd_env_steps", "sd_batch_size",
-                  "sd_interleaved_iterations", "num_eval_envs", "time_embed_dim"):
-        if not isinstance(getattr(config, field), int) or getattr(config, field) < 1:
-            fail(field, "must be an integer >= 1")
-    for field in ("sd_init_iterations", "sd_every"):
-        if not isinstance(getattr(config, field), int) or getattr(config, field) < 0:
-            fail(field, "must be an integer >= 0")
+    """ConfigError naming the first invalid field (TrainConfig's construction calls it): every field against its
+    annotation and bounds (`check_fields`), then the rules that tie fields together."""
+    check_fields(config)
     if config.time_embed_dim % 2:
-        fail("time_embed_dim", "must be even")
+        raise ConfigError("time_embed_dim", f"must be even, got {config.time_embed_dim}")
     transitions = config.num_minibatches * config.batch_size * config.unroll_length
     if transitions % config.num_envs:
-        fail("num_envs", f"must divide num_minibatches * batch_size * unroll_length = {transitions}")
-    if config.episode_length is not None and config.episode_length < 1:
-        fail("episode_length", "must be >= 1 or None")
-    for field in ("output_scale", "log_ratio_clamp", "tau_beta_b",
-                  "sd_learning_rate", "sd_max_grad_norm", "reward_scaling"):
-        if not getattr(config, field) > 0:
-            fail(field, "must be > 0")
-    for field in ("discounting", "gae_lambda"):
-        if not 0.0 <= getattr(config, field) <= 1.0:
-            fail(field, "must be in [0, 1]")
-    for field in ("dipod_beta", "value_loss_coef", "entropy_cost", "sd_weight_decay", "weight_decay"):
-        if not 0.0 <= getattr(config, field) < float("inf"):
-            fail(field, "must be a finite number >= 0")
-    for field in ("learning_rate", "clip_eps", "max_grad_norm", "loss_clamp", "cfm_huber_delta"):
-        if getattr(config, field) is not None and not getattr(config, field) > 0:
-            fail(field, "must be > 0 or None")
-    if config.advantage_clamp is not None:
-        bounds = config.advantage_clamp if isinstance(config.advantage_clamp, tuple) else (config.advantage_clamp,)
-        if len(bounds) not in (1, 2) or not all(isinstance(b, (int, float)) and b > 0 for b in bounds):
-            fail("advantage_clamp", "must be None, a number > 0 or a pair (positive_max, negative_max) of numbers > 0")
-    if not isinstance(config.cfm_loss_clamp, (int, float)):
-        fail("cfm_loss_clamp", "must be a number (<= 0: off)")
-    if len(config.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in config.adam_betas):
-        fail("adam_betas", "must be a pair of numbers in [0, 1)")
-    for field in ("actor_hidden", "critic_hidden"):
-        widths = getattr(config, field)
-        if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
-            fail(field, f"must be a non-empty tuple of positive integer widths, got {widths!r}")
-    if config.cfm_variant not in CFM_VARIANTS:
-        fail("cfm_variant", f"must be one of {CFM_VARIANTS}")
-    if config.cfm_reduction not in CFM_REDUCTIONS:
-        fail("cfm_reduction", f"must be one of {CFM_REDUCTIONS}")
-    if config.advantage_normalization is not None and config.advantage_normalization not in ADVANTAGE_NORMALIZATIONS:
-        fail("advantage_normalization", f"must be one of {ADVANTAGE_NORMALIZATIONS} or None")
-    if config.timeout_bootstrap not in TIMEOUT_BOOTSTRAPS:
-        fail("timeout_bootstrap", f"must be one of {TIMEOUT_BOOTSTRAPS}")
-    if config.tau_schedule is not None and config.tau_schedule not in TAU_SCHEDULES:
-        fail("tau_schedule", f"must be one of {TAU_SCHEDULES} or None")
-    if config.trust_region is not None and config.trust_region not in TRUST_REGIONS:
-        fail("trust_region", f"must be one of {TRUST_REGIONS} or None")
+        raise ConfigError("num_envs", f"must divide num_minibatches * batch_size * unroll_length = {transitions}, "
+                                      f"got {config.num_envs}")
     if config.algo == "ppo" and (config.sd_init_iterations or config.sd_every):
-        fail("algo", "self-distillation (sd_init_iterations, sd_every) needs a flow policy (fpo or fpo++)")
+        raise ConfigError("algo", "self-distillation (sd_init_iterations, sd_every) needs a flow policy (fpo or "
+                                  f"fpo++), got {config.algo!r}")
 
 
 # Settings per environment. DM Control Suite tasks use the FPO reference layout (the TrainConfig defaults, the

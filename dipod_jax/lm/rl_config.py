@@ -9,21 +9,23 @@ which experiments.lm_rl completes with the --config.<field>=<value> flags (dipod
 from __future__ import annotations
 
 import dataclasses
-import math
+import typing
+from typing import Literal
 
 from dipod_jax.lm.sampler import SAMPLERS
-from dipod_jax.run.config import build, require
+from dipod_jax.run.config import bounded, build, check_fields, require
 
-ALGORITHMS = ("diffu_grpo", "fpo", "spg")
-SPG_ESTIMATORS = ("elbo", "eubo", "mix")
-REMASKING = ("low_confidence", "random")
+Algorithm = Literal["diffu_grpo", "fpo", "spg"]
+SpgEstimator = Literal["elbo", "eubo", "mix"]
+Remasking = Literal["low_confidence", "random"]
+ALGORITHMS = typing.get_args(Algorithm)
 
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
     """Hyper-parameters of one RL training run.
 
-    Algorithm: algo in ALGORITHMS; spg_estimator in SPG_ESTIMATORS (SPG only); dipod_beta >= 0 (0 = baseline).
+    Algorithm: algo in ALGORITHMS; spg_estimator (SPG only); dipod_beta >= 0 (0 = baseline).
     Groups: num_prompts P prompts per step, num_generations G >= 2 completions each; advantages
       r - mean_group(r), divided by the group std when scale_rewards_by_std.
     Inner loop: num_inner_iterations mu >= 1 updates per generation batch, each averaging the gradients of
@@ -47,43 +49,43 @@ class RLConfig:
       policy to it.
     """
 
-    algo: str = "diffu_grpo"
-    spg_estimator: str = "mix"
-    dipod_beta: float = 0.0
-    num_prompts: int = 4
-    num_generations: int = 6
+    algo: Algorithm = "diffu_grpo"
+    spg_estimator: SpgEstimator = "mix"
+    dipod_beta: float = bounded(0.0, ge=0)
+    num_prompts: int = bounded(4, ge=1)
+    num_generations: int = bounded(6, ge=2)  # group advantages need at least two completions per prompt
     scale_rewards_by_std: bool = False
-    num_inner_iterations: int = 8
-    grad_accum_steps: int = 1
-    clip_eps: float = 0.5
-    kl_beta: float = 0.0
-    ref_sync_every: int = 0
-    learning_rate: float = 3e-6
-    warmup_steps: int = 0
-    adam_b1: float = 0.9
-    adam_b2: float = 0.99
-    weight_decay: float = 0.1
-    max_grad_norm: float = 0.2
+    num_inner_iterations: int = bounded(8, ge=1)
+    grad_accum_steps: int = bounded(1, ge=1)
+    clip_eps: float = bounded(0.5, gt=0)
+    kl_beta: float = bounded(0.0, ge=0)
+    ref_sync_every: int = bounded(0, ge=0)
+    learning_rate: float = bounded(3e-6, gt=0)
+    warmup_steps: int = bounded(0, ge=0)
+    adam_b1: float = bounded(0.9, ge=0, lt=1)
+    adam_b2: float = bounded(0.99, ge=0, lt=1)
+    weight_decay: float = bounded(0.1, ge=0)
+    max_grad_norm: float = bounded(0.2, gt=0)
     lora_only: bool = False
-    num_elbo_draws: int = 4
-    p_mask_prompt: float = 0.15
-    spg_num_draws: int = 2
-    spg_block_length: int = 32
-    spg_min_t: float = 0.0
-    spg_max_t: float = 1.0
-    spg_beta_e: float = 1.0
-    spg_mix_weight: float = 0.5
+    num_elbo_draws: int = bounded(4, ge=1)
+    p_mask_prompt: float = bounded(0.15, ge=0, le=1)
+    spg_num_draws: int = bounded(2, ge=1)
+    spg_block_length: int = bounded(32, ge=1)
+    spg_min_t: float = bounded(0.0, ge=0, le=1)
+    spg_max_t: float = bounded(1.0, ge=0, le=1)
+    spg_beta_e: float = bounded(1.0, gt=0)
+    spg_mix_weight: float = bounded(0.5, ge=0, le=1)
     spg_use_mask_prompt: bool = True
-    gen_length: int = 256
-    block_length: int = 32
-    diffusion_steps: int = 128
-    rollout_temperature: float = 0.3
-    remasking: str = "low_confidence"
+    gen_length: int = bounded(256, ge=1)
+    block_length: int = bounded(32, ge=1)
+    diffusion_steps: int = bounded(128, ge=1)
+    rollout_temperature: float = bounded(0.3, ge=0)
+    remasking: Remasking = "low_confidence"
     placebo: bool = False
     log_kl_to_start: bool = True
-    sampler: str = "exact"
-    sampler_threshold: float = 0.9
-    sampler_refresh_interval: int = 0
+    sampler: str = "exact"  # a key of dipod_jax.lm.sampler.SAMPLERS
+    sampler_threshold: float = bounded(0.9, gt=0, le=1)
+    sampler_refresh_interval: int = bounded(0, ge=0)
 
     def __post_init__(self):
         validate_config(self)
@@ -94,68 +96,28 @@ class RLConfig:
         return self.num_prompts * self.num_generations
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def validate_config(config: RLConfig) -> None:
-    """Raise ValueError naming the first invalid field of `config`."""
-    require(config.algo in ALGORITHMS, "algo", config.algo, f"one of {ALGORITHMS}")
-    require(config.spg_estimator in SPG_ESTIMATORS, "spg_estimator", config.spg_estimator,
-             f"one of {SPG_ESTIMATORS}")
-    require(config.remasking in REMASKING, "remasking", config.remasking, f"one of {REMASKING}")
+    """ConfigError naming the first invalid field: every field against its annotation and bounds
+    (`check_fields`), then the rules that tie fields together."""
+    check_fields(config)
     require(config.sampler in SAMPLERS, "sampler", config.sampler, f"one of {sorted(SAMPLERS)}")
-    require(_is_real(config.sampler_threshold) and 0 < config.sampler_threshold <= 1, "sampler_threshold",
-             config.sampler_threshold, "in (0, 1]")
     require(not SAMPLERS[config.sampler][1] or config.remasking == "low_confidence", "sampler", config.sampler,
-             "a variant without parallel decoding when remasking is 'random' (thresholds compare confidences)")
-    require(_is_real(config.dipod_beta) and config.dipod_beta >= 0, "dipod_beta", config.dipod_beta,
-             "a finite number >= 0")
-    require(_is_int(config.num_generations) and config.num_generations >= 2, "num_generations",
-             config.num_generations, "an int >= 2 (group advantages need at least two completions per prompt)")
-    for field in ("num_prompts", "num_inner_iterations", "grad_accum_steps", "num_elbo_draws", "spg_num_draws",
-                  "spg_block_length", "gen_length", "block_length", "diffusion_steps"):
-        value = getattr(config, field)
-        require(_is_int(value) and value >= 1, field, value, "an int >= 1")
-    for field in ("scale_rewards_by_std", "lora_only", "placebo", "log_kl_to_start"):
-        value = getattr(config, field)
-        require(isinstance(value, bool), field, value, "True or False")
-    for field in ("warmup_steps", "ref_sync_every", "sampler_refresh_interval"):
-        value = getattr(config, field)
-        require(_is_int(value) and value >= 0, field, value, "an int >= 0")
-    for field in ("clip_eps", "learning_rate", "max_grad_norm", "spg_beta_e"):
-        value = getattr(config, field)
-        require(_is_real(value) and value > 0, field, value, "a finite number > 0")
-    for field in ("kl_beta", "weight_decay", "rollout_temperature"):
-        value = getattr(config, field)
-        require(_is_real(value) and value >= 0, field, value, "a finite number >= 0")
-    for field in ("adam_b1", "adam_b2"):
-        value = getattr(config, field)
-        require(_is_real(value) and 0 <= value < 1, field, value, "in [0, 1)")
-    for field in ("p_mask_prompt", "spg_min_t", "spg_max_t", "spg_mix_weight"):
-        value = getattr(config, field)
-        require(_is_real(value) and 0 <= value <= 1, field, value, "in [0, 1]")
+            "a variant without parallel decoding when remasking is 'random' (thresholds compare confidences)")
     require(config.algo != "spg" or config.kl_beta == 0, "kl_beta", config.kl_beta,
-             "0 for algo 'spg' (SPG has no reference-model KL term)")
+            "0 for algo 'spg' (SPG has no reference-model KL term)")
     require(config.spg_min_t <= config.spg_max_t, "spg_min_t", config.spg_min_t,
-             f"<= spg_max_t={config.spg_max_t}")
-    require(isinstance(config.spg_use_mask_prompt, bool), "spg_use_mask_prompt", config.spg_use_mask_prompt,
-             "a bool")
+            f"<= spg_max_t={config.spg_max_t}")
     if config.algo == "spg":
         window_blocks = -(-config.gen_length // config.spg_block_length)
         require(config.spg_num_draws <= window_blocks, "spg_num_draws", config.spg_num_draws,
-                 f"<= ceil(gen_length / spg_block_length) = {window_blocks} (as the release asserts num_t <= blocks)")
+                f"<= ceil(gen_length / spg_block_length) = {window_blocks} (as the release asserts num_t <= blocks)")
     require(config.rollout_batch_size % config.grad_accum_steps == 0, "grad_accum_steps",
-             config.grad_accum_steps, f"a divisor of num_prompts * num_generations = {config.rollout_batch_size}")
+            config.grad_accum_steps, f"a divisor of num_prompts * num_generations = {config.rollout_batch_size}")
     require(config.gen_length % config.block_length == 0, "block_length", config.block_length,
-             f"a divisor of gen_length={config.gen_length}")
+            f"a divisor of gen_length={config.gen_length}")
     num_blocks = config.gen_length // config.block_length
     require(config.diffusion_steps % num_blocks == 0, "diffusion_steps", config.diffusion_steps,
-             f"a multiple of gen_length / block_length = {num_blocks}")
+            f"a multiple of gen_length / block_length = {num_blocks}")
 
 
 # The authors' release (Astro-Eric/DiPOD-release: LLaDA-8B-Instruct, LoRA r = 128, alpha = 64, bf16, 8 GPUs), read

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 import types
 import typing
@@ -55,12 +56,100 @@ def require(condition: bool, field: str, value: Any, requirement: str) -> None:
         raise ConfigError(field, f"must be {requirement}, got {value!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """Limits on a numeric field (on each number of a tuple field); None: no limit on that side."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def admits(self, value: float) -> bool:
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def text(self) -> str:
+        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
+        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if low and high:
+            return f" in {low}, {high}"
+        if low:
+            return f" {'>=' if low[0] == '[' else '>'} {low[1:]}"
+        if high:
+            return f" {'<=' if high[-1] == ']' else '<'} {high[:-1]}"
+        return ""
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """A dataclass field with `default` whose numbers must lie within the given bounds (`check_fields`)."""
+    return dataclasses.field(default=default, metadata={"bounds": Bounds(ge, gt, le, lt)})
+
+
+def _fits(hint: Any, value: Any, bounds: Bounds) -> bool:
+    """Whether `value` is of the annotated type (Literal choices, tuples element-wise, X | None) within bounds."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(arg, value, bounds) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return any(value == arg and type(value) is type(arg) for arg in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return len(value) > 0 and all(_fits(args[0], item, bounds) for item in value)
+        return len(value) == len(args) and all(_fits(a, item, bounds) for a, item in zip(args, value, strict=True))
+    if hint is bool or hint is str:
+        return isinstance(value, hint)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool) and bounds.admits(value)
+    if hint is float:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and bounds.admits(value))
+    raise TypeError(f"check_fields: unsupported annotation {hint!r}")
+
+
+def _describe(hint: Any, bounds: Bounds, plural: bool = False) -> str:
+    """What `_fits` admits, in words: "an int >= 1", "one of ('a', 'b') or None", "a pair of numbers in [0, 1)"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_describe(arg, bounds, plural) for arg in args if arg is not type(None)]
+        return " or ".join(parts + (["None"] if type(None) in args else []))
+    if origin is typing.Literal:
+        return f"one of {args}"
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a non-empty tuple of {_describe(args[0], bounds, plural=True)}"
+        kind = "pair" if len(args) == 2 else f"tuple of {len(args)}"
+        return f"a {kind} of {_describe(args[0], bounds, plural=True)}"
+    words = {bool: ("True or False", "booleans"), str: ("a string", "strings"), int: ("an int", "ints"),
+             float: ("a finite number", "finite numbers")}[hint]
+    return words[plural] + (bounds.text() if hint in (int, float) else "")
+
+
+def check_fields(config: Any) -> None:
+    """ConfigError "<field>: must be <what the field admits>, got <value>" for the first field of the dataclass
+    instance `config` whose value does not fit its annotation (type, Literal choices, tuple shape, None where
+    the annotation allows it) or the Bounds declared on it with `bounded`. Cross-field rules stay with the
+    configuration that has them."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value, bounds = getattr(config, field.name), field.metadata.get("bounds", Bounds())
+        if not _fits(hints[field.name], value, bounds):
+            raise ConfigError(field.name, f"must be {_describe(hints[field.name], bounds)}, got {value!r}")
+
+
 def _field_kind(hint: Any) -> type:
-    """The type config_flags parses a field as: Optional[X] and unions take any literal (object); Tuple[...]
-    is tuple; plain types are themselves."""
+    """The type config_flags parses a field as: X | None and unions take any literal (object); Literal choices
+    the type of the choices; tuple[...] is tuple; plain types are themselves."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return object
+    if origin is typing.Literal:
+        return type(typing.get_args(hint)[0])
     return origin or hint
 
 
