@@ -3,24 +3,7 @@
     python -m benchmarks.control_throughput [--env=CartpoleBalance] [--timed_iterations=5]
     python -m benchmarks.control_throughput --layout=paper --variants=fpo,fpo_dipod    # the GPU comparison
 
-Batch layouts (--layout; any of --num_envs, --batch_size, --num_minibatches, --unroll_length,
---num_updates_per_batch overrides one field of it):
-  reference  the FPO reference configuration (the presets): 256 envs, batch 256 x 8 minibatches, unroll 30,
-             4 updates per batch (61,440 env steps an iteration);
-  paper      the FPO paper's MuJoCo Playground layout: 2048 envs, batch 1024 x 32 minibatches, unroll 30,
-             16 updates per batch (983,040 env steps an iteration).
-Both use 10 flow steps, 8 (tau, eps) samples, actor 4x32 and critic 5x256.
-
-For each variant (--variants of ppo, fpo, fpo with dipod_beta > 0, fpo++) it times single jitted
-`train_iteration` calls (interleaved across variants) and reports the median env-steps/s. It counts the
-dense-layer (matrix-multiply) FLOPs of one iteration analytically and reports the GFLOP/s achieved beside the
-float32 matrix-multiply rate measured on this machine.
-
-Rollout vs update split (--split): an iteration is the rollout (with the critic values and GAE of its batch)
-plus num_updates_per_batch identical update epochs, so its time is R + E * U. Each variant is also timed with
-one epoch (E = 1; same compiled structure otherwise), which gives U = (t_E - t_1) / (E - 1) and R = t_E - E * U.
---profile_dir writes a `jax.profiler` trace of one iteration of each variant (TensorBoard / Perfetto).
-The last line of output is one JSON object.
+Details: docs/modules.md, section benchmarks.control_throughput.
 """
 from __future__ import annotations
 

@@ -1,19 +1,6 @@
 """Per-device memory of an FPO/GRPO-style LoRA training step of LLaDA-8B, without allocating anything.
 
-The model, LoRA adapters and optimiser state are abstract (nnx.eval_shape / jax.eval_shape); the step is
-lowered with sharded abstract arguments and compiled for a mesh of fake CPU devices, and XLA's
-`memory_analysis()` of the partitioned per-device program gives the bytes. The step: for each of M forward
-masks (mask_uniform_count) a forward pass of the masked sequence (elbo_masked, one draw at a time), the FPO
-sequence-ratio loss with the DiPOD term (fpo_dllm_loss, dipod_beta 0.05), gradients for the LoRA adapters
-only, gradient clipping and AdamW on the adapters. Frozen base weights in bfloat16 are FSDP-sharded
-(mesh data=1, fsdp=N, tensor=1), adapters and Adam moments in float32 are sharded by the same rules, the
-batch is split over the devices, blocks are rematerialised (activation checkpointing per layer).
-
-The layers run under lax.scan, so the compiled program of the full 32-layer model is as small as a 1-layer
-one and no per-layer scaling is needed.
-
-    python -m benchmarks.lm_memory_plan                 # 8 and 32 devices, prints JSON
-    python -m benchmarks.lm_memory_plan --devices=8 --per_device_batch=2
+Details: docs/modules.md, section benchmarks.lm_memory_plan.
 """
 import os
 

@@ -2,19 +2,7 @@
 
     python -m benchmarks.lm_rl_throughput --checkpoint_dir=/tmp/sudoku --samplers=exact,parallel,dual_parallel
 
-For every variant of --samplers (`dipod_jax.lm.sampler.SAMPLERS`, threshold --threshold, caches refreshed every
---refresh_interval steps of a block, 0 = once per block) and every seed of --seeds, an RL run of --steps steps
-of `dipod_jax.lm.rl.rl_step` (sample, host-side task reward, update) starts from the checkpoint. The RL
-settings are those of experiments.lm_rl: the task preset with --algo, the checkpoint's generation length,
-and block length / steps from --block_length / --diffusion_steps (0 = one block of gen_length steps). Step s of
-every run uses the task items drawn from a generator seeded by (seed, s) and the key fold_in(seed key, s).
-
-The runs take turns step by step (one round advances every run by one step), so a changing machine load affects
-all variants alike. Each step is timed end to end (sample + score + update); the variant's sampler is also
-timed alone on the same prompts, which splits the step into sampling and the rest. The first step of each run
-(compilation) is excluded from the medians. One JSON line per (variant, seed) run with its per-step rewards,
-then one line per variant: median step seconds and steps/s over all its runs' steps, the median sampler
-seconds, and the mean train reward (per seed and over seeds).
+Details: docs/modules.md, section benchmarks.lm_rl_throughput.
 """
 from __future__ import annotations
 

@@ -1,28 +1,6 @@
 """Throughput of the LLaDA sampler variants and of a masked-diffusion training step, printed as one JSON line.
 
-Samplers (`dipod_jax.lm.sampler.generate`, low-confidence remasking, from a random prompt of --prompt_length
-tokens): the variants named by --samplers (`dipod_jax.lm.sampler.SAMPLERS`: exact, prefix / dual key-value
-cache refreshed once per block, *_parallel with confidence threshold --threshold). Tokens/s counts generated
-tokens (batch * gen_length) per second. On a random model few confidences pass a threshold, so the parallel
-variants show their overhead here; their gain needs a trained model (benchmarks/lm_sampler_accuracy.py).
-
-Training step: value and gradient (all parameters) of -mean ELBO, the d1-FPO estimator over --num_draws forward
-masks (`mask_uniform_count`, `elbo_masked`); tokens/s counts sequence tokens (batch * (prompt + gen)) per step.
-
-Every function is jitted; the first call (compilation) is excluded; the timed calls are interleaved across
-the functions (one round calls each once) and the median of --repeats rounds is reported.
-
-MFU: model FLOPs of the matrix products actually run, over time, over a peak rate (--peak_tflops, or the
-float32 matmul rate measured here when it is 0). A forward pass over Q query positions attending to K keys,
-with logits at H positions, costs per row
-    Q * n_layers * (2 * sum_p(in_p * out_p) + 4 * K * d_model) + 2 * H * d_model * vocab_size
-(p over the q, k, v, o, gate, up, down projections; 4 * K * d_model is the scores and the weighted values).
-The exact sampler runs `steps` passes with Q = K = H = T (prompt + gen); the cached variants run full passes
-with H = block_length and cached passes over their window (the counts come from the sampler's return_stats);
-a training step is 3 forward passes (forward + backward) with Q = K = H = T per draw.
-
-    python -m benchmarks.lm_throughput                                   # small CPU configuration
-    python -m benchmarks.lm_throughput --gen_length=256 --block_length=32 --steps=256
+Details: docs/modules.md, section benchmarks.lm_throughput.
 """
 from __future__ import annotations
 

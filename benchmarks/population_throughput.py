@@ -3,15 +3,7 @@
     python -m benchmarks.population_throughput [--config.env_name=CartpoleBalance] [--population_sizes=4,8]
     python -m benchmarks.population_throughput --config.num_envs=256 --population_sizes=16   # e.g. on a GPU
 
-For each population size P, the members are P seeds of FPO alternating between DiPOD beta 0 and 0.05 (traced,
-dipod_jax.control.population) at the reference configuration of `dipod_jax.control.configs.preset_config(env)`
-with the --config.<field>=<value> overrides (as experiments.control; algo fpo). "vmapped" is one `iterate` call
-of the whole population (one training iteration of every member, mesh-free, on the default device);
-"sequential" is one jitted `train_iteration` call of each member's
-own single run (make_train with the member's beta as a Python float), one after the other. Compilation is
-excluded; the timed rounds interleave the two (a round times one population call, then the P single calls), and
-member-env-steps/s = P * env steps per iteration / the median round time of each. The last line of output is
-one JSON object with both rates and their ratio per P.
+Details: docs/modules.md, section benchmarks.population_throughput.
 """
 from __future__ import annotations
 

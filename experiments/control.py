@@ -1,23 +1,12 @@
 """Continuous-control training: PPO, FPO, FPO++ with the DiPOD term, several seeds vmapped in one program.
 
-    python -m experiments.control --config.env_name=CartpoleBalance --config.algo=fpo --config.dipod_beta=0.05 \
+    python -m experiments.control --config.env_name=CartpoleBalance --config.algo=fpo --config.dipod_beta=0.05 \\
         --seed=0 --num_seeds=3 --num_timesteps=5000000 --workdir=/tmp/runs/fpo_dipod
     python -m experiments.control ... --resume          # continue bit-exactly from the last checkpoint
     python -m experiments.control ... --config.learning_rate=1e-3 --config.actor_hidden="(64, 64)"
     python -m experiments.control --preset=fpo++_base ...   # FPO++ as the release runs it
 
-The configuration (a TrainConfig, built once by dipod_jax.control.configs.config_from_flags) is the preset of
-the environment --config.env_name (ENV_PRESETS; the FPO reference layout when none is listed), then the
---preset algorithm configuration (ALGORITHM_PRESETS: fpo++_base, fpo++_motion_tracking, the FPO++ release's
-values), then every --config.<field>=<value> given (any TrainConfig field; dipod_jax.run.config). The other
-flags say where, how long and how often: they do not change what a step computes. Writes to
---workdir: config.json, metrics.jsonl (one line per iteration and seed with the training metrics and the
-wall-clock env-steps/s of its host call, all seeds counted; eval lines marked "eval"),
-TensorBoard event files, orbax checkpoints (atomic, newest three kept) every --checkpoint_every iterations,
-learning_curve.png. The run harness (`dipod_jax.run.harness`) owns the workdir: another run's workdir is
-refused, --resume continues only a run with the same config.json (differences are listed), a non-finite loss,
-gradient norm or parameters stop the run (exit status 1) before that host call's state is kept, and SIGTERM /
-Ctrl-C save the current iteration and exit (128 + signal number).
+Details: docs/modules.md, section experiments.control.
 """
 from __future__ import annotations
 

@@ -1,29 +1,12 @@
 """A whole continuous-control sweep as one program: a population of (seed x hyper-parameter) members.
 
-    python -m experiments.control_population --config.env_name=CartpoleBalance --config.algo=fpo --seeds=0,1,2 \
+    python -m experiments.control_population --config.env_name=CartpoleBalance --config.algo=fpo --seeds=0,1,2 \\
         --betas=0,0.05 --num_timesteps=3000000 --workdir=/tmp/runs/fpo_population
     python -m experiments.control_population ... --vary=learning_rate=3e-4,1e-3 --vary=clip_eps=0.05,0.1
     python -m experiments.control_population ... --resume           # continue bit-exactly from the last checkpoint
     python -m experiments.control_population ... --distributed      # every host of a pod runs the same command
 
-The members are every combination of --seeds, --betas (dipod_beta) and each --vary=<field>=<values> (a
-HyperParams field: learning_rate, clip_eps, entropy_cost, value_loss_coef); a setting not listed stays the
-configuration's (dipod_jax.control.configs.config_from_flags, as in experiments.control: the environment's
-preset, --preset, then the --config.<field>=<value> flags). The algorithm, the
-shapes and everything else are static, so the population compiles once (dipod_jax.control.population): its
-member axis is sharded over the devices of every process (--data_shards splits each member's environments
-further; default: every device used), and each member runs its own single run's computation.
-
---workdir (claimed by the run harness, dipod_jax.run.harness) receives config.json (the run record: config,
-members, mesh), metrics.jsonl (per host call: env-steps/s of the whole population), Orbax checkpoints of the
-sharded population, and for each member members/<name>/metrics.jsonl ("step" = iteration; train records and eval
-records, "kind": "eval", with the zero-noise evaluation return) with its TensorBoard events. manifest.json lists
-the members as launch/sweep.py lists its runs, so the summary is launch/sweep.py's own: at the end the program
-writes summary_eval_return_mean.json (final evaluation return per group and beta: mean over seeds with a 95%
-t-interval, dipod_jax.run.statistics) and curves_eval_return_mean.png, exactly as
-`python -m launch.sweep --summarize=eval_return_mean --out_root=<workdir>` writes them. A group is the algorithm
-plus every varied field other than beta (e.g. fpo_learning_rate0.001). A non-finite loss, gradient norm or
-parameter in any member stops the population before the state is kept; SIGTERM / Ctrl-C save and exit.
+Details: docs/modules.md, section experiments.control_population.
 """
 from __future__ import annotations
 

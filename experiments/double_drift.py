@@ -2,32 +2,7 @@
 
     python -m experiments.double_drift --workdir=runs/double_drift
 
-Settings (each run with beta = 0, the baseline exactly, and with the DiPOD beta, over --num_seeds seeds
-vmapped in one jit):
-- bandit_fpo: the multimodal contextual bandit with a flow policy, FPO vs FPO + DiPOD (dipod_jax.toys.bandit);
-- sequence_fpo, sequence_spg: the masked-diffusion sequence toy, FPO-for-dLLMs / SPG vs + DiPOD
-  (dipod_jax.toys.sequence).
-
-Outputs in --workdir:
-- metrics.jsonl: one line per (setting, variant, step, seed) with reward, bound_gap, log_ratio_error,
-  grad_cosine and the setting's extra diagnostics; null where the seed has diverged;
-- summary.json: per setting, variant and metric, over seeds: mean, 95% Student-t interval and median of each
-  seed's average over the last 10% of steps ("final") and over all steps ("training"), and the seeds that
-  diverged (with the step);
-- double_drift.png (all settings) and <setting>.png: reward, bound gap, log-ratio error and gradient cosine
-  over training, mean over live seeds with a 95% band, baseline vs DiPOD.
-- runs/<setting>__beta<beta>.npz: each finished run's raw metrics (beta written exactly, so close betas
-  never share a file); config.json: the run record.
-
-The run harness (`dipod_jax.run.harness`) owns the directory: a directory holding another run is refused
-(also an unwritable one, before any training); --resume continues a run with the same config.json (differences
-are listed), loading finished runs and continuing a run stopped part-way from its checkpoint; SIGTERM / Ctrl-C
-save the run in progress and exit (128 + signal number). An unreadable runs/*.npz is reported and trained again.
-
-A seed "diverges" at the first step whose training metrics (toy.TRAINING_METRICS) are not finite: its state is
-frozen at the last good parameters, it is not trained further, and all its later metrics are null. The exact
-diagnostics of a healthy seed are null at steps where they are undefined: non-finite, or, for the flow, an
-exact-likelihood inversion that did not converge (the Euler sampler is no longer invertible numerically).
+Details: docs/modules.md, section experiments.double_drift.
 """
 from __future__ import annotations
 

@@ -1,28 +1,12 @@
 """Supervised pre-training of a small LLaDA-style masked diffusion model on a synthetic task, from scratch.
 
-    python -m experiments.lm_pretrain --task=sudoku --workdir=/tmp/sudoku_pretrain \
-        --extra_eval_tasks=sudoku_split_new                     # the default recipe: ~0.7 test reward
+    python -m experiments.lm_pretrain --task=sudoku --workdir=/tmp/sudoku_pretrain \\
+        --extra_eval_tasks=sudoku_split_new             \\
+        # the default recipe: ~0.7 test reward
     python -m experiments.lm_pretrain --task=sudoku --workdir=/tmp/sudoku_pretrain --resume   # after a stop
     python -m experiments.lm_pretrain --task=countdown --workdir=/tmp/countdown_pretrain --steps=1500
 
-Objective: LLaDA's SFT loss (`dipod_jax.lm.pretrain.sft_loss`). The prompt stays visible; of the L
-positions of the generation region (the completion and its eos padding) k ~ U{0, ..., L-1} are masked
-(`mask_uniform_count`), and the loss is -ELBO / L = -(1/k) * sum_{masked} log p(token | noised sequence),
-i.e. the 1/t-weighted cross-entropy with t = k / L (`elbo_masked`). (`mask_uniform_count` never masks all L
-positions; the sampler's first step, where all are masked, is one token away from the k = L - 1 states it is
-trained on.) Training items are generated afresh every step from a generator seeded by (seed, step), so a
-resumed run sees exactly the data an uninterrupted run would.
-
-Evaluation: the LLaDA sampler (`dipod_jax.lm.sampler.generate`, one block, one token per step by default,
-low-confidence remasking, greedy) on the held-out test set(s); reported as the mean task reward (Sudoku:
-mean fraction of empty cells right) and the fraction of items with reward 1 (`dipod_jax.lm.evaluation`).
-
-Outputs in --workdir: config.json (everything `dipod_jax.lm.pretrain.load_pretrained` needs to rebuild model
-and tokenizer), checkpoints/<step>/ (Orbax, written atomically; the newest two kept), metrics.jsonl, tb/
-(TensorBoard). The run harness (`dipod_jax.run.harness`) owns the directory: another run's directory is
-refused, --resume continues only a run with the same config.json settings (differences are listed), a
-non-finite loss, gradient norm or updated parameters stops the run (exit status 1) before anything of that
-step is kept, and SIGTERM / Ctrl-C save the current step and exit (128 + signal number); continue with --resume.
+Details: docs/modules.md, section experiments.lm_pretrain.
 """
 from __future__ import annotations
 

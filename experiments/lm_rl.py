@@ -2,44 +2,11 @@
 
     python -m experiments.lm_rl --init_dir=/tmp/sudoku_pretrain --workdir=/tmp/sudoku_fpo_dipod \
         --config.algo=fpo --config.dipod_beta=0.05 --steps=200 --seed=0
-    python -m experiments.lm_rl ... --resume            # continue from the newest checkpoint, bit-exact
+    python -m experiments.lm_rl --workdir=/tmp/sudoku_fpo_dipod --resume     # bit-exact continuation
 
-Policy: a checkpoint of experiments.lm_pretrain (--init_dir, task / template / lengths from its config.json)
-or an imported Hugging Face LLaDA directory (--llada_dir with --task, --template, --prompt_length,
---gen_length; tokenizer.json from the same directory). --lora_rank > 0 adds fresh LoRA adapters (B = 0, so the
-policy starts as the checkpoint); --config.lora_only trains only them.
-
-Hyper-parameters: an RLConfig built once from a preset (`dipod_jax.lm.rl_config.preset_fields`: the task's
-CPU-scale preset, the paper's structure; or --preset=<name>, one of the release's PAPER_PRESETS), then every
---config.<field>=<value> given (any RLConfig field: --config.algo, --config.dipod_beta, --config.learning_rate,
---config.rollout_temperature, ...; dipod_jax.run.config). The sampler's gen_length is the checkpoint's; with the
-CPU preset, block_length and diffusion_steps default to one block of gen_length steps (one token per step), as
-in pre-training. The other flags say where to start and write, how long, how often and on which devices.
-
-Each step draws --config.num_prompts training items from a generator seeded by (seed, step, process), samples
-num_generations completions per prompt, scores them with the task reward on the host and runs
-dipod_jax.lm.rl.rl_step; all randomness derives from (seed, step), so a resumed run repeats an uninterrupted
-one exactly. Every --eval_interval steps the sampler (--eval_temperature, default greedy) is scored on the first
---eval_items test items; at step 0 and at the last step the WHOLE test set is scored item by item, and
-paired_eval.json holds both and their paired difference (end - start, mean with a 95% t-interval over items,
-for the reward and for the solved fraction). --config.placebo trains on rewards shuffled within each group: the
-control that shows how far updates without information move the model.
-
-Devices: the batch is split over all local devices (mesh data x fsdp, parameters sharded over fsdp). Multi-host:
-with --distributed, or when JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID are set,
-`jax.distributed.initialize` runs first; each process then generates and scores only its own prompts.
-
-Outputs in --workdir: rl_config.json (the run record: every setting that changes the results, incl. the
---init_dir checkpoint step), eval_start.json, paired_eval.json, checkpoints/<step>/ (Orbax, atomic, newest two
-kept; every --checkpoint_interval steps, default --eval_interval), metrics.jsonl (train/* every --log_interval
-steps: reward, within-group reward std, zero-advantage group fraction, distinct completions per group, ELBO,
-DiPOD term, KL (loss term) and KL to the start model, clip fraction, ratio mean, pre-clip grad norm, tokens/s;
-eval/* at evaluations), tb/ (TensorBoard), curves.png.
-
-The run harness (`dipod_jax.run.harness`) owns the directory: another run's directory is refused, --resume
-continues only a run with the same rl_config.json (differences are listed), a non-finite loss, gradient norm
-or updated parameters stops the run (exit status 1) before anything of that step is kept, and SIGTERM /
-Ctrl-C save the current step and exit (128 + signal number; on several processes all stop after the same step).
+The trainer is `dipod_jax.lm.rl.make_rl`; this program adds the policy's loading, the task's prompts and
+rewards, the paired start / end evaluation and the run harness. What every flag and output file means, and how a
+run is read: docs/language-models.md ("RL post-training") and docs/running.md.
 """
 from __future__ import annotations
 
@@ -294,11 +261,9 @@ def run_record(settings: RLRunSettings, config: RLConfig, info: dict[str, Any], 
             "info": {key: value for key, value in info.items() if key != "init_step"}}
 
 
-def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]:
-    """Runs (or resumes) RL training; returns {"step", "stopped", "last_eval", "final_params"}, "paired_eval"
-    when the run completed, and the fields of the stop (`dipod_jax.run.harness`) otherwise.
+def train(settings: RLRunSettings, show_progress: bool = True) -> RLRunSummary:
+    """Runs (or resumes) RL training; returns how it ended (RLRunSummary).
 
-    "stopped" is "completed", "time_budget", "signal" or "non_finite"; final_params is the trained pytree.
     Raises UsageError (a ValueError) for an invalid configuration or a refused output directory, before any
     compile (the settings checked themselves when constructed).
     """
@@ -328,7 +293,8 @@ def train(settings: RLRunSettings, show_progress: bool = True) -> dict[str, Any]
                 run.close()
                 raise
     with run:
-        return _train(settings, run, model, tokenizer, info, task, config, mesh, test_items, show_progress)
+        trainer = rl.make_rl(config, model, mesh, mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id)
+        return _train(settings, run, trainer, tokenizer, info, task, test_items, show_progress)
 
 
 def select_devices(settings: RLRunSettings) -> list:
@@ -383,27 +349,24 @@ def check_start_evaluation(path: str, items: int, samples: int) -> None:
         raise UsageError(f"--resume: {path} does not hold [{items}, {samples}] sampled rewards (--sampled_eval_k)")
 
 
-def make_evaluator(settings: RLRunSettings, config: RLConfig, graphdef, frozen, info: dict[str, Any], tokenizer,
+def make_evaluator(settings: RLRunSettings, trainer: rl.RLTrainer, info: dict[str, Any], tokenizer,
                    test_items: list):
     """evaluate(params, step, whole_test_set=False) -> (greedy rewards [n], sampled rewards [n, --sampled_eval_k]
     or None) on the first --eval_items test items (the logged curve) or on all of them: the exact sampler at
     --eval_temperature, and at the rollout temperature (what RL optimises) for the sampled rewards. The keys
     depend only on (seed, step), so a resumed run scores exactly as an uninterrupted one."""
-    mask_id = tokenizer.mask_id
-    eval_sample = rl.make_sample_fn(
-        dataclasses.replace(config, rollout_temperature=settings.eval_temperature, sampler="exact"), graphdef, mask_id)
-    rollout_sample = rl.make_sample_fn(dataclasses.replace(config, sampler="exact"), graphdef, mask_id)
+    eval_sample = trainer.sampler_at(settings.eval_temperature)
+    rollout_sample = trainer.sampler_at(trainer.config.rollout_temperature)
     base_key = jax.random.key(settings.seed)
     curve_items = settings.eval_items or len(test_items)
 
     def evaluate(params, step: int, whole_test_set: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         items = test_items if whole_test_set else test_items[:curve_items]
-        greedy = item_rewards(lambda p, prompt, mask, key: eval_sample(p, frozen, prompt, mask, key),
-                              params, info, tokenizer, items, jax.random.fold_in(jax.random.fold_in(base_key, 1), step))
+        greedy = item_rewards(eval_sample, params, info, tokenizer, items,
+                              jax.random.fold_in(jax.random.fold_in(base_key, 1), step))
         if not settings.sampled_eval_k:
             return greedy, None
-        sampled = sampled_item_rewards(lambda p, prompt, mask, key: rollout_sample(p, frozen, prompt, mask, key),
-                                       params, info, tokenizer, items,
+        sampled = sampled_item_rewards(rollout_sample, params, info, tokenizer, items,
                                        jax.random.fold_in(jax.random.fold_in(base_key, 2), step),
                                        settings.sampled_eval_k)
         return greedy, sampled
@@ -411,20 +374,13 @@ def make_evaluator(settings: RLRunSettings, config: RLConfig, graphdef, frozen, 
     return evaluate
 
 
-def _initial_state(run: Run, model: LLaDA, config: RLConfig, mesh) -> tuple[Any, rl.TrainState, Any]:
-    """(graphdef, train state, frozen parameters): the model split, placed on the mesh, restored when resuming."""
-    graphdef, params, frozen = rl.split_model(model, config.lora_only)
-    if mesh is not None:
-        params_sharding, frozen_sharding = rl.param_shardings(model, config.lora_only, mesh)
-        # From host copies: each process then places only its own shards (a device-to-device put would be a
-        # cross-host transfer in a multi-process run).
-        params, frozen = jax.device_put(jax.tree.map(np.asarray, (params, frozen)),
-                                        (params_sharding, frozen_sharding))
-    state = rl.init_train_state(params, config, mesh)
+def _initial_state(run: Run, trainer: rl.RLTrainer) -> rl.TrainState:
+    """The train state at step 0, or restored from the newest checkpoint when resuming."""
+    state = trainer.init()
     if run.resuming:
         _, restored = run.restore({"state": _state_tree(state)})
         state = _from_state_tree(restored["state"], state)
-    return graphdef, state, frozen
+    return state
 
 
 def _stored_paired_evaluation(path: str, step: int) -> dict[str, Any] | None:
@@ -473,66 +429,77 @@ def _paired_end_evaluation(settings: RLRunSettings, run: Run, step: int, evaluat
     return paired
 
 
-def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dict[str, Any], task,
-           config: RLConfig, mesh, test_items: list, show_progress: bool) -> dict[str, Any]:
-    is_main = run.is_main
-    graphdef, state, frozen = _initial_state(run, model, config, mesh)
-    mask_id, eos_id = tokenizer.mask_id, tokenizer.eos_id
-    sample_fn = rl.make_sample_fn(config, graphdef, mask_id)
-    update_fn = rl.make_update_fn(config, graphdef, mask_id, mesh)
-    score = make_evaluator(settings, config, graphdef, frozen, info, tokenizer, test_items)
-    curve_items = settings.eval_items or len(test_items)
+@dataclasses.dataclass
+class RLRunSummary:
+    """How a run ended: `stopped` is "completed", "time_budget", "signal" or "non_finite" after `step` steps;
+    problem / newest_checkpoint / signal say why it stopped early (`dipod_jax.run.harness`); last_eval is the
+    newest logged evaluation; paired_eval / paired_sampled_eval the end - start differences over the whole test
+    set (greedy, sampled) of a completed run; final_params the trained pytree (not written to JSON)."""
+
+    step: int
+    stopped: str = COMPLETED
+    problem: str | None = None
+    newest_checkpoint: int | None = None
+    signal: int | None = None
+    last_eval: dict[str, Any] | None = None
+    paired_eval: dict[str, Any] | None = None
+    paired_sampled_eval: dict[str, Any] | None = None
+    final_params: Any = None
+
+    def end(self, stop: dict[str, Any]) -> None:
+        """Take the harness's stop record ({"stopped", "step", ...}) into the summary."""
+        for name, value in stop.items():
+            setattr(self, name, value)
+
+    def record(self) -> dict[str, Any]:
+        """The JSON record of run_summary.json: every field that is set, final_params left out."""
+        return {name: value for name, value in dataclasses.asdict(self).items()
+                if value is not None and name != "final_params"}
+
+
+def _train(settings: RLRunSettings, run: Run, trainer: rl.RLTrainer, tokenizer, info: dict[str, Any], task,
+           test_items: list, show_progress: bool) -> RLRunSummary:
+    """The step loop: prompts, `trainer.step`, the non-finite check, logging, evaluations, checkpoints; then the
+    paired end evaluation and the figure."""
+    config = trainer.config
+    state = _initial_state(run, trainer)
+    score = make_evaluator(settings, trainer, info, tokenizer, test_items)
     prompt_length, local_prompts = info["prompt_length"], config.num_prompts // jax.process_count()
     base_key = jax.random.key(settings.seed)
     checkpoint_interval = settings.checkpoint_interval or settings.eval_interval
     step = int(state.step)
     log = run.start(step)
-    summary: dict[str, Any] = {"step": step, "stopped": COMPLETED, "last_eval": None}
+    summary = RLRunSummary(step=step)
 
     def evaluate(step: int, whole_test_set: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         return score(state.params, step, whole_test_set)
 
-    def log_evaluation(step: int, rewards: np.ndarray, sampled: np.ndarray | None) -> None:
-        result = reward_summary(rewards[:curve_items])
-        if sampled is not None:
-            result.update({f"sampled_{k}": v for k, v in sampled_summary(sampled[:curve_items]).items()
-                           if k not in ("items",)})
-        log.write({"step": step, **{f"eval/{k}": v for k, v in result.items()}, "elapsed_s": time.time() - run.started})
-        summary["last_eval"] = result
-
+    log_evaluation = _evaluation_logger(log, run, summary, settings.eval_items or len(test_items))
     if step == 0:
-        # The whole test set at the start, kept per item for the paired start / end comparison.
-        start_rewards, start_sampled = evaluate(0, whole_test_set=True)
-        if is_main:
-            write_json_atomic(os.path.join(settings.workdir, START_EVAL_FILE),
-                              {"step": 0, "rewards": start_rewards.tolist(),
-                               **({} if start_sampled is None else {"sampled_rewards": start_sampled.tolist()})})
-        log_evaluation(0, start_rewards, start_sampled)
-    progress = progress_bar(settings.steps, step, show_progress and is_main, "rl")
+        _start_evaluation(settings, run, evaluate, log_evaluation)
+    progress = progress_bar(settings.steps, step, show_progress and run.is_main, "rl")
     while step < settings.steps:
         items = task.generate(np.random.default_rng([settings.seed, step, jax.process_index()]), local_prompts)
         prompt_tokens, prompt_mask, reward_fn = data.rl_prompts_and_reward(
             task, items, tokenizer, info["template"], prompt_length, info["gen_length"], config.num_generations)
         step_started = time.time()
-        new_state, metrics, _ = rl.rl_step(state, frozen, prompt_tokens, prompt_mask, reward_fn,
-                                           jax.random.fold_in(jax.random.fold_in(base_key, 0), step), config=config,
-                                           sample_fn=sample_fn, update_fn=update_fn, eos_id=eos_id, mesh=mesh)
+        new_state, metrics, _ = trainer.step(state, prompt_tokens, prompt_mask, reward_fn,
+                                             jax.random.fold_in(jax.random.fold_in(base_key, 0), step))
         metrics = {name: float(value) for name, value in metrics.items()}
         step_seconds = time.time() - step_started
         problem = non_finite(loss=metrics["loss"], gradient_norm=metrics["grad_norm"],
                              updated_parameters=new_state.params)
         if problem:
-            summary.update(run.stop_non_finite(step, problem, loss_is_finite=math.isfinite(metrics["loss"])))
+            summary.end(run.stop_non_finite(step, problem, loss_is_finite=math.isfinite(metrics["loss"])))
             break
         state, step = new_state, step + 1
-        summary["step"] = step
+        summary.step = step
         progress.update(1)
         progress.set_postfix(reward=f"{metrics['reward_mean']:.3f}")
         if step % settings.log_interval == 0:
-            tokens_per_s = config.rollout_batch_size * config.gen_length / step_seconds
             log.write({"step": step, **{f"train/{k}": v for k, v in metrics.items()},
-                       "train/tokens_per_s": tokens_per_s, "train/step_s": step_seconds,
-                       "elapsed_s": time.time() - run.started})
+                       "train/tokens_per_s": config.rollout_batch_size * config.gen_length / step_seconds,
+                       "train/step_s": step_seconds, "elapsed_s": time.time() - run.started})
         stop = run.stop_reason(settings.time_budget_min)
         # Logged before saved, so a run resumed from this checkpoint logs nothing twice; a signal only saves.
         if step < settings.steps and (step % settings.eval_interval == 0 or stop == TIME_BUDGET):
@@ -540,18 +507,41 @@ def _train(settings: RLRunSettings, run: Run, model: LLaDA, tokenizer, info: dic
         stopped = run.save_or_stop(step, settings.steps, stop, step % checkpoint_interval == 0,
                                    {"state": _state_tree(state)})
         if stopped:
-            summary.update(stopped)
+            summary.end(stopped)
             break
     progress.close()
-    if summary["stopped"] == COMPLETED:
+    if summary.stopped == COMPLETED:
         paired = _paired_end_evaluation(settings, run, step, evaluate, log_evaluation)
-        summary["paired_eval"] = paired["difference"]
+        summary.paired_eval = paired["difference"]
         if "sampled" in paired:
-            summary["paired_sampled_eval"] = paired["sampled"]["difference"]
-    if settings.plot and is_main:
+            summary.paired_sampled_eval = paired["sampled"]["difference"]
+    if settings.plot and run.is_main:
         plot_curves(settings.workdir)
-    summary["final_params"] = state.params
+    summary.final_params = state.params
     return summary
+
+
+def _evaluation_logger(log, run: Run, summary: RLRunSummary, curve_items: int):
+    """log_evaluation(step, greedy rewards, sampled rewards or None): eval/* on the first `curve_items` items into
+    the metrics log, and into summary.last_eval."""
+    def log_evaluation(step: int, rewards: np.ndarray, sampled: np.ndarray | None) -> None:
+        result = reward_summary(rewards[:curve_items])
+        if sampled is not None:
+            result.update({f"sampled_{k}": v for k, v in sampled_summary(sampled[:curve_items]).items()
+                           if k not in ("items",)})
+        log.write({"step": step, **{f"eval/{k}": v for k, v in result.items()}, "elapsed_s": time.time() - run.started})
+        summary.last_eval = result
+    return log_evaluation
+
+
+def _start_evaluation(settings: RLRunSettings, run: Run, evaluate, log_evaluation) -> None:
+    """The whole test set at step 0, kept per item (eval_start.json) for the paired start / end comparison."""
+    start_rewards, start_sampled = evaluate(0, whole_test_set=True)
+    if run.is_main:
+        write_json_atomic(os.path.join(settings.workdir, START_EVAL_FILE),
+                          {"step": 0, "rewards": start_rewards.tolist(),
+                           **({} if start_sampled is None else {"sampled_rewards": start_sampled.tolist()})})
+    log_evaluation(0, start_rewards, start_sampled)
 
 
 def settings_from_flags() -> RLRunSettings:
@@ -565,9 +555,7 @@ def main(argv):
     with user_errors():
         settings = settings_from_flags()
         initialize_distributed(FLAGS.distributed)
-    summary = train(settings)
-    summary.pop("final_params")
-    return finish_run(summary, settings.workdir)
+    return finish_run(train(settings).record(), settings.workdir)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,10 @@
 """A SkyPilot task (YAML) that runs a job across a GPU cluster or a TPU pod, and `sky launch` for it.
 
-    python -m launch.skypilot_task --accelerators=H100:8 --num_nodes=2 --job=population \
+    python -m launch.skypilot_task --accelerators=H100:8 --num_nodes=2 --job=population \\
         --job_arg=--workdir=/outputs/population --bucket=my-bucket --out=population.yaml [--execute]
     python -m launch.skypilot_task --accelerators=tpu-v5litepod-32 --job=lm_rl --job_arg=... [--execute]
 
-SkyPilot (pip install -e ".[launch]") syncs the checkout (`workdir: .`) to every node and runs `setup` and `run`
-on each. On a TPU pod one SkyPilot node is the whole slice and SkyPilot runs the commands on every host of it
-(https://docs.skypilot.co/en/latest/reference/tpu.html, "Multi-Host TPU Pods"), so `num_nodes` stays 1 and
-jax.distributed.initialize() finds the other hosts itself. On GPU nodes the run exports the coordinator
-environment from SkyPilot's variables (https://docs.skypilot.co/en/latest/running-jobs/distributed-jobs.html):
-JAX_COORDINATOR_ADDRESS = the first line of SKYPILOT_NODE_IPS (the head node) and a fixed port,
-JAX_NUM_PROCESSES = SKYPILOT_NUM_NODES, JAX_PROCESS_ID = SKYPILOT_NODE_RANK. `--bucket` mounts a cloud bucket at
-/outputs on every node (Orbax writes every process's shards into one directory). --execute runs
-`sky launch -c <cluster> -y [--down] <yaml>`.
+Details: docs/modules.md, section launch.skypilot_task.
 """
 from __future__ import annotations
 

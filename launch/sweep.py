@@ -1,38 +1,10 @@
 """Local sweep runner: one `python -m experiments.<name>` process per (algorithm, DiPOD beta, seed), with a manifest.
 
-    python -m launch.sweep --experiment=lm_rl --out_root=/tmp/sudoku_sweep \
-        --algos=fpo,spg --betas=0,0.05 --seeds=0,1,2 --max_parallel=2 \
+    python -m launch.sweep --experiment=lm_rl --out_root=/tmp/sudoku_sweep \\
+        --algos=fpo,spg --betas=0,0.05 --seeds=0,1,2 --max_parallel=2 \\
         --extra=--init_dir=/tmp/sudoku_pretrain --extra=--steps=100
 
-Every experiment names its settings alike (--config.algo, --config.dipod_beta, --seed, --workdir), so a run's
-command is `python -m experiments.<experiment> <--extra arguments> --config.algo=<algo> --config.dipod_beta=<beta>
---seed=<seed> --workdir=<dir>` (the --extra arguments first: a --preset or another --config.<field> given there
-is applied under the grid's own settings, which --extra may not repeat). Every configuration gets its own output
-directory out_root/<algo>_beta<beta>_seed<seed> (beta written exactly, so 1e-07 and 1.000001e-07 are two
-directories), its log file log.txt there, and an entry in out_root/manifest.json: name, group (what the
-summaries group seeds by: here the algorithm), algo, beta, seed, workdir, command, status (pending / running /
-succeeded / failed / interrupted), return code, start and end times. The manifest is rewritten atomically after
-every change, so it can be read while the sweep runs.
-
-A run's identity is its full command. Running the sweep again skips the runs already succeeded and relaunches
-the others, adding --resume where the run directory holds a checkpoint (so --resume is never passed in
---extra); a run whose command changed (another --extra) is an error, never a silent skip: use a new --out_root.
-SIGTERM or Ctrl-C (SIGINT) to the sweep is passed on to the running experiments, which save their current
-step and exit; the sweep marks them interrupted and exits with 128 + signal number (a second signal kills the
-experiments at once). Experiments run in their own process group, so a terminal's Ctrl-C reaches them only
-through the sweep.
-`--summarize=eval/mean_reward` reads the manifest's runs instead and writes summary_eval_mean_reward.json
-(final value per (group, beta): mean over seeds with a 95% Student-t interval) and curves_eval_mean_reward.png
-(mean curve over seeds, min-max band). `--summarize=paired` reads lm_rl's paired_eval.json of every run (the whole
-test set scored at the start and the end) and writes summary_paired.json and a markdown table: per (group,
-beta) the mean over seeds of the paired difference end - start with its 95% interval over seeds, and each
-seed's own difference with its 95% interval over test items.
-
-Multi-host: run the same sweep command on every host with --coordinator_address=<host0>:<port>,
---num_processes=<hosts> and --process_id=<this host's index>, and --max_parallel=1. Runs then start in the same
-order everywhere; run i gets JAX_COORDINATOR_ADDRESS=<host0>:<port + i>, JAX_NUM_PROCESSES and JAX_PROCESS_ID in
-its environment, from which experiments.lm_rl calls jax.distributed.initialize; each process then feeds only
-its own share of the prompts. --out_root must be a shared file system (Orbax writes from every process).
+Details: docs/modules.md, section launch.sweep.
 """
 from __future__ import annotations
 

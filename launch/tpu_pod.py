@@ -1,31 +1,9 @@
 """A job across a Cloud TPU pod slice with gcloud: queued resource, code on every worker, the job, teardown.
 
-    python -m launch.tpu_pod --name=dipod-pod --project=my-project --zone=us-central2-b --accelerator_type=v4-64 \
+    python -m launch.tpu_pod --name=dipod-pod --project=my-project --zone=us-central2-b --accelerator_type=v4-64 \\
         --job=population --job_arg=--workdir=/mnt/shared/population --job_arg=--seeds=0,1,2,3 [--execute]
 
-prints (or, with --execute, runs in order) the commands of Google's "Run JAX code on TPU slices"
-(https://cloud.google.com/tpu/docs/jax-pods) and "Manage queued resources"
-(https://cloud.google.com/tpu/docs/queued-resources):
-
-  archive    git archive of the checked-out commit (the code every worker runs)
-  create     gcloud compute tpus queued-resources create QR --node-id=NAME ... --accelerator-type --runtime-version
-  wait       gcloud compute tpus queued-resources describe QR ... (polled until the state is ACTIVE)
-  copy       gcloud compute tpus tpu-vm scp ARCHIVE NAME: --worker=all ...
-  setup      gcloud compute tpus tpu-vm ssh NAME --worker=all --command="<unpack, install jax[tpu] and the package>"
-  run        gcloud compute tpus tpu-vm ssh NAME --worker=all --command="cd dipod_jax && nohup setsid python3 -m ...
-             --distributed > ~/dipod_job.log 2>&1 &" (detached: the job survives a dropped SSH session; --nodetach
-             runs it in the foreground of the ssh command instead)
-  logs       gcloud compute tpus tpu-vm ssh NAME --worker=0 --command="tail -n 100 -F ~/dipod_job.log" (follow it)
-  teardown   gcloud compute tpus queued-resources delete QR ... --force --quiet
-
-`--worker=all` runs the same command on every host of the slice, as the docs prescribe; each process then calls
-jax.distributed.initialize() without arguments and JAX finds the coordinator (worker 0) and its own index in the
-TPU VM metadata (launch/jobs.py). The job's output directory must be one file system all workers see: with
---bucket=B the setup step mounts the Cloud Storage bucket B at /mnt/shared on every worker with gcsfuse (install it
-on the runtime image if it is absent), so --job_arg=--workdir=/mnt/shared/<run> is shared; a Filestore mount works
-as well. With --execute a failed step stops the plan, and teardown runs after anything created unless --keep; a
-detached job is left running (teardown only when asked for with --steps=teardown), and the logs step is printed,
-not run.
+Details: docs/modules.md, section launch.tpu_pod.
 """
 from __future__ import annotations
 

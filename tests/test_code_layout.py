@@ -119,3 +119,23 @@ def test_test_files_that_run_programs_or_processes_are_integration():
                 if os.path.basename(path).startswith("test_")
                 and _module_imports(tree) & {"experiments", "processes"} and not _marked_integration(tree)]
     assert not unmarked, f"add `pytestmark = pytest.mark.integration` to {unmarked}"
+
+
+MAX_MODULE_DOCSTRING_LINES = 12
+
+
+def test_module_docstrings_are_short_and_the_manual_lives_in_the_docs():
+    """A module docstring says what the module is in at most MAX_MODULE_DOCSTRING_LINES lines; a module whose
+    details moved to docs/modules.md has a section there under its dotted name."""
+    with open(os.path.join(REPO, "docs", "modules.md")) as handle:
+        guide = handle.read()
+    too_long, unlisted = {}, []
+    for path, tree in _python_files("dipod_jax", "experiments", "launch", "benchmarks"):
+        doc = ast.get_docstring(tree) or ""
+        if len(doc.splitlines()) > MAX_MODULE_DOCSTRING_LINES:
+            too_long[path] = len(doc.splitlines())
+        module = path[:-3].replace(os.sep, ".").removesuffix(".__init__")
+        if "docs/modules.md" in doc and f"\n## {module}\n" not in guide:
+            unlisted.append(module)
+    assert not too_long, f"module docstrings over {MAX_MODULE_DOCSTRING_LINES} lines: {too_long}"
+    assert not unlisted, f"modules pointing to docs/modules.md without a section there: {unlisted}"

@@ -15,7 +15,6 @@ from dipod_jax.models.llada import (
     LORA_FILTER,
     LLaDA,
     LLaDAConfig,
-    LoRAParam,
     count_params,
     lora_optax_mask,
     masked_diffusion_logits_fn,
@@ -144,7 +143,7 @@ def test_lora_only_gradient_is_nonzero_and_base_frozen():
 
     grads = nnx.grad(loss_fn, argnums=nnx.DiffState(0, LORA_FILTER))(model)
     leaves = jax.tree.leaves(grads, is_leaf=lambda v: isinstance(v, nnx.Variable))
-    assert len(leaves) == 14 and all(isinstance(v, LoRAParam) for v in leaves)
+    assert len(leaves) == 14 and all(isinstance(v, nnx.LoRAParam) for v in leaves)
     assert float(jnp.abs(grads["lora_b_q"][...]).max()) > 0
 
 

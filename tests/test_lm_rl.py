@@ -355,6 +355,25 @@ def trivial_task_run(model):
     return params, history
 
 
+def test_make_rl_record_repeats_the_free_functions(model, trivial_task_run):
+    """make_rl's init and step are the split model, init_train_state and rl_step with the cached sampler and
+    update: its first step gives the trivial-task run's first state and metrics exactly, and sampler_at binds the
+    frozen part to the exact sampler at another temperature."""
+    trainer = rl.make_rl(TRIVIAL_TASK_CONFIG, model, mask_id=MASK_ID, eos_id=EOS_ID)
+    params, history = trivial_task_run
+    state = trainer.init()
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, state.params), jax.tree.map(np.asarray, params))
+    prompts = np.array([[3, 4], [6, 4]], np.int32)
+    state, metrics, batch = trainer.step(state, prompts, np.ones_like(prompts, bool), target_fraction_reward,
+                                         jax.random.key(0))
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, state), history[0][1])
+    assert jax.tree.map(float, metrics) == history[0][2]
+    rows = np.repeat(prompts, TRIVIAL_TASK_CONFIG.num_generations, axis=0)
+    tokens = trainer.sampler_at(TRIVIAL_TASK_CONFIG.rollout_temperature)(
+        state.params, rows, np.ones_like(rows, bool), jax.random.key(1))
+    assert tokens.shape == batch.tokens.shape
+
+
 def test_rl_steps_raise_the_reward_on_a_trivial_task(trivial_task_run):
     """Rewarding the fraction of completion tokens equal to one target token, a few RL steps take the batch
     reward from near chance (1/6 of the non-special tokens) to near 1."""
@@ -459,9 +478,9 @@ def test_experiment_resume_is_bit_exact(pretrained_dir, tmp_path):
     with pytest.raises(ValueError, match="pass --resume"):
         lm_rl.train(_rl_settings(pretrained_dir, tmp_path / "resumed", 4), show_progress=False)
     resumed = lm_rl.train(_rl_settings(pretrained_dir, tmp_path / "resumed", 4, resume=True), show_progress=False)
-    assert straight["step"] == resumed["step"] == 4 and resumed["stopped"] == "completed"
-    chex.assert_trees_all_equal(jax.tree.map(np.asarray, straight["final_params"]),
-                                jax.tree.map(np.asarray, resumed["final_params"]))
+    assert straight.step == resumed.step == 4 and resumed.stopped == "completed"
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, straight.final_params),
+                                jax.tree.map(np.asarray, resumed.final_params))
     straight_records = read_metrics(str(tmp_path / "straight"))
     assert _without_timing(straight_records) == _without_timing(read_metrics(str(tmp_path / "resumed")))
     train_record = next(r for r in straight_records if "train/loss" in r)
@@ -481,7 +500,7 @@ def test_experiment_resume_is_bit_exact(pretrained_dir, tmp_path):
     assert result["end"]["mean_reward"] == pytest.approx(end_rewards.mean())
     assert straight_records[-1]["eval/mean_reward"] == pytest.approx(end_rewards[:4].mean())
     paired_mean = result["end"]["mean_reward"] - result["start"]["mean_reward"]
-    assert straight["paired_eval"]["mean"] == pytest.approx(paired_mean)
+    assert straight.paired_eval["mean"] == pytest.approx(paired_mean)
 
 
 def test_experiment_settings_are_validated():
@@ -516,17 +535,17 @@ def test_experiment_non_finite_stops_and_keeps_last_good_checkpoint(pretrained_d
     settings = dataclasses.replace(settings, config_overrides=tuple(overrides.items()), checkpoint_interval=1,
                                    eval_interval=10)
     summary = lm_rl.train(settings, show_progress=False)
-    assert summary["stopped"] == "non_finite" and 1 < summary["step"] < 6
+    assert summary.stopped == "non_finite" and 1 < summary.step < 6
     records = read_metrics(str(tmp_path))
     events = [r for r in records if r.get("event") == "non_finite"]
-    assert len(events) == 1 and events[0]["step"] == summary["step"] + 1
+    assert len(events) == 1 and events[0]["step"] == summary.step + 1
     store = CheckpointStore(str(tmp_path), read_only=True)
     newest = store.latest()
-    assert events[0]["newest_checkpoint"] == summary["newest_checkpoint"] == newest
+    assert events[0]["newest_checkpoint"] == summary.newest_checkpoint == newest
     kept = store.restore(newest, {"state": None})["state"]
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(kept["params"]))
-    if "loss" in summary["problem"]:
-        assert newest == summary["step"] - 1 and store.steps() == [newest]
+    if "loss" in summary.problem:
+        assert newest == summary.step - 1 and store.steps() == [newest]
         assert np.isfinite(next(r["train/loss"] for r in records if r["step"] == newest + 1 and "train/loss" in r))
     else:
-        assert newest == summary["step"]
+        assert newest == summary.step

@@ -501,9 +501,9 @@ def test_lm_rl_sigterm_then_resume_is_bit_identical(pretrained, rl_straight, tmp
     summary = _printed_summary(out, split)
     assert summary["stopped"] == "signal" and 0 < summary["step"] < RL_RUN["steps"]
     resumed = lm_rl.train(_rl_settings(pretrained, split, resume=True), show_progress=False)
-    assert resumed["stopped"] == "completed" and resumed["step"] == RL_RUN["steps"]
-    chex.assert_trees_all_equal(jax.tree.map(np.asarray, straight["final_params"]),
-                                jax.tree.map(np.asarray, resumed["final_params"]))
+    assert resumed.stopped == "completed" and resumed.step == RL_RUN["steps"]
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, straight.final_params),
+                                jax.tree.map(np.asarray, resumed.final_params))
     assert without_timing(files.read_metrics(split)) == without_timing(files.read_metrics(str(straight_dir)))
     assert files.read_json(os.path.join(split, "paired_eval.json")) == files.read_json(
         str(straight_dir / "paired_eval.json"))
@@ -570,7 +570,7 @@ def test_lm_rl_damaged_evaluation_files_and_a_lost_final_record(pretrained, rl_s
     (copy / "paired_eval.json").write_text("{")
     summary = lm_rl.train(_rl_settings(pretrained, copy, resume=True), show_progress=False)
     assert files.read_json(str(copy / "paired_eval.json")) == paired
-    assert summary["paired_eval"] == paired["difference"]
+    assert summary.paired_eval == paired["difference"]
     (copy / "eval_start.json").write_text('{"step": 0, "rewards": [0.5')
     with pytest.raises(ValueError, match="eval_start.json is not readable"):
         lm_rl.train(_rl_settings(pretrained, copy, resume=True), show_progress=False)
@@ -613,10 +613,10 @@ def test_lm_rl_non_finite_final_update_exits_non_zero(pretrained, tmp_path):
                             overrides=dict(learning_rate=1e30, max_grad_norm=1e30, warmup_steps=0,
                                            num_inner_iterations=1))
     summary = lm_rl.train(settings, show_progress=False)
-    assert summary["stopped"] == "non_finite" and program.exit_code(summary) == 1
+    assert summary.stopped == "non_finite" and program.exit_code(summary.record()) == 1
     assert not os.path.exists(tmp_path / "paired_eval.json")
     store = CheckpointStore(str(tmp_path), read_only=True)
-    assert store.latest() == summary["newest_checkpoint"] is not None and store.latest() < 2
+    assert store.latest() == summary.newest_checkpoint is not None and store.latest() < 2
     kept = store.restore(store.latest(), {"state": None})["state"]
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(kept["params"]))
 

@@ -43,8 +43,8 @@ def test_rl_raises_the_sampled_reward_and_the_placebo_does_not(headroom_runs):
     """The real run's paired change of the mean sampled reward (what RL optimises) has its 95% interval above
     +0.02 and exceeds the placebo's by at least 0.03."""
     real, placebo = headroom_runs["real"], headroom_runs["placebo"]
-    assert real["stopped"] == placebo["stopped"] == "completed"
-    real_change, placebo_change = real["paired_sampled_eval"], placebo["paired_sampled_eval"]
+    assert real.stopped == placebo.stopped == "completed"
+    real_change, placebo_change = real.paired_sampled_eval, placebo.paired_sampled_eval
     assert real_change["n"] == placebo_change["n"] == TEST_ITEMS
     assert real_change["low"] > 0.02, real_change
     assert real_change["mean"] - placebo_change["mean"] > 0.03, (real_change, placebo_change)
@@ -52,6 +52,6 @@ def test_rl_raises_the_sampled_reward_and_the_placebo_does_not(headroom_runs):
 
 def test_rl_raises_the_greedy_reward_above_the_placebo(headroom_runs):
     """The greedy answer moves too: the real run's paired greedy change exceeds the placebo's by at least 0.03."""
-    real, placebo = headroom_runs["real"]["paired_eval"], headroom_runs["placebo"]["paired_eval"]
+    real, placebo = headroom_runs["real"].paired_eval, headroom_runs["placebo"].paired_eval
     assert np.isfinite(real["mean"]) and np.isfinite(placebo["mean"])
     assert real["mean"] - placebo["mean"] > 0.03, (real, placebo)

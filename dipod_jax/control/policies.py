@@ -1,20 +1,6 @@
 """The policy of each algorithm family as one record, chosen once per configuration.
 
-As Brax pairs its networks with `make_inference_fn` (brax/training/agents/ppo/networks.py) and lets the policy
-post-process its own samples (brax/training/acting.py steps the environment with the policy's action and keeps
-the raw sample in the extras), a `Policy` holds everything the trainer needs to know about an actor:
-
-  init(key, obs_size)                    -> actor parameters
-  act(params, obs, key, deterministic)   -> raw actions [E, D] (deterministic: the zero-noise action)
-  act_and_store(params, obs, key)        -> (raw actions [E, D], stored): a rollout action and the quantities
-                                            its loss needs later (FlowStored or GaussianStored, leading axis E)
-  postprocess(raw)                       -> the action the environment receives (tanh squashing, in [-1, 1])
-  loss(params, obs, raw, stored, advantages, key, hyper) -> (loss, aux): the policy-gradient loss of one
-                                            minibatch, the DiPOD term included
-  distill_loss(params, obs, raw, key)    -> the self-distillation loss (flow policies; None for Gaussian)
-
-Observations are already normalised. `hyper` is a `HyperParams` (Python floats or traced per-member scalars).
-The trainer (dipod_jax.control.train) never asks which family it runs.
+Details: docs/modules.md, section dipod_jax.control.policies.
 """
 from __future__ import annotations
 

@@ -6,26 +6,7 @@
     state, metrics = population.iterate(state)                          # metrics [P, iterations_per_call]
     eval_metrics = population.evaluate(state, step)                     # [P]
 
-The trainer of `make_train(config)` is vmapped over a leading member axis. Every member has its own seed; the
-hyper-parameters a `Members` lists (learning rate, clip epsilon, DiPOD beta, entropy and value coefficients:
-`HyperParams`) become per-member float32 arrays, traced, while everything else in the config (shapes, the
-algorithm, the fields a `Members` leaves out) stays static, so the whole sweep compiles once.
-
-What "equal" means (tests/test_control_population.py checks each):
-- A member runs its own single run's computation (`member_config`, `make_train`, same seed), batched with the
-  other members: equal up to float rounding (a batched matrix product and a constant folded differently), not
-  bit for bit.
-- A member with a traced dipod_beta of 0 adds `-0 * mean(ELBO)` to its loss (`with_dipod`: a traced beta always
-  adds the term), which changes no value: its state, metrics and evaluation are bit-identical to the plain
-  baseline run of its seed (make_train with the Python dipod_beta 0, the DiPOD term out of the graph) when that
-  run is vmapped over as many seeds as the population has members, as experiments.control vmaps its seeds. (An
-  unbatched run is equal only up to the rounding of the point above.)
-
-Sharding (`make_mesh`): a `jax.sharding.Mesh` with axes (MEMBER_AXIS, DATA_AXIS). The member axis of every
-array is sharded over MEMBER_AXIS; a member's environments (and so its rollout, its minibatches and the
-gradient sums over them) are split over DATA_AXIS, and the compiler inserts the reductions (no pmap). The jitted
-functions take and return arrays with these NamedShardings, so on several hosts (dipod_jax.run.distributed)
-each process computes and holds only the shards of its own devices.
+Details: docs/modules.md, section dipod_jax.control.population.
 """
 from __future__ import annotations
 

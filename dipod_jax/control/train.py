@@ -1,25 +1,6 @@
 """Jitted on-policy trainer for continuous control: PPO (Gaussian), FPO and FPO++ (flow), each with dipod_beta.
 
-`make_train(config)` returns pure functions of a `TrainState`:
-  init(key)                         -> state (runs self-distillation initialisation when configured)
-  train_iteration(state[, hyper])   -> (state, metrics): rollout + every update epoch, one jittable function
-  train_iterations(state, n[, hyper]) -> (state, metrics [n]): n iterations fused in one lax.scan (n static)
-  evaluate(state, key)              -> metrics of deterministic (zero-noise) evaluation episodes
-  self_distill(state, n)            -> (state, metrics [n])
-Every function is free of Python side effects, so `jax.vmap(init)(keys)` and
-`jax.vmap(lambda s: train_iterations(s, n))(states)` train several seeds at once; `hyper` (a HyperParams of
-traced scalars) lets a vmapped population vary learning rate, clip epsilon, DiPOD beta and the loss
-coefficients per member (dipod_jax.control.population). The algorithm enters only through its `Policy`
-(dipod_jax.control.policies): how it acts, what it stores with an action, its loss, how actions are squashed.
-
-Per iteration: roll out `rollout_length` steps in `num_envs` environments with the current policy and the
-current observation statistics; compute GAE once with the pre-update critic (values of the observation reached
-before auto-reset, so time limits bootstrap; `timeout_bootstrap="current_value"` is the FPO++ release's
-approximation) and normalise the advantages over the rollout or per minibatch (`advantage_normalization`);
-run `num_updates_per_batch` epochs of shuffled minibatches (reshuffled every epoch; the FPO++ release keeps one
-partition for all epochs); then merge the rollout's observations into the running statistics. Updating the
-statistics after the epochs (Brax and the FPO reference update them before) keeps the first minibatch's ratio
-at 1 up to rounding.
+Details: docs/modules.md, section dipod_jax.control.train.
 """
 from __future__ import annotations
 

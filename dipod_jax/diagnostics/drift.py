@@ -1,23 +1,6 @@
 """Drift measurements: how far a surrogate (ELBO) log-likelihood and its gradient are from the exact ones.
 
-The three quantities of the double-drift diagnosis (docs/algorithms.md, section 5.3):
-
-- bound gap: exact log pi(a | s) minus the surrogate ELBO(a | s) on the policy's own samples;
-- log-ratio error: the surrogate's log-ratio between two parameter vectors minus the exact one, on the same
-  samples; per sample it equals gap_old - gap_new, so any additive constant in the surrogate cancels;
-- gradient cosine: between the gradient of the surrogate policy-gradient objective and the exact policy
-  gradient E[A grad log pi], at the same parameters and batch.
-
-About the flow surrogate's constant. FPO's ratio exp(mean_n l_old - mean_n l_new) treats
-ELBO_FPO(a) = -mean_n l(a; tau_n, eps_n) (unit weight on the dimension-averaged CFM loss, zero constant) as
-the log-likelihood. The true variational bound of a linear-path flow weights the loss by a tau-dependent
-factor and adds a constant that depends on D and the noise schedule, and the deterministic Euler sampler is
-not the stochastic process that bound describes, so ELBO_FPO is not a bound of the sampler's log pi. The flow
-"bound gap" reported here is therefore log pi + mean_n l, defined up to an additive constant fixed at zero:
-its level is not meaningful, its change over training, its spread across samples and its difference
-between two runs at the same step are. The log-ratio error, which is what FPO's update actually gets wrong,
-is constant-free. For masked diffusion the LLaDA estimator is a genuine lower bound (in expectation) of the
-random-order sampler's log-likelihood, with no free constant, and the gap is the Jensen gap.
+Details: docs/modules.md, section dipod_jax.diagnostics.drift.
 """
 from __future__ import annotations
 

@@ -1,26 +1,6 @@
 """Exact log-likelihoods of the flow policy's K-step Euler sampler (small action dimensions).
 
-The sampler is the project's one sampler, `dipod_jax.models.flow_policy.euler_sample` (docs/algorithms.md,
-sections 3.1 and 5.1), with its convention: t = 1 is noise, t = 0 is the action. With dt = 1 / K and the grid
-t_k = 1 - k dt (`euler_times`), it starts at x(1) = noise ~ N(0, I) and steps
-
-    x(t_k - dt) = x(t_k) - dt * v_theta(x(t_k), t_k, s)        (`euler_step`),        action = x(0).
-
-Each step is invertible when dt * Lip_x(v) < 1, so the whole sampler is a bijection noise -> action and the
-change of variables gives the exact density of the actions it produces:
-
-    log pi(a | s) = log N(noise; 0, I) - log |det d a / d noise|.
-
-The Jacobian is computed exactly with `jax.jacfwd` (D forward-mode passes), so this is meant for D <= 8.
-For an action that was not produced under the current parameters, the noise is recovered by undoing
-`euler_step` one step at a time, from t_k = 1/K back up to t_k = 1: x(t_k) solves
-x(t_k) - dt * v(x(t_k), t_k, s) = x(t_k - dt), found by fixed-point iteration (a contraction exactly when the
-step is invertible). The solve is wrapped in `jax.lax.custom_root`, so gradients with respect to the parameters
-closed over by `velocity_fn` follow the implicit function theorem rather than the iterations.
-
-Every public function takes `velocity_fn(obs [B, S], x [B, D], t [B]) -> [B, D]` with the parameters closed
-over, as `euler_sample` does. Per-sample Jacobians and inversions are vmapped over the batch, each calling
-`velocity_fn` on a batch of one.
+Details: docs/modules.md, section dipod_jax.diagnostics.flow_exact.
 """
 from __future__ import annotations
 

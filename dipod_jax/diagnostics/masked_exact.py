@@ -1,16 +1,6 @@
 """Exact likelihoods and exact ELBO expectations for masked-diffusion models with short completions (L <= 5).
 
-The sampler whose likelihood is computed is the random-order one that unmasks one completion token per step:
-the completion starts fully masked, a uniformly random order o of its L positions is drawn, and at step j the
-token at o_j is drawn from p_theta(. | tokens unmasked before j). Hence
-
-    pi(c) = mean over all L! orders of prod_j p_theta(c_{o_j} | c_{o_1}, ..., c_{o_{j-1}} unmasked),
-
-which is enumerated here. Every conditional the sampler or the ELBO can ask for is p_theta(c_i | x_S), the
-completion with the set S of its positions masked and i in S; there are 2^L such inputs, evaluated once each.
-Positions outside the completion (the prompt, any padding) are shown to the model as they are in `tokens`.
-
-Subset convention: bit j of a subset index is set when the j-th real completion token (left to right) is masked.
+Details: docs/modules.md, section dipod_jax.diagnostics.masked_exact.
 """
 from __future__ import annotations
 

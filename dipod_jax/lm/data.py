@@ -1,19 +1,6 @@
 """Task text -> fixed-shape token arrays with prompt / completion masks, and generated tokens -> text.
 
-Layout of one row (T = prompt_length + gen_length):
-
-    [pad ... pad | prompt tokens][completion tokens, eos, eos ... eos]
-     <---------- prompt_length -><------------- gen_length ---------->
-
-Prompts are left-padded so every completion starts at column prompt_length, which is where the sampler
-writes. The completion is followed by eos up to gen_length: LLaDA's SFT recipe trains on that eos padding
-too, which teaches the model to end its answer (and to fill the unused tail with eos at sampling time).
-
-Masks, all bool [B, T]:
-  attention_mask   every column except the left padding of the prompt
-  prompt_mask      the real prompt tokens
-  completion_mask  the real completion tokens up to and including the first eos (the RL convention)
-  response_mask    every column of the generation region (the LLaDA SFT loss region)
+Details: docs/modules.md, section dipod_jax.lm.data.
 """
 from __future__ import annotations
 

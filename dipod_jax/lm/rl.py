@@ -1,38 +1,11 @@
 """One RL post-training step for a masked-diffusion LM: sample, score, group advantages, mu inner updates.
 
-A step on a batch of prompts (each repeated G times, rows grouped as p * G + g):
-  1. `make_sample_fn`: the jitted LLaDA sampler draws one completion per row (dipod_jax.lm.sampler).
-  2. Host side: the completion mask (up to and including the first EOS) and the task reward, a Python
-     function of the generated tokens (`rollout_batch_from_tokens`); this keeps decoding out of the jit.
-  3. `make_update_fn` (the pure, jitted core; arrays in, arrays out): GRPO advantages r - mean_group(r),
-     forward masks (once per batch, or per inner iteration where the method's release draws them so), old and
-     reference quantities frozen at the start of the batch, then
-     mu inner iterations of the chosen loss (docs/algorithms.md, section 4.4), each an AdamW step (after global-norm
-     clipping) on the gradient averaged over grad_accum_steps micro-batches:
-       diffu_grpo  per-token ratio from one forward pass of a fresh one-step mask per iteration, k3 KL
-       fpo         sequence ratio exp(ELBO_new - ELBO_old) over M stored uniform-count masks, ELBO KL
-       spg         sandwiched ELBO / EUBO log-likelihood over fresh block-random masks per iteration, no ratio
-     Every loss comes from dipod_jax.losses.lm and carries `dipod_beta` (0 = the baseline bit for bit).
-     With kl_beta > 0 a reference copy of the trainable parameters is kept and re-synchronised to the current
-     ones every `ref_sync_every` steps.
-
-Parameters are pure pytrees (nested dicts of arrays): `params` are trained (all nnx.Param, or only the LoRA
-adapters with `lora_only`), `frozen` is the rest of the model; `nnx.merge(graphdef, params, frozen)` rebuilds
-the model inside the traced functions.
-
-Sharding: pass a Mesh from dipod_jax.models.sharding. Batch-major arrays are split over its ("data", "fsdp") axes,
-parameters follow their logical axes (embed over fsdp; `param_shardings` refuses a mesh that would leave a
-large parameter replicated), and the update is one `jax.jit` whose in_shardings / out_shardings say where every
-input and output lives (`update_shardings`); it, and `rl_step`'s sampler call, run under `jax.set_mesh`, so the
-model pins its activations by their logical axes. The batch-mean losses make XLA average the gradients across
-devices, so the sharded step is the single-device step up to float reduction order. The rollout batch must
-divide the number of batch shards times grad_accum_steps (`check_batch_divisible`). In a multi-process run each
-process passes only its own prompts and scores only its own rows; `host_local_array_to_global_array` assembles
-the global batch.
+Details: docs/modules.md, section dipod_jax.lm.rl.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -558,3 +531,66 @@ def rl_step(state: TrainState, frozen: Params, prompts: np.ndarray, prompt_mask:
     metrics = {**metrics, "distinct_completions_per_group": distinct_completions_per_group(
         local_batch.tokens, local_batch.completion_mask, config.num_generations)}
     return state, metrics, local_batch
+
+
+# Sampling with the frozen part bound: (params, prompts [N, P] int32, prompt_mask [N, P] bool, key) -> tokens.
+SampleFn = Callable[[Params, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+class RLTrainer(NamedTuple):
+    """What `make_rl` returns: the functions of one RL run, closed over its static parts (as control's
+    `make_train` record).
+
+      init() -> TrainState                         step 0: the model's trainable parameters, placed on the mesh
+      step(state, prompts, prompt_mask, reward_fn, key) -> (state, metrics, batch)   `rl_step`: sample, score, update
+      update(state, batch, key) -> (state, metrics)  the jitted `rl_update` alone, on a scored RolloutBatch
+      sample(params, prompts, prompt_mask, key) -> tokens           the rollout sampler (config.sampler)
+      sampler_at(temperature) -> SampleFn            the exact sampler at another temperature (evaluation)
+    """
+
+    init: Callable[[], TrainState]
+    step: Callable[..., tuple[TrainState, dict[str, Any], RolloutBatch]]
+    update: Callable[[TrainState, RolloutBatch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+    sample: SampleFn
+    sampler_at: Callable[[float], SampleFn]
+    config: RLConfig
+    graphdef: Any
+    frozen: Params
+    mesh: Mesh | None
+
+
+def make_rl(config: RLConfig, model: nnx.Module, mesh: Mesh | None = None, *, mask_id: int,
+            eos_id: int) -> RLTrainer:
+    """Build the RL trainer of `model` (an nnx LLaDA) for `config`: split into trainable and frozen parts
+    (`split_model`), placed on `mesh` by their logical axes when given (`param_shardings`: ValueError naming a
+    parameter the mesh would leave replicated), with the jitted sampler and update (`make_sample_fn`,
+    `make_update_fn`; both cached, so a second trainer of the same configuration compiles nothing new)."""
+    graphdef, params, frozen = split_model(model, config.lora_only)
+    if mesh is not None:
+        params_sharding, frozen_sharding = param_shardings(model, config.lora_only, mesh)
+        # From host copies: each process then places only its own shards (a device-to-device put would be a
+        # cross-host transfer in a multi-process run).
+        params, frozen = jax.device_put(jax.tree.map(np.asarray, (params, frozen)),
+                                        (params_sharding, frozen_sharding))
+    sample_fn = make_sample_fn(config, graphdef, mask_id)
+    update_fn = make_update_fn(config, graphdef, mask_id, mesh)
+
+    def init() -> TrainState:
+        return init_train_state(params, config, mesh)
+
+    def step(state: TrainState, prompts: np.ndarray, prompt_mask: np.ndarray, reward_fn: RewardFn,
+             key: jax.Array) -> tuple[TrainState, dict[str, Any], RolloutBatch]:
+        return rl_step(state, frozen, prompts, prompt_mask, reward_fn, key, config=config, sample_fn=sample_fn,
+                       update_fn=update_fn, eos_id=eos_id, mesh=mesh)
+
+    def update(state: TrainState, batch: RolloutBatch, key: jax.Array):
+        return update_fn(state, frozen, batch, key)
+
+    def bind_frozen(sample) -> SampleFn:
+        return lambda params, prompts, prompt_mask, key: sample(params, frozen, prompts, prompt_mask, key)
+
+    def sampler_at(temperature: float) -> SampleFn:
+        exact = dataclasses.replace(config, rollout_temperature=temperature, sampler="exact")
+        return bind_frozen(make_sample_fn(exact, graphdef, mask_id))
+
+    return RLTrainer(init, step, update, bind_frozen(sample_fn), sampler_at, config, graphdef, frozen, mesh)

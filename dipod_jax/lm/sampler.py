@@ -1,42 +1,7 @@
 """LLaDA's block-wise semi-autoregressive sampler for masked diffusion language models, and its Fast-dLLM
 accelerations (Wu et al., 2025, arXiv 2505.22618): key/value caches and confidence-threshold parallel decoding.
 
-The completion starts fully masked. It is generated in gen_length / block_length blocks, left to right; each
-block gets steps / num_blocks denoising steps. At every step the model predicts a token x0 for every position
-(Gumbel-max at temperature T: argmax(logits + T * Gumbel noise), which samples softmax(logits / T) and is the
-greedy argmax at T = 0), each still-masked position of the current block is scored (by the probability
-softmax(logits) of its predicted token for "low_confidence", uniformly at random for "random"), and the k best
-are unmasked. k follows the block's masked count at the start of the block split evenly over its steps, the
-remainder going to the first steps (`unmask_schedule`). Ties in the score go to the leftmost position.
-
-One deliberate difference from LLaDA's reference generate.py: the mask token is excluded from the predictions
-(its logit is set to -inf), so every step unmasks exactly its scheduled count even for an untrained model.
-
-The exact sampler (the default) runs one full forward pass per step in one `jax.lax.scan` over the steps.
-Options (all off by default; off, the result is the exact sampler's bit for bit):
-  * cache="prefix": a block's first step is a full pass that also keeps every layer's keys and values
-    (`LLaDA.forward_with_cache`); its other steps run only the block and everything after it
-    (`LLaDA.forward_cached`), attending to the cached keys / values of the prompt and finished blocks.
-  * cache="dual": the other steps run the block alone; the masked suffix's keys / values are cached too.
-    The cache is approximate (positions outside the window do not see the block's new tokens until the next
-    refresh); refresh_interval=k recomputes it every k steps of a block (1: every step, the exact sampler's
-    greedy tokens).
-  * threshold=c (low_confidence only): parallel decoding, each step unmasks every candidate of the block whose
-    confidence exceeds c, and at least its scheduled count (so a threshold no confidence exceeds is the exact
-    schedule, and every block still ends within its steps; with steps <= gen_length that is at least one
-    token a step, as in Fast-dLLM). A block stops as soon as it has no mask left (`lax.while_loop`).
-The fast paths loop over blocks with `lax.fori_loop` (a Python loop for "prefix", whose window shrinks block
-by block) and over a block's steps with `lax.while_loop`; their random noise is drawn per (block, step) and
-only for the block, so at temperature > 0 they sample the same distribution as the exact sampler with other
-draws. `SAMPLERS` / `sampler_options` name the combinations ("exact", "dual_parallel", ...).
-
-Everything can be jitted, under a mesh too (the batch stays sharded). Two ways:
-  * NNX: `nnx.jit(functools.partial(generate, gen_length=..., block_length=..., steps=..., temperature=...,
-    mask_id=...))(model, prompt, key)` (the keyword settings are closed over, hence static);
-  * plain JAX: `graphdef, state = nnx.split(model)`, then
-    `jax.jit(lambda state, prompt, key: generate(nnx.merge(graphdef, state), prompt, key, ...))`.
-`generate_from_logits_fn` is the same sampler (without caches) for any `logits_fn(tokens [B, T],
-attention_mask [B, T] | None) -> [B, T, V]`.
+Details: docs/modules.md, section dipod_jax.lm.sampler.
 """
 from __future__ import annotations
 

@@ -1,16 +1,6 @@
 """Pure-functional losses for diffusion / flow policy optimisation with the DiPOD regulariser.
 
-Every function takes arrays (and, where a model is needed, a closure over its parameters) and returns arrays;
-shapes are in each docstring. Every policy-gradient loss takes `dipod_beta` as a required keyword: the
-coefficient's one default lives in each trainer's config, and 0.0 reproduces the baseline bit for bit. Modules:
-  flow            conditional flow matching, stored (tau, eps) draws, FPO / FPO++ log-ratios
-  trust_region    PPO / SPO / ASPO surrogates
-  advantages      GAE, advantage normalisation, GRPO group advantages
-  value           critic loss
-  dipod           the DiPOD on-policy ELBO term and its composition with any policy-gradient loss
-  policy_gradient Gaussian PPO, FPO, FPO++, self-distillation (continuous control)
-  masked          masked-diffusion forward masking, per-token log-probs, ELBO / EUBO estimators
-  lm              GRPO, diffu-GRPO, FPO for dLLMs, SPG (language)
+Details: docs/modules.md, section dipod_jax.losses.
 """
 from dipod_jax.losses.advantages import gae, grpo_advantages, normalize_advantages
 from dipod_jax.losses.dipod import dipod_regularizer, with_dipod

@@ -1,31 +1,6 @@
 """LLaDA: the bidirectional masked-diffusion transformer (Nie et al., 2025) in Flax NNX.
 
-Architecture (the "llama" block of LLaDA-8B-Instruct's modeling_llada.py): token embedding, n_layers of
-pre-norm blocks [RMSNorm -> multi-head attention with rotary embeddings, no causal mask -> residual;
-RMSNorm -> SwiGLU MLP silu(x W_gate) * (x W_up) W_down -> residual], final RMSNorm, untied output head.
-No biases. Rotary embeddings rotate the two halves of each head (not interleaved pairs), at absolute
-positions 0..T-1, in float32.
-
-Parameters of the n_layers blocks are stacked along a leading "layers" axis and the blocks run under
-`jax.lax.scan`, so compile time does not grow with depth. Every parameter carries logical axis names in its
-`out_sharding` metadata (with `eager_sharding=False`: nothing is placed at construction);
-`dipod_jax.models.sharding` maps them to a (data, fsdp, tensor) mesh. The activations are named too (`HIDDEN_AXES`,
-`KV_AXES`, `LOGITS_AXES`): under `jax.set_mesh(mesh)` they are pinned to the sharding the same rules give them
-(`dipod_jax.models.sharding.shard_activation`: batch over (data, fsdp), key / value heads over tensor); without a
-mesh nothing changes.
-
-LoRA (Hu et al., 2021): with `lora_rank > 0` every projection W in {q, k, v, o, gate, up, down} gets
-A [in, r] (random) and B [r, out] (zeros), used as x W + (alpha / r) x A B, so a fresh model gives exactly the
-base model's logits. Adapters are `LoRAParam` variables; `LORA_FILTER` / `BASE_FILTER` select them for
-`nnx.DiffState`, `nnx.Optimizer(..., wrt=...)` and `nnx.split`, and `lora_optax_mask` gives optax labels.
-
-Calling convention: `model(tokens [B, T] int32, attention_mask [B, T] bool | None) -> logits [B, T, V] float32`.
-Positions with attention_mask False are never attended to (padding); their own outputs are unspecified.
-
-Key/value caching for the sampler (Fast-dLLM): `model.forward_with_cache(tokens, attention_mask, start, n)` is the
-full pass that also returns every layer's keys and values (`KVCache`, [L, B, T, KV, hd]) and the logits of
-positions [start, start + n) only; `model.forward_cached(window_tokens, start, cache, attention_mask, n)` runs
-only a window of positions, whose fresh keys / values replace the cached ones there, against the cache elsewhere.
+Details: docs/modules.md, section dipod_jax.models.llada.
 """
 from __future__ import annotations
 
@@ -48,12 +23,10 @@ _MASKED_SCORE = -1e9
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
-class LoRAParam(nnx.Param):
-    """A LoRA adapter weight (A or B). A subclass of nnx.Param, so it is also selected by `nnx.Param`."""
-
-
-LORA_FILTER = LoRAParam
-BASE_FILTER = nnx.All(nnx.Param, nnx.Not(LoRAParam))
+# A LoRA adapter weight (A or B) is Flax's own nnx.LoRAParam, a subclass of nnx.Param (so `nnx.Param` selects
+# it too); these filters split the adapters from the base weights.
+LORA_FILTER = nnx.LoRAParam
+BASE_FILTER = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,9 +178,9 @@ class LLaDA(nnx.Module):
                 in_axis, out_axis = _PROJECTION_AXES[name]
                 lora_a = jax.random.normal(rngs.params(), (c.n_layers, fan_in, c.lora_rank), jnp.float32)
                 setattr(self, f"lora_a_{name}", _param((lora_a * fan_in ** -0.5).astype(c.param_dtype),
-                                                       ("layers", in_axis, "lora_rank"), LoRAParam))
+                                                       ("layers", in_axis, "lora_rank"), nnx.LoRAParam))
                 setattr(self, f"lora_b_{name}", _param(jnp.zeros((c.n_layers, c.lora_rank, fan_out), c.param_dtype),
-                                                       ("layers", "lora_rank", out_axis), LoRAParam))
+                                                       ("layers", "lora_rank", out_axis), nnx.LoRAParam))
         self.final_norm = _param(jnp.ones((c.d_model,), c.param_dtype), ("norm",))
         self.head = _param(_truncated_normal(rngs.params(), (c.d_model, c.vocab_size), c.d_model ** -0.5,
                                              c.param_dtype), ("embed", "vocab"))
@@ -453,5 +426,5 @@ def lora_optax_mask(params: Any) -> Any:
     For LoRA-only training use it as labels of `optax.multi_transform({True: tx, False: optax.set_to_zero()},
     mask)` (plain `optax.masked` would pass the frozen weights' raw gradients through), or skip optax masks
     and use `nnx.Optimizer(model, tx, wrt=LORA_FILTER)` with `nnx.DiffState(0, LORA_FILTER)` gradients."""
-    return jax.tree.map(lambda leaf: isinstance(leaf, LoRAParam), params,
+    return jax.tree.map(lambda leaf: isinstance(leaf, nnx.LoRAParam), params,
                         is_leaf=lambda leaf: isinstance(leaf, nnx.Variable))

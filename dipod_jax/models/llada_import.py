@@ -1,19 +1,6 @@
 """Import LLaDA checkpoints saved in the Hugging Face layout of GSAI-ML/LLaDA-8B-Instruct.
 
-That layout (modeling_llada.py, block_type "llama", weight_tying false, no biases) stores, under the prefix
-`model.transformer.`:
-  wte.weight [V, D]                      token embedding          -> LLaDA.embedding [V, D]
-  blocks.{i}.attn_norm.weight [D]        pre-attention RMSNorm     -> attn_norm[i]
-  blocks.{i}.q_proj / k_proj / v_proj .weight [out, D]              -> w_q / w_k / w_v [i] (transposed)
-  blocks.{i}.attn_out.weight [D, D]      attention output          -> w_o[i] (transposed)
-  blocks.{i}.ff_norm.weight [D]          pre-MLP RMSNorm           -> ff_norm[i]
-  blocks.{i}.ff_proj.weight [F, D]       gate, silu is applied to it -> w_gate[i] (transposed)
-  blocks.{i}.up_proj.weight [F, D]       linear branch             -> w_up[i] (transposed)
-  blocks.{i}.ff_out.weight [D, F]        MLP output                -> w_down[i] (transposed)
-  ln_f.weight [D]                        final RMSNorm             -> final_norm
-  ff_out.weight [V, D]                   untied output head        -> head [D, V] (transposed)
-PyTorch Linear weights are [out, in] (y = x W^T); this model stores [in, out] (y = x W).
-Weights come from `model.safetensors` or from shards listed in `model.safetensors.index.json`.
+Details: docs/modules.md, section dipod_jax.models.llada_import.
 """
 from __future__ import annotations
 

@@ -1,16 +1,6 @@
 """Device mesh and logical-axis rules for the LLaDA transformer: its parameters and its activations.
 
-Mesh axes: "data" (pure data parallelism: parameters replicated), "fsdp" (data parallelism with parameters
-sharded along their "embed" axis, gathered per layer by XLA), "tensor" (Megatron-style: heads, MLP hidden
-and vocabulary split across devices). Model variables carry logical axis names (see
-dipod_jax.models.llada), and the model names the axes of its activations too (`shard_activation`);
-`DEFAULT_RULES` says which mesh axes each logical name may use. A mesh axis is used at most once per array,
-and a dimension that the mesh axis size does not divide is left replicated, so every rule set gives a valid
-sharding for every shape; `assert_params_sufficiently_sharded` refuses parameters that this would leave
-replicated by accident.
-
-It sits with the models because the model itself names its activations with these rules (`shard_activation`);
-it imports nothing from dipod_jax.
+Details: docs/modules.md, section dipod_jax.models.sharding.
 """
 from __future__ import annotations
 

@@ -1,24 +1,7 @@
 """Run configurations: a frozen dataclass per run kind, checked once on construction, overridden from the
 command line with ml_collections' config_flags.
 
-Every run kind's settings (dipod_jax.control.configs.TrainConfig, dipod_jax.lm.rl_config.RLConfig) are a frozen
-dataclass whose `__post_init__` checks every field and raises `ConfigError` naming the first bad one; the
-dataclass field is the only place a setting's default is written. A program registers
-
-    define_config_flag(TrainConfig())        # --config.<field>=<value>, one flag per field given
-
-and builds its configuration from a preset (the fields a named preset sets) and the fields given on the
-command line (`flag_overrides()`, applied last, in the order given):
-
-    config = build(TrainConfig, {**preset_fields, **flag_overrides()})
-
-`build` converts the values to the annotated types (a list to a tuple, an int to a float) and re-raises a
-`ConfigError` as a ValueError naming the flag: "--config.num_envs: must divide ..., got 7". A field name config_flags
-does not know is refused, in one line, when the flag is registered (`define_config_flag`).
-
-Values on the command line: numbers, strings (`--config.algo=ppo`), booleans (`--config.lora_only=false`),
-tuples (`--config.actor_hidden="(64, 64)"`); a field whose default is None (e.g. learning_rate: None = the
-algorithm's own) takes any Python literal, so `--config.max_grad_norm=None` restores the default a preset changed.
+Details: docs/modules.md, section dipod_jax.run.config.
 """
 from __future__ import annotations
 

@@ -1,30 +1,6 @@
 """One training run: its claimed directory, checkpoints, metrics log, stop signals and stopping rules.
 
-    run = Run(out_dir, experiment="lm_rl", record_file="rl_config.json", record=record, resume=resume)
-    with run:                                 # claimed; SIGTERM / SIGINT now request a stop
-        step, trees = run.restore({"state": template}) if run.resuming else (0, None)
-        log = run.start(step)                 # metrics truncated to `step`
-        while step < steps:
-            ... one step -> new state, loss, grad_norm ...
-            problem = non_finite(loss=loss, gradient_norm=grad_norm, updated_parameters=new_params)
-            if problem:
-                summary = run.stop_non_finite(step, problem, loss_is_finite=math.isfinite(loss)); break
-            step += 1; log.write(...)
-            stop = run.stop_reason(budget_min)   # "signal", "time_budget" or None
-            if step % interval == 0 or step == steps or stop:
-                run.save(step, {"state": state})
-            if stop: break
-
-The rules every experiment follows through this object:
-- the directory is claimed before anything is compiled (`dipod_jax.run.record.claim_output_dir`);
-- nothing non-finite is saved: the loss, the gradient norm and the updated parameters of a step are checked
-  before the update is kept. A non-finite loss was computed from the state of the newest checkpoint when that
-  checkpoint is of the same step; it is deleted only if this process wrote it, so the newest checkpoint left
-  is the last finite state and a run resumed from an older one never loses it;
-- SIGTERM / SIGINT finish the current step, save it and end the run with exit status 128 + signal number
-  (a second signal ends the process at once; checkpoints are atomic, so it never leaves a broken one). On a
-  multi-host run the processes agree on the stop step (a stop on any process stops all after the same step);
-- a resumed run truncates metrics.jsonl to its checkpoint step, so no step is logged twice.
+Details: docs/modules.md, section dipod_jax.run.harness.
 """
 from __future__ import annotations
 

@@ -4,18 +4,7 @@
         define_flags()
         run_program(main)
 
-`run_program` wraps absl's app.run:
-- --help / --helpshort / -? / -h print the usage to stdout and exit 0 (absl exits 1); --helpfull likewise;
-- a flag absl cannot parse, a UsageError (ours or absl's) raised by main, or an unexpected positional
-  argument prints "<program>: error: <one line>" to stderr and exits 2, without a traceback;
-- Ctrl-C outside a run's training loop (which stops cleanly by itself) exits 130 without a traceback;
-- absl logging is set to WARNING unless --verbosity is given, so library INFO lines (Orbax reports every
-  save) do not bury the progress bar;
-- a checkpoint that cannot be written ends the process at once with exit status 3 (EXIT_CHECKPOINT) and one line;
-- `--workdir=DIR --resume` alone continues a run: the arguments its first process was started with (recorded in
-  DIR/command.json by the run harness) are parsed first and the typed ones after them, so a typed flag wins and
-  the run record's check still refuses a changed setting that alters results;
-- main's return value is the exit status (see `exit_code` for a run's summary).
+Details: docs/modules.md, section dipod_jax.run.program.
 """
 from __future__ import annotations
 

@@ -1,19 +1,6 @@
 """Who owns an output directory: the run record, directory claims and exact names for float settings.
 
-A run's record is a JSON file in its directory (the experiment names it: config.json, rl_config.json) that
-holds every setting that changes its results, plus "experiment". A run claims its directory before anything
-is compiled:
-
-- fresh (no --resume): the directory must not hold another run (a record, a checkpoint, metrics). The one
-  exception is a run with the identical record that never saved a checkpoint (killed before its first save):
-  it is restarted from step 0, with a warning.
-- --resume: the directory must hold a checkpoint (or the experiment's other saved progress) and a record
-  equal to this run's; every difference is listed ("field: saved -> now") and the resume is refused.
-
-A live process holds its directory exclusively (`lock_output_dir`: an OS lock the kernel releases when the
-process dies), so two processes never write one run, whichever path admitted the second.
-
-This module needs no JAX, so the sweep runner can ask whether a run directory can be resumed.
+Details: docs/modules.md, section dipod_jax.run.record.
 """
 from __future__ import annotations
 

@@ -1,20 +1,6 @@
 """A contextual bandit with a multimodal reward, solved by a flow policy trained with FPO or FPO + DiPOD.
 
-Context s ~ U(-1, 1) (one scalar). Reward: the best of several narrow bumps,
-r(s, a) = max_i exp(-|a - m_i(s)|^2 / (2 w^2)), with the modes m_i(s) moving with the context:
-- D = 1: two modes at +-R + s / 2;
-- D = 2: four modes on the circle of radius R at angles pi/4 + i pi/2 + s pi/4.
-The initial policy is close to N(0, I) (the velocity network's output is scaled down), so it must split its
-mass between far-apart modes: the flow that does this has large Jacobians, the regime where the FPO surrogate
-is most likely to separate from the exact likelihood. The policy is the control trainer's flow policy
-(dipod_jax.models.flow_policy: `VelocityMLP` and its K-step Euler sampler, t = 1 noise, t = 0 action).
-
-One training step (per seed): draw B contexts and B actions with the Euler sampler, compute rewards and
-batch-normalised advantages, draw and store N (tau, eps) pairs per action, store l_old, then take
-`inner_epochs` full-batch Adam steps on `fpo_loss(..., dipod_beta=beta)`. Diagnostics of the step, all exact
-(dipod_jax.diagnostics.flow_exact): the bound gap at the rollout parameters, the cosine between FPO's proxy
-policy gradient and the exact one at the rollout parameters, and the error of FPO's log-ratio after the update.
-Every function is pure and vmaps over seeds.
+Details: docs/modules.md, section dipod_jax.toys.bandit.
 """
 from __future__ import annotations
 
@@ -41,6 +27,7 @@ from dipod_jax.losses.flow import cfm_loss, draw_tau_eps, fpo_log_ratio
 from dipod_jax.losses.policy_gradient import fpo_loss
 from dipod_jax.models.flow_policy import VelocityFn, VelocityMLP
 from dipod_jax.run.config import ConfigError
+from dipod_jax.toys import batching
 
 # Metrics of train_step that are finite exactly while training is healthy (the others are diagnostics).
 TRAINING_METRICS = ("reward", "cfm_loss")
@@ -205,27 +192,16 @@ def train_step(state: BanditState, config: BanditConfig, dipod_beta: float) -> t
     return BanditState(params_new, opt_state, key), metrics
 
 
-@functools.cache
 def make_seed_batched_step(config: BanditConfig, dipod_beta: float):
-    """A jitted step over a batch of seeds: BanditState with leading axis [n_seeds] -> (state, metrics [n_seeds]).
-
-    Memoised on (config, dipod_beta), so repeated runs of one setting reuse the compiled step.
-    """
-    return jax.jit(jax.vmap(lambda state: train_step(state, config, dipod_beta)))
+    """`dipod_jax.toys.batching.seed_batched_step` of this toy: state [n_seeds] -> (state, metrics [n_seeds])."""
+    return batching.seed_batched_step(train_step, config, dipod_beta)
 
 
-@functools.cache
 def make_population_step(config: BanditConfig):
-    """A jitted step over a population: (state [P], dipod_beta [P] float32) -> (state, metrics [P]).
-
-    Each member is one seed's state with its own traced DiPOD beta, so a (seed x beta) sweep of a setting is one
-    program (init the states with `init_seed_batch`; seeds may repeat). A member at beta 0 adds the term times
-    a traced zero, which changes no value: it is bit-identical to `make_seed_batched_step(config, 0.0)` on the
-    same states (tests/test_toys.py). Memoised on `config`.
-    """
-    return jax.jit(jax.vmap(lambda state, beta: train_step(state, config, beta)))
+    """`dipod_jax.toys.batching.population_step` of this toy: (state [P], dipod_beta [P]) -> (state, metrics)."""
+    return batching.population_step(train_step, config)
 
 
 def init_seed_batch(seeds: jax.Array, config: BanditConfig) -> BanditState:
     """Initial states for int seeds [n_seeds] (leading axis [n_seeds] on every leaf)."""
-    return jax.vmap(lambda seed: init_state(jax.random.PRNGKey(seed), config))(seeds)
+    return batching.init_seed_batch(init_state, seeds, config)

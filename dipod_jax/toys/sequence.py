@@ -1,28 +1,10 @@
 """A tiny masked-diffusion policy over short sequences, trained by FPO-for-dLLMs or SPG, with or without DiPOD.
 
-Each row is [prompt token, c_1, ..., c_L] with vocabulary {0, ..., V - 1} and mask id V. The reward is
-multimodal: for prompt p the two target completions are (p + j) mod V and (p - j) mod V, j = 0..L-1, and
-r = max over the two targets of the fraction of positions that match. The two targets agree where 2j is a
-multiple of V (j = 0 and, for V = 6, L = 4, j = 3) and disagree elsewhere, so a good policy must correlate its choices
-across positions: exactly what a per-position (mean-field) factorisation, and hence a loose ELBO, gets wrong.
-
-Policy: a small MLP denoiser p_theta(x_i | x) over the whole row (one-hot input, per-position logits).
-Sampler: the random-order, one-token-per-step sampler, whose exact likelihood is enumerated by
-`dipod_jax.diagnostics.masked_exact` (L <= 5).
-
-One training step (per seed): P prompts, G completions each, GRPO group advantages (d1: no std scaling),
-then `inner_epochs` Adam steps on the method's loss with the method's stored masks:
-- "fpo": `fpo_dllm_loss` on the LLaDA / d1 sequence ELBO estimate (`mask_uniform_count`, M draws);
-- "spg": `spg_loss` ("mix" sandwich) on SPG's ELBO / EUBO estimates (`mask_block_random`).
-Exact diagnostics (dipod_jax.diagnostics): the bound gap log pi - ELBO with the exact ELBO (the expectation of
-the masked-diffusion bound, so the gap is the Jensen gap, >= 0, with no free constant); the error of the
-uniform-count ELBO estimator's log-ratio (stored masks) after the update against the exact log-ratio; and the
-cosine between the method's proxy policy gradient (its loss at beta = 0) and the exact policy gradient.
+Details: docs/modules.md, section dipod_jax.toys.sequence.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple, cast
 
 import chex
@@ -51,6 +33,7 @@ from dipod_jax.losses.masked import (
     token_log_probs,
 )
 from dipod_jax.run.config import ConfigError
+from dipod_jax.toys import batching
 
 # Metrics of train_step that are finite exactly while training is healthy (the others are diagnostics).
 TRAINING_METRICS = ("reward", "log_prob")
@@ -286,22 +269,16 @@ def train_step(state: SequenceState, config: SequenceConfig, dipod_beta: float) 
     return SequenceState(params_new, opt_state, key), metrics
 
 
-@functools.cache
 def make_seed_batched_step(config: SequenceConfig, dipod_beta: float):
-    """A jitted step over a batch of seeds: state with leading axis [n_seeds] -> (state, metrics [n_seeds]).
-
-    Memoised on (config, dipod_beta), so repeated runs of one setting reuse the compiled step.
-    """
-    return jax.jit(jax.vmap(lambda state: train_step(state, config, dipod_beta)))
+    """`dipod_jax.toys.batching.seed_batched_step` of this toy: state [n_seeds] -> (state, metrics [n_seeds])."""
+    return batching.seed_batched_step(train_step, config, dipod_beta)
 
 
-@functools.cache
 def make_population_step(config: SequenceConfig):
-    """A jitted step over a population of (seed, traced DiPOD beta) members, as
-    `dipod_jax.toys.bandit.make_population_step`: (state [P], dipod_beta [P]) -> (state, metrics [P])."""
-    return jax.jit(jax.vmap(lambda state, beta: train_step(state, config, beta)))
+    """`dipod_jax.toys.batching.population_step` of this toy: (state [P], dipod_beta [P]) -> (state, metrics)."""
+    return batching.population_step(train_step, config)
 
 
 def init_seed_batch(seeds: jax.Array, config: SequenceConfig) -> SequenceState:
     """Initial states for int seeds [n_seeds] (leading axis [n_seeds] on every leaf)."""
-    return jax.vmap(lambda seed: init_state(jax.random.PRNGKey(seed), config))(seeds)
+    return batching.init_seed_batch(init_state, seeds, config)

@@ -1,16 +1,6 @@
 """Task registry: each language task as a record of plain functions.
 
-`get_task(name)` returns a `Task` with
-  load_test(path_or_name | None) -> list of items   (None = the shipped test set / bundled sample; ValueError
-                                                     naming file:line on malformed input, or the file when empty)
-  generate(rng, count) -> list of items              (None for GSM8K, whose training data is a JSONL file)
-  prompt_text(item, template) -> str
-  target_completion(item, template) -> str           (the supervised completion, d1 answer format)
-  reward(completion_text, item) -> float             (docs/algorithms.md, section 4.7; linear time)
-  longest_item() -> item                             (as long as any generated item; None for GSM8K)
-  distractor(item) -> item                           (the generated item with a plausible wrong answer of one
-                                                     fixed kind as its completion; None for GSM8K)
-and `templates`, the prompt templates it supports (the first is its default).
+Details: docs/modules.md, section dipod_jax.lm.tasks.
 """
 from __future__ import annotations
 

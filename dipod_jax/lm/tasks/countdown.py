@@ -1,18 +1,6 @@
 """Countdown with 3 numbers: generator, the shipped 256-item test set, prompts and the reward.
 
-An item is three positive integers and a target; an answer is an arithmetic expression (+, -, *, /,
-parentheses) that uses each number exactly once and equals the target.
-
-Prompt templates (both keep d1's answer format, the bare expression inside <answer>...</answer>):
-- "d1": a natural-language instruction in the spirit of d1's Countdown prompt (our wording).
-- "compact": for the character-level tiny model, "a,b,c->target" and a newline.
-
-Reward (docs/algorithms.md, section 4.7): 1.0 when the expression in the last <answer> tags uses each given number
-exactly once and evaluates exactly to the target; 0.1 when it is a well-formed expression that is wrong
-(other numbers, wrong value, division by zero); 0.0 when there is no answer or the text is not an
-arithmetic expression. d1 gives 0.1 to any text inside the tags; we give 0.0 to text that does not parse,
-so that code such as __import__('os') earns nothing. Expressions are evaluated by our recursive-descent
-parser (`arith_parser`), never by eval.
+Details: docs/modules.md, section dipod_jax.lm.tasks.countdown.
 """
 from __future__ import annotations
 

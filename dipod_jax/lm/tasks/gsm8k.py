@@ -1,19 +1,6 @@
 """GSM8K from a local JSONL file (the public data is not shipped), prompts and d1's reward.
 
-Each row is {"question": str, "answer": str} with the final number after "####", as in the public
-GSM8K release. `gsm8k_sample.jsonl` (package data) holds 10 problems we wrote ourselves in that format,
-for tests and smoke runs only.
-
-Prompt: d1's GSM8K setup asks for "<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n"; our
-wording of that instruction precedes the question.
-
-Reward (sum of d1's five GSM8K reward functions):
-  correctness 2.0  answer inside the last <answer> tags equals the reference (commas and a leading '$'
-                   removed from both, a small normalisation d1 does not do)
-  integer     0.5  that answer is a string of digits
-  strict      0.5  the whole completion is exactly "<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n"
-  soft        0.5  the completion starts with "<reasoning>...</reasoning>" followed by "<answer>...</answer>"
-  xml count   up to 0.5, 0.125 per correctly placed tag, minus 0.001 per character after "</answer>"
+Details: docs/modules.md, section dipod_jax.lm.tasks.gsm8k.
 """
 from __future__ import annotations
 
