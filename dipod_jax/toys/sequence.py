@@ -203,7 +203,8 @@ def train_step(state: SequenceState, config: SequenceConfig, dipod_beta: float) 
     """
     _, logits_fn_of = make_logits_fn(config)
     optimizer = optax.adam(config.learning_rate)
-    row_mask = jnp.asarray(completion_mask(config))
+    row_mask = completion_mask(config)  # numpy: the exact log-likelihood enumerates on the host
+    row_mask_device = jnp.asarray(row_mask)
     mask_token = mask_id(config)
     key, key_prompt, key_sample, key_mask, key_spg = jax.random.split(state.key, 5)
     params_old = state.params
@@ -214,11 +215,11 @@ def train_step(state: SequenceState, config: SequenceConfig, dipod_beta: float) 
     rewards = sequence_reward(prompts, tokens[:, 1:], config)
     advantages = grpo_advantages(rewards.reshape(config.num_prompts, config.group_size)).reshape(-1)
 
-    elbo_masks, _ = mask_uniform_count(key_mask, row_mask, config.num_mask_draws)
+    elbo_masks, _ = mask_uniform_count(key_mask, row_mask_device, config.num_mask_draws)
 
     def elbo_estimate(params):
         token_logp = _masked_token_log_probs(logits_fn_of(params), tokens, elbo_masks, mask_token)
-        return elbo_from_token_logprobs(token_logp, elbo_masks, row_mask)
+        return elbo_from_token_logprobs(token_logp, elbo_masks, row_mask_device)
 
     elbo_estimate_old = elbo_estimate(params_old)
     if config.algo == "fpo":
@@ -228,14 +229,14 @@ def train_step(state: SequenceState, config: SequenceConfig, dipod_beta: float) 
     else:
         # The prompt stays visible (p_mask_prompt = 0): the exact ELBO the laboratory compares with conditions
         # on it, so hiding it would measure a different bound.
-        spg_masks, spg_t = mask_block_random(key_spg, row_mask, config.spg_num_draws, config.spg_block_length,
+        spg_masks, spg_t = mask_block_random(key_spg, row_mask_device, config.spg_num_draws, config.spg_block_length,
                                              window_length=config.completion_length, p_mask_prompt=0.0)
         lengths = jnp.full((tokens.shape[0],), float(config.completion_length))
 
         def method_loss(params, beta):
             token_logp = _masked_token_log_probs(logits_fn_of(params), tokens, spg_masks, mask_token)
-            lower = spg_elbo_from_token_logprobs(token_logp, spg_masks, row_mask)
-            upper = spg_eubo_from_token_logprobs(token_logp, spg_masks, row_mask, spg_t, config.spg_beta_e)
+            lower = spg_elbo_from_token_logprobs(token_logp, spg_masks, row_mask_device)
+            upper = spg_eubo_from_token_logprobs(token_logp, spg_masks, row_mask_device, spg_t, config.spg_beta_e)
             return spg_loss(lower, upper, advantages, lengths, "mix", config.spg_mix_weight, dipod_beta=beta)[0]
 
     def exact_table(params):
