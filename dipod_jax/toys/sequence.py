@@ -191,8 +191,7 @@ def train_step(state: SequenceState, config: SequenceConfig, dipod_beta: float) 
     """One generation batch and `inner_epochs` updates of FPO-for-dLLMs or SPG (+ DiPOD), with exact diagnostics.
 
     Args:
-      state: one seed's state.
-      config: static configuration.
+      state: one seed's state; config: static configuration.
       dipod_beta: >= 0, a Python float (0 is the baseline exactly) or a traced scalar (`make_population_step`).
 
     Returns:
