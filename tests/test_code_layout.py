@@ -139,3 +139,33 @@ def test_module_docstrings_are_short_and_the_manual_lives_in_the_docs():
             unlisted.append(module)
     assert not too_long, f"module docstrings over {MAX_MODULE_DOCSTRING_LINES} lines: {too_long}"
     assert not unlisted, f"modules pointing to docs/modules.md without a section there: {unlisted}"
+
+
+# The rooms of dipod_jax by floor: a room imports only rooms on lower floors (data flows one way: configs and
+# harness, losses and models -> diagnostics -> trainers), so the import graph has neither cycles nor back edges.
+FLOORS = {"run": 0, "losses": 0, "models": 0, "diagnostics": 1, "toys": 2, "control": 2, "lm": 2}
+
+
+def _imported_rooms(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "dipod_jax":
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dipod_jax."):
+            yield node.module.split(".")[1]
+        elif isinstance(node, ast.Import):
+            yield from (alias.name.split(".")[1] for alias in node.names if alias.name.startswith("dipod_jax."))
+
+
+def test_library_imports_point_only_down_the_floors():
+    """Every dipod_jax module imports only its own room or rooms on lower FLOORS; every room has a floor."""
+    wrong = []
+    for path, tree in _python_files("dipod_jax"):
+        parts = path.split(os.sep)
+        if len(parts) < 3:
+            continue
+        room = parts[1]
+        assert room in FLOORS, f"{room}: a new room of dipod_jax needs its floor in FLOORS"
+        for imported in _imported_rooms(tree):
+            if imported != room and FLOORS.get(imported, 99) >= FLOORS[room]:
+                wrong.append(f"{path} imports dipod_jax.{imported}")
+    assert not wrong, wrong
