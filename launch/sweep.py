@@ -156,6 +156,13 @@ def distributed_env(run_index: int, coordinator_address: str | None, num_process
             "JAX_PROCESS_ID": str(process_id)}
 
 
+def _checkout_on_path() -> dict[str, str]:
+    """PYTHONPATH with this checkout first: the runs are `python -m experiments.<name>` of the checkout (only
+    dipod_jax is installed), wherever the sweep itself was started."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH", "")]))}
+
+
 def run_sweep(runs: list[dict[str, Any]], manifest_path: str, max_parallel: int = 1,
               env_for_run=lambda index: {}, poll_seconds: float = 0.2) -> tuple[list[dict[str, Any]], int | None]:
     """Launch every run not yet succeeded, at most `max_parallel` at a time, keeping the manifest current.
@@ -206,7 +213,8 @@ def run_sweep(runs: list[dict[str, Any]], manifest_path: str, max_parallel: int 
                 resume = has_checkpoint(run["workdir"])
                 log = open(os.path.join(run["workdir"], LOG_FILE), "a")
                 process = subprocess.Popen(run["command"] + (["--resume"] if resume else []), stdout=log,
-                                           stderr=subprocess.STDOUT, env={**os.environ, **env_for_run(index)},
+                                           stderr=subprocess.STDOUT,
+                                           env={**os.environ, **_checkout_on_path(), **env_for_run(index)},
                                            start_new_session=True, preexec_fn=_stop_with_parent)
                 running[index] = (process, log)
                 run.update(status="running", returncode=None, started=time.time(), pid=process.pid, resumed=resume)
