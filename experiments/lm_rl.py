@@ -453,8 +453,10 @@ class RLRunSummary:
 
     def record(self) -> dict[str, Any]:
         """The JSON record of run_summary.json: every field that is set, final_params left out."""
-        return {name: value for name, value in dataclasses.asdict(self).items()
-                if value is not None and name != "final_params"}
+        # Field by field, not dataclasses.asdict: that deep-copies final_params, whose buffers the last update
+        # may have donated.
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                if field.name != "final_params" and getattr(self, field.name) is not None}
 
 
 def _train(settings: RLRunSettings, run: Run, trainer: rl.RLTrainer, tokenizer, info: dict[str, Any], task,
