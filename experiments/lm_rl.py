@@ -6,7 +6,7 @@
 
 The trainer is `dipod_jax.lm.rl.make_rl`; this program adds the policy's loading, the task's prompts and
 rewards, the paired start / end evaluation and the run harness. What every flag and output file means, and how a
-run is read: docs/language-models.md ("RL post-training") and docs/running.md.
+run is read: docs/modules.md (section experiments.lm_rl), docs/language-models.md and docs/running.md.
 """
 from __future__ import annotations
 

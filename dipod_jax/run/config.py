@@ -53,14 +53,14 @@ class Bounds:
                 and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
 
     def text(self) -> str:
-        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
-        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
-        if low and high:
-            return f" in {low}, {high}"
-        if low:
-            return f" {'>=' if low[0] == '[' else '>'} {low[1:]}"
-        if high:
-            return f" {'<=' if high[-1] == ']' else '<'} {high[:-1]}"
+        low, low_closed = (self.ge, True) if self.ge is not None else (self.gt, False)
+        high, high_closed = (self.le, True) if self.le is not None else (self.lt, False)
+        if low is not None and high is not None:
+            return f" in {'[' if low_closed else '('}{low:g}, {high:g}{']' if high_closed else ')'}"
+        if low is not None:
+            return f" {'>=' if low_closed else '>'} {low:g}"
+        if high is not None:
+            return f" {'<=' if high_closed else '<'} {high:g}"
         return ""
 
 
@@ -70,10 +70,15 @@ def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, l
     return dataclasses.field(default=default, metadata={"bounds": Bounds(ge, gt, le, lt)})
 
 
+def _is_union(hint: Any) -> bool:
+    """Whether an annotation is a union (`X | Y`, `Optional[X]`, `Union[X, Y]`)."""
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
 def _fits(hint: Any, value: Any, bounds: Bounds) -> bool:
     """Whether `value` is of the annotated type (Literal choices, tuples element-wise, X | None) within bounds."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
+    if _is_union(hint):
         return any(_fits(arg, value, bounds) for arg in args)
     if hint is type(None):
         return value is None
@@ -98,7 +103,7 @@ def _fits(hint: Any, value: Any, bounds: Bounds) -> bool:
 def _describe(hint: Any, bounds: Bounds, plural: bool = False) -> str:
     """What `_fits` admits, in words: "an int >= 1", "one of ('a', 'b') or None", "a pair of numbers in [0, 1)"."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
+    if _is_union(hint):
         parts = [_describe(arg, bounds, plural) for arg in args if arg is not type(None)]
         return " or ".join(parts + (["None"] if type(None) in args else []))
     if origin is typing.Literal:
@@ -129,7 +134,7 @@ def _field_kind(hint: Any) -> type:
     """The type config_flags parses a field as: X | None and unions take any literal (object); Literal choices
     the type of the choices; tuple[...] is tuple; plain types are themselves."""
     origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
+    if _is_union(hint):
         return object
     if origin is typing.Literal:
         return type(typing.get_args(hint)[0])
@@ -201,7 +206,7 @@ def field_defaults(config_type: type) -> types.SimpleNamespace:
 
 def _coerce(hint: Any, value: Any) -> Any:
     """`value` in the annotated type where the command line or JSON gives another: list -> tuple, int -> float."""
-    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    kinds = typing.get_args(hint) if _is_union(hint) else (hint,)
     if isinstance(value, list):
         return tuple(value)
     if isinstance(value, int) and not isinstance(value, bool) and float in kinds and int not in kinds:
