@@ -19,7 +19,8 @@ import jax.numpy as jnp
 def check_dipod_beta(beta) -> None:
     """Raise ValueError when a concrete `dipod_beta` is negative or not finite (traced values pass)."""
     if isinstance(beta, numbers.Real):
-        if not (float(beta) >= 0.0) or float(beta) == float("inf"):
+        value = float(beta)
+        if not (value >= 0.0) or value == float("inf"):
             raise ValueError(f"dipod_beta must be a finite number >= 0, got {beta!r}")
 
 
