@@ -181,6 +181,7 @@ def _train(harness_run: Run, trainer: population.PopulationTrainer, runs: list[d
     bar = progress_bar(total, done, progress and harness_run.is_main, None, unit="it")
     returns_history: list[tuple[float, float]] = []  # (mean return, episodes ended) per iteration
     summary: dict[str, Any] = {"step": done, "stopped": COMPLETED}
+    call_start = time.perf_counter()
     while done < total:
         start = time.perf_counter()
         new_state, metrics = trainer.iterate(state)
@@ -193,18 +194,25 @@ def _train(harness_run: Run, trainer: population.PopulationTrainer, runs: list[d
             summary.update(harness_run.stop_non_finite(done, problem, first_losses_finite))
             break
         state = new_state
+        # Every member's env steps after the call; a member's self-distillation init counts its own steps.
+        env_steps = population.to_host(state.env_steps)
         for offset in range(per_call):
+            steps_before_end = (per_call - 1 - offset) * config.env_steps_per_iteration
             for index, member_log in enumerate(member_logs):
                 member_log.write({"step": done + offset + 1, "kind": "train",
+                                  "env_steps": int(env_steps[index]) - steps_before_end,
                                   **{name: float(value[index, offset]) for name, value in metrics.items()}})
         done += per_call
-        log.write({"step": done, "env_steps_per_s": steps_per_s})
+        # call_s: seconds since the previous record (the call, its evaluation and checkpoint); their sum over a
+        # run (compiles included) is its wall time.
+        now = time.perf_counter()
+        log.write({"step": done, "env_steps_per_s": steps_per_s, "call_s": now - call_start})
+        call_start = now
         summary["step"] = done
         returns_history.extend(episode_returns(metrics))
         postfix = {"steps/s": f"{steps_per_s:.0f}", "train_return": rolling_episode_return(returns_history)}
         if done % eval_every == 0 or done == total:
             evaluation = population.to_host(trainer.evaluate(state, done))
-            env_steps = population.to_host(state.env_steps)
             for index, member_log in enumerate(member_logs):
                 member_log.write({"step": done, "kind": "eval", "env_steps": int(env_steps[index]),
                                   **{name: float(value[index]) for name, value in evaluation.items()}})

@@ -30,9 +30,10 @@ def write_run(directory, seed, placebo, rewards, paired=None):
 
 
 def test_runs_group_by_setting_with_bands_and_a_table(tmp_path):
-    """Seeds of one setting form a group (digests ignored), labelled by the field that differs; the group curve
-    is the mean over seeds at shared steps with the 95% t half-width; the table gives the last values and the
-    paired changes over seeds, and says n = 1 instead of a NaN interval."""
+    """Seeds of one setting form a group (digests ignored), labelled by the field that differs (or by the fields
+    asked for); the group curve is the mean over seeds at shared steps with the 95% t half-width; the table gives
+    the last values (or each run's mean of its last N), the step reached and the paired changes over seeds, and
+    says n = 1 instead of a NaN interval."""
     runs = [compare.load_run(write_run(tmp_path / "a0", 0, False, [0.5, 0.6, 0.7], paired=0.2)),
             compare.load_run(write_run(tmp_path / "a1", 1, False, [0.5, 0.8, 0.9], paired=0.4)),
             compare.load_run(write_run(tmp_path / "p0", 0, True, [0.5, 0.5], paired=0.0))]
@@ -47,8 +48,12 @@ def test_runs_group_by_setting_with_bands_and_a_table(tmp_path):
     assert table["placebo=False"]["paired"]["mean"] == pytest.approx(0.3)
     assert table["placebo=False"]["paired_sampled"]["mean"] == pytest.approx(0.15)
     text = compare.table_text(table, ["eval/mean_reward"])
-    assert "| placebo=False | 0,1 | 0.800 ± " in text and "+0.300 ± " in text
-    assert "| placebo=True | 0 | 0.500 (n = 1) | +0.000 (n = 1) | +0.000 (n = 1) |" in text and "nan" not in text
+    assert "| placebo=False | 0,1 | 20 | 0.800 ± " in text and "+0.300 ± " in text
+    assert "| placebo=True | 0 | 10 | 0.500 (n = 1) | +0.000 (n = 1) | +0.000 (n = 1) |" in text and "nan" not in text
+    assert compare.summary_table(groups, ["eval/mean_reward"], last=2)["placebo=False"]["eval/mean_reward"][
+        "mean"] == pytest.approx((0.65 + 0.85) / 2)
+    assert sorted(compare.group_runs(runs, ["dipod_beta", "placebo"])) == ["dipod_beta=0.0, placebo=False",
+                                                                            "dipod_beta=0.0, placebo=True"]
     path = str(tmp_path / "figure.png")
     assert compare.plot_groups(groups, ["eval/mean_reward", "train/kl_to_start", "train/absent"], path, 3) == [
         "eval/mean_reward", "train/kl_to_start"]
@@ -70,7 +75,7 @@ def test_command_line_writes_figure_and_table_and_refuses_a_non_run(tmp_path):
     result = subprocess.run([sys.executable, "-m", "launch.compare", first, second, f"--out={out}"],
                             capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "| lm_rl | 0,1 | 0.300 ± " in result.stdout and f"figure: {out}" in result.stdout
+    assert "| lm_rl | 0,1 | 10 | 0.300 ± " in result.stdout and f"figure: {out}" in result.stdout
     assert os.path.exists(out) and json.load(open(str(tmp_path / "cmp.json")))["lm_rl"]["seeds"] == [0, 1]
     result = subprocess.run([sys.executable, "-m", "launch.compare", str(tmp_path)], capture_output=True, text=True,
                             cwd=REPO, env=env, timeout=120)

@@ -158,6 +158,22 @@ def test_every_population_field_reaches_its_member():
     assert not np.allclose(np.asarray(metrics["clip_fraction"])[0], np.asarray(metrics["clip_fraction"])[1])
 
 
+def test_a_member_with_self_distillation_init_equals_its_single_run():
+    """With sd_init_iterations > 0 every member's init distils its actor (the release's control DiPOD): member 1
+    (seed 1) of the population's init equals make_train's init run alone on seed 1 with the same config (what
+    follows the init is the path the tests above check), its env steps count the distillation's rollouts, and
+    its actor differs from the plain (no distillation) init of the same seed."""
+    config = preset_config(TINY, algo="fpo++", sd_init_iterations=3, sd_env_steps=2, sd_batch_size=64)
+    initial = make_population_train(config, Members(seeds=(0, 1))).init()
+    single_initial = jax.jit(make_train(config).init)(jax.random.key(1))
+    chex.assert_trees_all_close(member(initial, 1), without_keys(single_initial), rtol=1e-5, atol=1e-6)
+    distill_steps = config.sd_init_iterations * config.sd_env_steps * config.num_envs
+    assert to_host(initial.env_steps).tolist() == [distill_steps] * 2
+    plain_initial = jax.jit(make_train(preset_config(TINY, algo="fpo++")).init)(jax.random.key(1))
+    kernel = lambda tree: np.asarray(tree.params["actor"]["params"]["Dense_0"]["kernel"])  # noqa: E731
+    assert not np.allclose(kernel(member(initial, 1)), kernel(plain_initial))
+
+
 def test_sharded_over_members_and_data_equals_unsharded(mixed):
     """On a 4 (members) x 2 (data) mesh of 8 CPU devices: each device holds one member's parameters and half of
     its environments, and state, metrics and evaluation equal the unsharded program (up to the order of the

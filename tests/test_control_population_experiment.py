@@ -14,7 +14,7 @@ from dipod_jax.control.envs import make_point_target
 from dipod_jax.control.population import Members, to_host
 from dipod_jax.run.files import read_metrics
 from experiments import control_population
-from launch import sweep
+from launch import compare, sweep
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,9 @@ def test_run_writes_member_logs_summary_and_resumes_bit_exactly(tmp_path):
     restored by Orbax): bit-identical states and identical member logs. Each member directory holds its train
     records (steps 1..4) and eval records (steps 2, 4); manifest.json lists the members; the summary JSON is
     exactly launch/sweep.py's summary of them and the curves PNG exists; a second fresh run in the workdir is
-    refused."""
+    refused. launch.compare reads the workdir as its members (the comparison figure and table of the control
+    results): groups by beta, curves against env steps, the table's mean of the last evaluations and the wall
+    time (the sum of the population's call_s)."""
     full, summary = run(tmp_path / "full", 4)
     assert summary == {"step": 4, "stopped": "completed"}
     if len(jax.devices()) >= 8:
@@ -84,6 +86,8 @@ def test_run_writes_member_logs_summary_and_resumes_bit_exactly(tmp_path):
         records = read_metrics(member["workdir"])
         assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
         assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4]
+        assert [r["env_steps"] for r in records if r["kind"] == "train"] == [
+            step * CONFIG.env_steps_per_iteration for step in (1, 2, 3, 4)]
         split = read_metrics(member["workdir"].replace("full", "split"))
         assert split == records
     dipod = read_metrics(runs[2]["workdir"])
@@ -95,4 +99,23 @@ def test_run_writes_member_logs_summary_and_resumes_bit_exactly(tmp_path):
     assert os.path.getsize(tmp_path / "full" / "curves_eval_return_mean.png") > 0
     throughput = read_metrics(str(tmp_path / "full"))
     assert [r["step"] for r in throughput] == [2, 4] and all(r["env_steps_per_s"] > 0 for r in throughput)
+    assert all(r["call_s"] > 0 for r in throughput)
+
+    members = compare.load_runs(str(tmp_path / "full"))
+    assert [(m["seed"], m["record"]["train_config.dipod_beta"]) for m in members] == [
+        (0, 0.0), (1, 0.0), (0, 0.05), (1, 0.05)]
+    groups = compare.group_runs(members, ["dipod_beta"])
+    assert {label: [m["seed"] for m in group] for label, group in groups.items()} == {
+        "dipod_beta=0.0": [0, 1], "dipod_beta=0.05": [0, 1]}
+    table = compare.summary_table(groups, ["eval_return_mean", "cfm_loss"], last=2, x="env_steps")
+    last_two = [np.mean([r["eval_return_mean"] for r in read_metrics(m["workdir"]) if r["kind"] == "eval"])
+                for m in runs[2:]]
+    row = table["dipod_beta=0.05"]
+    assert row["eval_return_mean"]["mean"] == pytest.approx(np.mean(last_two))
+    assert row["x_reached"] == 4 * CONFIG.env_steps_per_iteration
+    assert row["wall_hours"] == pytest.approx(sum(r["call_s"] for r in throughput) / 3600)
+    figure = str(tmp_path / "control.png")
+    assert compare.plot_groups(groups, ["eval_return_mean", "cfm_loss", "grad_norm", "dipod_term"], figure,
+                               x="env_steps") == ["eval_return_mean", "cfm_loss", "grad_norm", "dipod_term"]
+    assert os.path.getsize(figure) > 0
     assert np.asarray(to_host(full.env_steps)).tolist() == [4 * CONFIG.env_steps_per_iteration] * 4

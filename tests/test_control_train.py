@@ -102,6 +102,15 @@ def test_algorithm_presets_carry_the_release_values():
         (48, 6, 0.01, (0.9, 0.95))
     assert (tracking.cfm_reduction, tracking.cfm_loss_clamp, tracking.log_ratio_clamp) == ("mean", -1.0, 3.0)
     assert tracking.actor_hidden == tracking.critic_hidden == (1024, 512, 256)
+    # The release's algorithm at the FPO reference layout (the control comparison's CPU preset): every field that
+    # is neither layout nor network size is fpo++_base's, every layout / network field the TrainConfig default's.
+    layout = preset_config("CartpoleBalance", "fpo++_reference_layout")
+    reference = TrainConfig()
+    layout_fields = {"num_envs", "batch_size", "num_minibatches", "unroll_length", "num_updates_per_batch",
+                     "actor_hidden", "critic_hidden", "num_flow_steps", "num_cfm_samples"}
+    for field in dataclasses.fields(TrainConfig):
+        expected = reference if field.name in layout_fields else preset_config("CartpoleBalance", "fpo++_base")
+        assert getattr(layout, field.name) == getattr(expected, field.name), field.name
     with pytest.raises(ValueError, match="--preset=fpo\\+\\+_spot: unknown"):
         preset_config(TINY, "fpo++_spot")
 

@@ -228,6 +228,14 @@ ALGORITHM_PRESETS = {
         _FPO_PP_RELEASE, num_minibatches=6, unroll_length=8, adam_betas=(0.9, 0.95), clip_eps=0.01,
         actor_hidden=(1024, 512, 256), critic_hidden=(1024, 512, 256), cfm_reduction="mean", cfm_loss_clamp=-1.0,
         log_ratio_clamp=3.0),
+    # The release's FPO++ algorithm (every optimisation, trust-region, CFM and clamp setting of fpo++_base) at the
+    # FPO reference layout and networks (the TrainConfig defaults: 256 environments, 8 x 256 x 30 transitions,
+    # 4 epochs, actor 4 x 32, 10 flow steps, 8 CFM samples): what a CPU affords, and the layout FPO and PPO use
+    # in the control comparison (docs/control.md), so that only the algorithm differs.
+    "fpo++_reference_layout": dict(
+        _FPO_PP_RELEASE, num_envs=256, batch_size=256, num_minibatches=8, unroll_length=30, num_updates_per_batch=4,
+        actor_hidden=(32, 32, 32, 32), critic_hidden=(256, 256, 256, 256, 256), num_flow_steps=10,
+        num_cfm_samples=8),
 }
 
 
