@@ -169,6 +169,7 @@ def _member_logs(harness_run: Run, runs: list[dict[str, Any]], step: int) -> lis
 def _train(harness_run: Run, trainer: population.PopulationTrainer, runs: list[dict[str, Any]], workdir: str,
            num_timesteps: int, checkpoint_every: int, eval_every: int, progress: bool) -> tuple[Any, dict[str, Any]]:
     config, per_call = trainer.config, trainer.iterations_per_call
+    call_start = time.perf_counter()  # the first record's call_s includes the init (and its distillation)
     state = trainer.init()
     done, restored = harness_run.restore_if_resuming({"state": state})
     state = restored["state"]
@@ -181,7 +182,6 @@ def _train(harness_run: Run, trainer: population.PopulationTrainer, runs: list[d
     bar = progress_bar(total, done, progress and harness_run.is_main, None, unit="it")
     returns_history: list[tuple[float, float]] = []  # (mean return, episodes ended) per iteration
     summary: dict[str, Any] = {"step": done, "stopped": COMPLETED}
-    call_start = time.perf_counter()
     while done < total:
         start = time.perf_counter()
         new_state, metrics = trainer.iterate(state)
