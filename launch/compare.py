@@ -4,16 +4,7 @@
     python -m launch.compare runs/control/CartpoleBalance/*/ --x=env_steps --last=3 \\
         --labels=algo,sd_init_iterations,dipod_beta --metrics=eval_return_mean,cfm_loss,grad_norm,dipod_term
 
-Runs are grouped by their run record (rl_config.json or config.json) with the seed left out, so the seeds of one
-setting form a group whatever sweep or directory they came from; each group is labelled by the fields in which
-it differs from the others (e.g. "placebo=True", "dipod_beta=0.05"), or by the --labels fields. A population
-workdir (experiments.control_population) counts as its members, each with the population's record and its own
-seed and varied values. For each metric (--metrics) the figure draws the mean over the group's seeds at the
-steps (--x: the record field on the x axis) all of them logged, with a 95% Student-t band (none for one seed).
-The table (printed, and written beside the figure as JSON) gives per group the seeds, the mean of each run's last
---last values of each metric (mean with its 95% interval over seeds, "n = 1" where a single seed leaves no
-spread), the wall time of the population that trained the group (its metrics' call_s) and, for lm_rl runs that
-finished, the paired start / end change of the greedy and the sampled reward (paired_eval.json).
+Details: docs/modules.md, section launch.compare.
 """
 from __future__ import annotations
 
