@@ -194,7 +194,9 @@ def _train(harness_run: Run, trainer: population.PopulationTrainer, runs: list[d
             summary.update(harness_run.stop_non_finite(done, problem, first_losses_finite))
             break
         state = new_state
-        # Every member's env steps after the call; a member's self-distillation init counts its own steps.
+        # Every member's env steps after the call; a member's self-distillation init counts its own steps. Earlier
+        # iterations of the call are placed one iteration's steps apart (exact unless sd_every interleaves
+        # distillation inside the call, whose steps then land on the call's last record).
         env_steps = population.to_host(state.env_steps)
         for offset in range(per_call):
             steps_before_end = (per_call - 1 - offset) * config.env_steps_per_iteration

@@ -105,12 +105,13 @@ def test_algorithm_presets_carry_the_release_values():
     # The release's algorithm at the FPO reference layout (the control comparison's CPU preset): every field that
     # is neither layout nor network size is fpo++_base's, every layout / network field the TrainConfig default's.
     layout = preset_config("CartpoleBalance", "fpo++_reference_layout")
-    reference = TrainConfig()
+    reference, release = TrainConfig(), preset_config("CartpoleBalance", "fpo++_base")
     layout_fields = {"num_envs", "batch_size", "num_minibatches", "unroll_length", "num_updates_per_batch",
                      "actor_hidden", "critic_hidden", "num_flow_steps", "num_cfm_samples"}
     for field in dataclasses.fields(TrainConfig):
-        expected = reference if field.name in layout_fields else preset_config("CartpoleBalance", "fpo++_base")
+        expected = reference if field.name in layout_fields else release
         assert getattr(layout, field.name) == getattr(expected, field.name), field.name
+    assert (layout.num_envs, layout.actor_hidden, layout.num_flow_steps) == (256, (32, 32, 32, 32), 10)
     with pytest.raises(ValueError, match="--preset=fpo\\+\\+_spot: unknown"):
         preset_config(TINY, "fpo++_spot")
 

@@ -232,10 +232,9 @@ ALGORITHM_PRESETS = {
     # FPO reference layout and networks (the TrainConfig defaults: 256 environments, 8 x 256 x 30 transitions,
     # 4 epochs, actor 4 x 32, 10 flow steps, 8 CFM samples): what a CPU affords, and the layout FPO and PPO use
     # in the control comparison (docs/control.md), so that only the algorithm differs.
-    "fpo++_reference_layout": dict(
-        _FPO_PP_RELEASE, num_envs=256, batch_size=256, num_minibatches=8, unroll_length=30, num_updates_per_batch=4,
-        actor_hidden=(32, 32, 32, 32), critic_hidden=(256, 256, 256, 256, 256), num_flow_steps=10,
-        num_cfm_samples=8),
+    "fpo++_reference_layout": dict(_FPO_PP_RELEASE, **{name: getattr(TrainConfig, name) for name in (
+        "num_envs", "batch_size", "num_minibatches", "unroll_length", "num_updates_per_batch", "actor_hidden",
+        "critic_hidden", "num_flow_steps", "num_cfm_samples")}),
 }
 
 
