@@ -41,6 +41,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("last", 1, "The table's value of a run: the mean of its last N values of a metric.")
     flags.DEFINE_list("labels", [], "Record fields (last names) that label the groups; empty: every field in "
                       "which the groups differ.")
+    flags.DEFINE_list("log_y", [], "Metrics drawn on a symmetric-log y axis, for those that span orders of "
+                      "magnitude across the groups (grad_norm across PPO and FPO++); KL metrics always are.")
 
 
 def load_run(directory: str) -> dict[str, Any]:
@@ -193,10 +195,17 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[1:] - sums[np.arange(values.size) + 1 - counts]) / counts
 
 
+def y_scale(metric: str, log_y: tuple[str, ...] | list[str] = ()) -> str:
+    """The panel's y scale: symlog for a KL (spans orders of magnitude when a run drifts) or a metric in `log_y`,
+    linear otherwise."""
+    return "symlog" if "kl" in metric.split("/")[-1] or metric in log_y else "linear"
+
+
 def plot_groups(groups: dict[str, list[dict[str, Any]]], metrics: list[str], path: str, smooth: int = 1,
-                x: str = "step") -> list[str]:
+                x: str = "step", log_y: tuple[str, ...] | list[str] = ()) -> list[str]:
     """One panel per metric that some run logged: each group's mean curve against `x` with its 95% band
-    (metrics other than eval* as a `smooth`-point moving average of both). Returns the metrics drawn."""
+    (metrics other than eval* as a `smooth`-point moving average of both), on the y scale of `y_scale`.
+    Returns the metrics drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -219,8 +228,8 @@ def plot_groups(groups: dict[str, list[dict[str, Any]]], metrics: list[str], pat
                 axis.fill_between(steps, mean - half_width, mean + half_width, alpha=0.2, color=line.get_color())
         smoothed = not metric.startswith("eval") and smooth > 1
         axis.set_title(metric + (f" ({smooth}-point mean)" if smoothed else ""), fontsize=9)
-        if "kl" in metric.split("/")[-1]:
-            axis.set_yscale("symlog", linthresh=1e-2)  # KLs span orders of magnitude when a run drifts
+        if y_scale(metric, log_y) == "symlog":
+            axis.set_yscale("symlog", linthresh=1e-2)
         axis.set_xlabel(x)
     axes[0][0].legend(fontsize=7)
     figure.tight_layout()
@@ -242,7 +251,7 @@ def main(argv):
             raise ValueError(f"--smooth={FLAGS.smooth} must be >= 1")
         if FLAGS.last < 1:
             raise ValueError(f"--last={FLAGS.last} must be >= 1")
-        drawn = plot_groups(groups, list(FLAGS.metrics), out, FLAGS.smooth, FLAGS.x)
+        drawn = plot_groups(groups, list(FLAGS.metrics), out, FLAGS.smooth, FLAGS.x, list(FLAGS.log_y))
         table = summary_table(groups, drawn, FLAGS.last, FLAGS.x)
         write_json_atomic(os.path.splitext(out)[0] + ".json", table)
     print(table_text(table, drawn, FLAGS.last, FLAGS.x))

@@ -58,6 +58,9 @@ def test_runs_group_by_setting_with_bands_and_a_table(tmp_path):
     assert compare.plot_groups(groups, ["eval/mean_reward", "train/kl_to_start", "train/absent"], path, 3) == [
         "eval/mean_reward", "train/kl_to_start"]
     assert os.path.getsize(path) > 0
+    assert [compare.y_scale(metric, ["grad_norm"]) for metric in ["train/kl_to_start", "grad_norm", "cfm_loss"]] == [
+        "symlog", "symlog", "linear"]
+    assert compare.plot_groups(groups, ["eval/mean_reward"], path, log_y=["eval/mean_reward"]) == ["eval/mean_reward"]
 
 
 def test_moving_average_is_a_trailing_mean():

@@ -451,15 +451,28 @@ def test_gradient_accumulation_matches_the_full_batch_update(model, trivial_task
 # ------------------------------------------------------------------------------------------- experiment
 
 
-def _rl_settings(pretrained_dir, out_dir, steps, resume=False):
+TEST_ITEMS = 24  # the experiment tests' test set: the shipped Sudoku set's first items, scored whole at start and end
+
+
+@pytest.fixture(scope="module")
+def small_test_path(tmp_path_factory):
+    from dipod_jax.lm.tasks import sudoku
+
+    path = tmp_path_factory.mktemp("test_set") / "test.csv"
+    items = sudoku.load_test_set()[:TEST_ITEMS]
+    path.write_text("Puzzle,Solution\n" + "".join(f"{item.puzzle},{item.solution}\n" for item in items))
+    return str(path)
+
+
+def _rl_settings(pretrained_dir, test_path, out_dir, steps, resume=False):
     from experiments import lm_rl
 
     overrides = (("algo", "fpo"), ("dipod_beta", 0.05), ("num_prompts", 2), ("num_generations", 2),
                  ("num_inner_iterations", 2), ("kl_beta", 0.04), ("ref_sync_every", 3), ("learning_rate", 1e-3),
                  ("num_elbo_draws", 2), ("rollout_temperature", 1.0))
     return lm_rl.RLRunSettings(workdir=str(out_dir), init_dir=pretrained_dir, config_overrides=overrides,
-                               steps=steps, eval_interval=2, eval_items=4,
-                               resume=resume, num_devices=1, plot=False)
+                               steps=steps, eval_interval=2, eval_items=4, test_path=test_path,
+                               sampled_eval_k=2, resume=resume, num_devices=1, plot=False)
 
 
 def _without_timing(records):
@@ -467,17 +480,18 @@ def _without_timing(records):
             for r in records]
 
 
-def test_experiment_resume_is_bit_exact(pretrained_dir, tmp_path):
+def test_experiment_resume_is_bit_exact(pretrained_dir, small_test_path, tmp_path):
     """Four steps in one go and two steps + a resume to four give identical parameters, optimizer-driven
     metrics and evaluations; the run writes checkpoints, rl_config.json and the logged metric names; and
     an existing output directory is refused without --resume."""
     from experiments import lm_rl
 
-    straight = lm_rl.train(_rl_settings(pretrained_dir, tmp_path / "straight", 4), show_progress=False)
-    lm_rl.train(_rl_settings(pretrained_dir, tmp_path / "resumed", 2), show_progress=False)
+    straight = lm_rl.train(_rl_settings(pretrained_dir, small_test_path, tmp_path / "straight", 4), show_progress=False)
+    lm_rl.train(_rl_settings(pretrained_dir, small_test_path, tmp_path / "resumed", 2), show_progress=False)
     with pytest.raises(ValueError, match="pass --resume"):
-        lm_rl.train(_rl_settings(pretrained_dir, tmp_path / "resumed", 4), show_progress=False)
-    resumed = lm_rl.train(_rl_settings(pretrained_dir, tmp_path / "resumed", 4, resume=True), show_progress=False)
+        lm_rl.train(_rl_settings(pretrained_dir, small_test_path, tmp_path / "resumed", 4), show_progress=False)
+    resumed = lm_rl.train(_rl_settings(pretrained_dir, small_test_path, tmp_path / "resumed", 4, resume=True),
+                          show_progress=False)
     assert straight.step == resumed.step == 4 and resumed.stopped == "completed"
     chex.assert_trees_all_equal(jax.tree.map(np.asarray, straight.final_params),
                                 jax.tree.map(np.asarray, resumed.final_params))
@@ -495,7 +509,7 @@ def test_experiment_resume_is_bit_exact(pretrained_dir, tmp_path):
     paired = {name: read_json(str(tmp_path / name / "paired_eval.json")) for name in ("straight", "resumed")}
     assert paired["straight"] == paired["resumed"]
     result = paired["straight"]
-    assert result["start"]["items"] == result["end"]["items"] == result["difference"]["n"] == 500
+    assert result["start"]["items"] == result["end"]["items"] == result["difference"]["n"] == TEST_ITEMS
     end_rewards = np.asarray(result["end_rewards"])
     assert result["end"]["mean_reward"] == pytest.approx(end_rewards.mean())
     assert straight_records[-1]["eval/mean_reward"] == pytest.approx(end_rewards[:4].mean())
@@ -523,14 +537,14 @@ def test_experiment_settings_are_validated():
                                                   config_overrides=(("gen_length", 8),)), info)
 
 
-def test_experiment_non_finite_stops_and_keeps_last_good_checkpoint(pretrained_dir, tmp_path):
+def test_experiment_non_finite_stops_and_keeps_last_good_checkpoint(pretrained_dir, small_test_path, tmp_path):
     """With an absurd learning rate after a zero-rate first update (warm-up) training diverges within a few
     steps: the run stops, logs the event once, and the newest checkpoint left holds finite parameters; when
     the loss itself was non-finite, the checkpoint of the parameters that produced it was deleted (this run
     wrote it), so the loss logged at the step after the newest checkpoint is finite."""
     from experiments import lm_rl
 
-    settings = _rl_settings(pretrained_dir, tmp_path, 6)
+    settings = _rl_settings(pretrained_dir, small_test_path, tmp_path, 6)
     overrides = dict(settings.config_overrides, num_inner_iterations=1, learning_rate=1e30, warmup_steps=4)
     settings = dataclasses.replace(settings, config_overrides=tuple(overrides.items()), checkpoint_interval=1,
                                    eval_interval=10)
