@@ -41,8 +41,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("last", 1, "The table's value of a run: the mean of its last N values of a metric.")
     flags.DEFINE_list("labels", [], "Record fields (last names) that label the groups; empty: every field in "
                       "which the groups differ.")
-    flags.DEFINE_list("log_y", [], "Metrics drawn on a symmetric-log y axis, for those that span orders of "
-                      "magnitude across the groups (grad_norm across PPO and FPO++); KL metrics always are.")
+    flags.DEFINE_list("log_y", [], "Positive metrics that span orders of magnitude across the groups (grad_norm "
+                      "across PPO and FPO++), drawn on a log y axis as the geometric mean over seeds with its "
+                      "95% band computed on the logs. KL metrics are always drawn on a symmetric-log axis.")
 
 
 def load_run(directory: str) -> dict[str, Any]:
@@ -126,12 +127,17 @@ def curve(run: dict[str, Any], metric: str, x: str = "step") -> dict[int, float]
     return points
 
 
-def group_curve(members: list[dict[str, Any]], metric: str, x: str = "step"
+def group_curve(members: list[dict[str, Any]], metric: str, x: str = "step", log: bool = False
                 ) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """(x values every member logged, mean over members, 95% half-width over members, NaN for one member)."""
+    """(x values every member logged, mean over members, 95% half-width over members, NaN for one member); with
+    `log`, both of the natural logs of the values (a geometric mean and a band that stays positive)."""
     curves = [curve(run, metric, x) for run in members]
     steps = sorted(set.intersection(*[set(points) for points in curves])) if curves else []
     values = np.array([[points[step] for step in steps] for points in curves]).reshape(len(curves), len(steps))
+    if log:
+        if (values <= 0).any():
+            raise UsageError(f"--log_y={metric}: the runs logged values <= 0, which have no log")
+        values = np.log(values)
     intervals = [t_interval(values[:, index]) for index in range(len(steps))]
     return steps, np.array([i["mean"] for i in intervals]), np.array([i["half_width"] for i in intervals])
 
@@ -196,15 +202,18 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def y_scale(metric: str, log_y: tuple[str, ...] | list[str] = ()) -> str:
-    """The panel's y scale: symlog for a KL (spans orders of magnitude when a run drifts) or a metric in `log_y`,
-    linear otherwise."""
-    return "symlog" if "kl" in metric.split("/")[-1] or metric in log_y else "linear"
+    """The panel's y scale: log for a metric in `log_y`, symlog for a KL (spans orders of magnitude when a run
+    drifts, and a k3 estimate can dip below 0), linear otherwise."""
+    if metric in log_y:
+        return "log"
+    return "symlog" if "kl" in metric.split("/")[-1] else "linear"
 
 
 def plot_groups(groups: dict[str, list[dict[str, Any]]], metrics: list[str], path: str, smooth: int = 1,
                 x: str = "step", log_y: tuple[str, ...] | list[str] = ()) -> list[str]:
     """One panel per metric that some run logged: each group's mean curve against `x` with its 95% band
-    (metrics other than eval* as a `smooth`-point moving average of both), on the y scale of `y_scale`.
+    (metrics other than eval* as a `smooth`-point moving average of both), on the y scale of `y_scale` (a log
+    scale draws the geometric mean and the band of the logs).
     Returns the metrics drawn."""
     import matplotlib
 
@@ -218,18 +227,24 @@ def plot_groups(groups: dict[str, list[dict[str, Any]]], metrics: list[str], pat
     figure, axes = plt.subplots(1, len(drawn), figsize=(4.2 * len(drawn), 3.6), squeeze=False)
     for axis, metric in zip(axes[0], drawn, strict=True):
         for label, members in groups.items():
-            steps, mean, half_width = group_curve(members, metric, x)
+            scale = y_scale(metric, log_y)
+            steps, mean, half_width = group_curve(members, metric, x, log=scale == "log")
             if not steps:
                 continue
             if not metric.startswith("eval"):
                 mean, half_width = moving_average(mean, smooth), moving_average(half_width, smooth)
-            line, = axis.plot(steps, mean, label=f"{label} (n={len(members)})")
+            low, centre, high = mean - half_width, mean, mean + half_width
+            if scale == "log":
+                low, centre, high = np.exp(low), np.exp(centre), np.exp(high)
+            line, = axis.plot(steps, centre, label=f"{label} (n={len(members)})")
             if len(members) > 1:
-                axis.fill_between(steps, mean - half_width, mean + half_width, alpha=0.2, color=line.get_color())
+                axis.fill_between(steps, low, high, alpha=0.2, color=line.get_color())
         smoothed = not metric.startswith("eval") and smooth > 1
         axis.set_title(metric + (f" ({smooth}-point mean)" if smoothed else ""), fontsize=9)
         if y_scale(metric, log_y) == "symlog":
             axis.set_yscale("symlog", linthresh=1e-2)
+        elif y_scale(metric, log_y) == "log":
+            axis.set_yscale("log")
         axis.set_xlabel(x)
     axes[0][0].legend(fontsize=7)
     figure.tight_layout()

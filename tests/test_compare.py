@@ -59,8 +59,14 @@ def test_runs_group_by_setting_with_bands_and_a_table(tmp_path):
         "eval/mean_reward", "train/kl_to_start"]
     assert os.path.getsize(path) > 0
     assert [compare.y_scale(metric, ["grad_norm"]) for metric in ["train/kl_to_start", "grad_norm", "cfm_loss"]] == [
-        "symlog", "symlog", "linear"]
+        "symlog", "log", "linear"]
     assert compare.plot_groups(groups, ["eval/mean_reward"], path, log_y=["eval/mean_reward"]) == ["eval/mean_reward"]
+    # On a log axis the curve is the geometric mean: the logs of 0.5 / 0.5 and 0.8 / 0.6 at steps 1 and 2.
+    steps, log_mean, _ = compare.group_curve(groups["placebo=False"], "eval/mean_reward", log=True)
+    np.testing.assert_allclose(np.exp(log_mean), [0.5, np.sqrt(0.6 * 0.8), np.sqrt(0.7 * 0.9)])
+    with pytest.raises(compare.UsageError, match="--log_y=eval/mean_reward"):
+        compare.group_curve([compare.load_run(write_run(tmp_path / "z", 2, False, [0.0, 1.0]))], "eval/mean_reward",
+                            log=True)
 
 
 def test_moving_average_is_a_trailing_mean():
