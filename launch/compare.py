@@ -213,8 +213,7 @@ def plot_groups(groups: dict[str, list[dict[str, Any]]], metrics: list[str], pat
                 x: str = "step", log_y: tuple[str, ...] | list[str] = ()) -> list[str]:
     """One panel per metric that some run logged: each group's mean curve against `x` with its 95% band
     (metrics other than eval* as a `smooth`-point moving average of both), on the y scale of `y_scale` (a log
-    scale draws the geometric mean and the band of the logs).
-    Returns the metrics drawn."""
+    scale draws the geometric mean and the band of the logs). Returns the metrics drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,8 +225,8 @@ def plot_groups(groups: dict[str, list[dict[str, Any]]], metrics: list[str], pat
         raise UsageError(f"none of the runs logged any of --metrics={','.join(metrics)}")
     figure, axes = plt.subplots(1, len(drawn), figsize=(4.2 * len(drawn), 3.6), squeeze=False)
     for axis, metric in zip(axes[0], drawn, strict=True):
+        scale = y_scale(metric, log_y)
         for label, members in groups.items():
-            scale = y_scale(metric, log_y)
             steps, mean, half_width = group_curve(members, metric, x, log=scale == "log")
             if not steps:
                 continue
@@ -241,9 +240,9 @@ def plot_groups(groups: dict[str, list[dict[str, Any]]], metrics: list[str], pat
                 axis.fill_between(steps, low, high, alpha=0.2, color=line.get_color())
         smoothed = not metric.startswith("eval") and smooth > 1
         axis.set_title(metric + (f" ({smooth}-point mean)" if smoothed else ""), fontsize=9)
-        if y_scale(metric, log_y) == "symlog":
+        if scale == "symlog":
             axis.set_yscale("symlog", linthresh=1e-2)
-        elif y_scale(metric, log_y) == "log":
+        elif scale == "log":
             axis.set_yscale("log")
         axis.set_xlabel(x)
     axes[0][0].legend(fontsize=7)
